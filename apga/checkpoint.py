@@ -1,0 +1,38 @@
+"""Checkpoints: one dict per file, written atomically, loaded with `weights_only=True`."""
+from __future__ import annotations
+
+import io
+import pickle
+import zipfile
+from pathlib import Path
+
+import torch
+
+from apga.config import training_fields
+from apga.errors import CheckpointError
+from apga.utils import atomic_write_bytes
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_checkpoint(path: Path, device=None) -> dict:
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
+        reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
+        raise CheckpointError(f"checkpoint {path} is corrupted or unreadable ({reason}); delete it, "
+                              f"or pass --resume 0 to start that run fresh") from None
+
+
+def check_same_config(path: Path, saved: dict, current: dict) -> None:
+    """A checkpoint may only be resumed by a run of the same training settings."""
+    old, new = training_fields(saved), training_fields(current)
+    differing = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if differing:
+        detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing[:4])
+        raise CheckpointError(f"{path} was written with other settings ({detail}); use another --out-dir, "
+                              f"or --resume 0 to overwrite that run")

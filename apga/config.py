@@ -1,0 +1,185 @@
+"""One typed configuration for every run, presets as small dicts of overrides.
+
+Every field carries a one-line help text (`field(..., metadata={"help": ...})`): the command
+line, `--help` and the README's flag table are all generated from it, so a flag is defined
+once. The paper's settings (METHOD.md section 5) are the defaults.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from apga.errors import ConfigError
+
+BODY_PARTS = ("elbow", "finger", "forearm", "hand", "humerus", "shoulder", "wrist")
+CLASSIFIERS = ("densenet121", "densenet161", "densenet169", "densenet201", "densenet-small")
+ESTIMATORS = ("greedy", "sample")
+SELECTIONS = ("val", "holdout")
+GALLERY_MODES = ("epoch", "end", "off")
+
+
+def _f(default, help_text):
+    return field(default=default, metadata={"help": help_text})
+
+
+@dataclass
+class Config:
+    # --- the original script's flags -------------------------------------------------------
+    seed: int = _f(88, "base seed; incremented once before each run, so run 1 uses seed+1 (as the paper)")
+    body_part: str = _f("elbow", "MURA body part (elbow|finger|forearm|hand|humerus|shoulder|wrist) or 'all'")
+    n_runs: int = _f(1, "number of runs (seeds) to train, one after another")
+    gpu_id: int = _f(0, "CUDA device index; falls back to the CPU with a notice when CUDA is absent")
+    n_shot: int | None = _f(None, "k-shot: k positive and k negative training images (default: all)")
+    train_cutout: int = _f(1, "1 to fine-tune with Cutout, 0 to skip")
+    train_apga: int = _f(1, "1 to fine-tune with APGA (the REINFORCE agent), 0 to skip")
+    train_gradcam: int = _f(1, "1 to fine-tune with Grad-CAM masking, 0 to skip")
+    train_end2end: int = _f(1, "1 to fine-tune with end-to-end (cooperative) masking, 0 to skip")
+    train_random: int = _f(1, "1 to fine-tune with the random-mask floor (kept area as APGA's), 0 to skip")
+    # --- data ------------------------------------------------------------------------------
+    data_root: str = _f("datasets", "folder that holds MURA-v1.1/ (and, for generated data, MURA-v1.1-masks/)")
+    demo: bool = _f(False, "generate the synthetic MURA-layout data set (once) and run with --preset cpu on it")
+    image_size: int = _f(224, "images are resized to this square side (the agent needs a multiple of 32)")
+    num_workers: int = _f(2, "DataLoader worker processes")
+    skip_bad_images: bool = _f(False, "skip unreadable PNGs (counted in the log) instead of stopping")
+    cache_dir: str | None = _f(None, "where decoded, resized images are cached (default: <data-root>/.apga-cache)")
+    # --- models ----------------------------------------------------------------------------
+    classifier: str = _f("densenet169", "classifier: densenet121|densenet161|densenet169|densenet201|densenet-small")
+    pretrained: bool = _f(False, "start the classifier and the agent's encoder from torchvision ImageNet weights (downloads)")
+    agent_width: int = _f(32, "UNet11 base filters (32 is TernausNet's, VGG11-sized encoder)")
+    agent_scale: float = _f(1.0, "the agent sees the image at this fraction of its side; its mask is upsampled (0.5 = cheaper agent)")
+    # --- optimisation ----------------------------------------------------------------------
+    batch_size: int = _f(25, "images per batch")
+    epochs: int = _f(100, "maximum epochs per training stage")
+    patience: int = _f(15, "early stopping: epochs without a better selection accuracy")
+    lr: float = _f(1e-4, "baseline classifier learning rate (Adam); not defined by the published script, 1e-4 as in the MURA paper")
+    finetune_lr: float = _f(1e-5, "learning rate of every fine-tuning stage (Adam), as the paper")
+    agent_lr: float = _f(1e-5, "agent learning rate (Adam), as the paper")
+    estimator: str = _f("greedy", "APGA policy gradient: 'greedy' (the paper: threshold at 0.5) or 'sample' (Bernoulli REINFORCE)")
+    val_every: int = _f(100, "APGA and end-to-end also validate every this many iterations (0: epoch end only)")
+    steps_per_epoch: int | None = _f(None, "cap on training iterations per epoch (default: the whole training set)")
+    log_every: int = _f(20, "iterations between progress-bar updates (the only host syncs in a step)")
+    # --- evaluation ------------------------------------------------------------------------
+    model_selection: str = _f("val", "'val': select on the validation split (the paper); 'holdout': select on held-out training patients")
+    holdout_fraction: float = _f(0.1, "fraction of training patients held out for --model-selection holdout")
+    gallery: str = _f("epoch", "mask gallery PNG: every 'epoch', at the 'end' only, or 'off'")
+    # --- speed -----------------------------------------------------------------------------
+    amp: bool | None = _f(None, "mixed precision (bf16 autocast); default on for CUDA, always off on the CPU")
+    channels_last: bool | None = _f(None, "channels_last memory format; default on for CUDA")
+    compile: bool = _f(False, "wrap the models in torch.compile")
+    # --- output ----------------------------------------------------------------------------
+    out_dir: str = _f("runs", "results.csv, summary and per-run folders (checkpoints, metrics) go here")
+    resume: bool = _f(True, "continue a killed run from its last checkpoint; finished runs are skipped (0: start fresh)")
+    preset: str = _f("paper", "named settings: 'paper' (defaults) or 'cpu' (small images and models for a 2-core CPU)")
+
+
+PRESETS: dict[str, dict] = {
+    "paper": {},
+    # Sized so that the demo (all six stages of one body part) runs in minutes on 2 cores.
+    "cpu": dict(
+        image_size=64,
+        batch_size=16,
+        epochs=6,
+        patience=3,
+        classifier="densenet-small",
+        agent_width=4,
+        num_workers=0,
+        lr=1e-3,
+        finetune_lr=3e-4,
+        agent_lr=3e-4,
+        val_every=0,
+        log_every=5,
+    ),
+}
+
+# Fields that change what a run computes: a checkpoint from a config that differs in any
+# other field (output folders, worker counts, ...) can still be resumed.
+NON_TRAINING_FIELDS = {
+    "n_runs", "gpu_id", "train_cutout", "train_apga", "train_gradcam", "train_end2end",
+    "train_random", "data_root", "demo", "num_workers", "cache_dir", "out_dir", "resume",
+    "log_every", "gallery", "preset", "skip_bad_images",
+}
+
+
+def field_help() -> dict[str, str]:
+    return {f.name: f.metadata["help"] for f in dataclasses.fields(Config)}
+
+
+def defaults() -> dict:
+    return {f.name: f.default for f in dataclasses.fields(Config)}
+
+
+def make_config(**overrides) -> Config:
+    """Defaults, then the preset's overrides, then the explicit ones; validated."""
+    known = set(defaults())
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; see --help for the list")
+    preset = overrides.get("preset", "cpu" if overrides.get("demo") else "paper")
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    values = {**defaults(), **PRESETS[preset], **overrides, "preset": preset}
+    config = Config(**values)
+    validate(config)
+    return config
+
+
+def _require(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate(c: Config) -> None:
+    c.body_part = str(c.body_part).lower()
+    _require(c.body_part in BODY_PARTS + ("all",),
+             f"unknown --body-part {c.body_part!r}; choose one of {', '.join(BODY_PARTS)} or all")
+    _require(_is_int(c.seed), f"--seed must be an integer, got {c.seed!r}")
+    _require(_is_int(c.n_runs) and c.n_runs > 0, f"--n-runs must be a positive integer, got {c.n_runs!r}")
+    _require(c.n_shot is None or (_is_int(c.n_shot) and c.n_shot > 0),
+             f"--n-shot must be a positive integer (or left out for all images), got {c.n_shot!r}")
+    _require(_is_int(c.gpu_id) and c.gpu_id >= 0, f"--gpu-id must be a GPU index >= 0, got {c.gpu_id!r}")
+    for name in ("train_cutout", "train_apga", "train_gradcam", "train_end2end", "train_random"):
+        value = getattr(c, name)
+        _require(value in (0, 1), f"--{name.replace('_', '-')} must be 0 or 1, got {value!r}")
+        setattr(c, name, int(value))
+    for name in ("image_size", "batch_size", "epochs", "patience", "agent_width", "log_every"):
+        value = getattr(c, name)
+        _require(_is_int(value) and value > 0,
+                 f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+    _require(_is_int(c.num_workers) and c.num_workers >= 0, f"--num-workers must be >= 0, got {c.num_workers!r}")
+    _require(_is_int(c.val_every) and c.val_every >= 0, f"--val-every must be >= 0, got {c.val_every!r}")
+    _require(c.steps_per_epoch is None or (_is_int(c.steps_per_epoch) and c.steps_per_epoch > 0),
+             f"--steps-per-epoch must be a positive integer, got {c.steps_per_epoch!r}")
+    for name in ("lr", "finetune_lr", "agent_lr"):
+        value = getattr(c, name)
+        _require(isinstance(value, (int, float)) and value > 0,
+                 f"--{name.replace('_', '-')} must be a positive number, got {value!r}")
+    _require(c.classifier in CLASSIFIERS, f"unknown --classifier {c.classifier!r}; choose one of {', '.join(CLASSIFIERS)}")
+    _require(c.estimator in ESTIMATORS, f"unknown --estimator {c.estimator!r}; choose greedy or sample")
+    _require(c.model_selection in SELECTIONS, f"unknown --model-selection {c.model_selection!r}; choose val or holdout")
+    _require(c.gallery in GALLERY_MODES, f"unknown --gallery {c.gallery!r}; choose epoch, end or off")
+    _require(isinstance(c.agent_scale, (int, float)) and 0 < c.agent_scale <= 1,
+             f"--agent-scale must be in (0, 1], got {c.agent_scale!r}")
+    _require(0 < c.holdout_fraction < 1, f"--holdout-fraction must be in (0, 1), got {c.holdout_fraction!r}")
+    agent_side = c.image_size * c.agent_scale
+    _require(agent_side == int(agent_side) and int(agent_side) % 32 == 0,
+             f"--image-size {c.image_size} with --agent-scale {c.agent_scale} gives the agent a side of "
+             f"{agent_side:g} px; the UNet11 agent needs a multiple of 32 (e.g. --image-size 224 or 64)")
+    for name in ("demo", "pretrained", "skip_bad_images", "compile", "resume", "amp", "channels_last"):
+        value = getattr(c, name)
+        if value is None and name in ("amp", "channels_last"):
+            continue  # decided by the device
+        _require(value in (0, 1, True, False), f"--{name.replace('_', '-')} must be 0 or 1, got {value!r}")
+        setattr(c, name, bool(value))
+
+
+def config_dict(c: Config) -> dict:
+    return dataclasses.asdict(c)
+
+
+def training_fields(c: Config | dict) -> dict:
+    values = c if isinstance(c, dict) else config_dict(c)
+    return {k: v for k, v in values.items() if k not in NON_TRAINING_FIELDS}

@@ -1,0 +1,21 @@
+"""Errors a user can fix. The CLI prints them as one line and exits non-zero."""
+
+
+class APGAError(Exception):
+    """Base class: the message says what is wrong and how to fix it."""
+
+
+class ConfigError(APGAError):
+    """A flag or setting is invalid."""
+
+
+class DataError(APGAError):
+    """The data root, a CSV file or an image is missing or malformed."""
+
+
+class CheckpointError(APGAError):
+    """A checkpoint is corrupted or belongs to another configuration."""
+
+
+class NonFiniteError(APGAError):
+    """A loss or reward became NaN or infinite during training."""

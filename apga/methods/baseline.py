@@ -1,0 +1,12 @@
+"""The baseline: DenseNet trained from scratch on the clean images (METHOD.md section 4)."""
+from __future__ import annotations
+
+from apga.methods.base import Method
+
+
+class Baseline(Method):
+    name = "baseline"
+    fine_tuned = False
+
+    def networks(self):
+        return {"classifier": (self.classifier, self.config.lr)}

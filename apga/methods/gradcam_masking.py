@@ -1,0 +1,30 @@
+"""Grad-CAM masking: keep where a frozen copy of the baseline's Grad-CAM exceeds 0.5."""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from apga.gradcam import grad_cam
+from apga.masks import greedy_action, kept_images
+from apga.methods.base import Method
+
+
+class GradCamMasking(Method):
+    name = "gradcam"
+
+    def __init__(self, config, classifier, agent=None):
+        super().__init__(config, classifier, agent)
+        # Built from the classifier as it is now: the best baseline checkpoint.
+        self.reference = copy.deepcopy(classifier).eval().requires_grad_(False)
+
+    def phases(self, images, labels):
+        yield self.classifier_phase(images, labels, "clean_loss")
+        keep = greedy_action(self.mask_probabilities(images))  # (B, 1, H, W)
+        phase = self.classifier_phase(kept_images(images, keep), labels, "keep_loss")
+        phase.logs["keep_area"] = keep.mean()
+        yield phase
+
+    def mask_probabilities(self, images):
+        with torch.autocast(images.device.type, enabled=False):
+            return grad_cam(self.reference, images.float(), "features.norm5")

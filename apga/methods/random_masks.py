@@ -1,0 +1,46 @@
+"""The random-mask floor: keep one random box per image, of the same area as APGA's masks.
+
+If masking anything at all helps, this method shows it; gains of APGA over it are gains of
+*where* the agent masks. The kept area is APGA's mean kept area on the validation split of the
+same run (0.5 when APGA was not run).
+"""
+from __future__ import annotations
+
+import torch
+
+from apga.masks import kept_images, random_boxes
+from apga.methods.base import Method
+from apga.utils import derive_seed
+
+DEFAULT_KEEP_AREA = 0.5
+
+
+class RandomMasking(Method):
+    name = "random"
+
+    def __init__(self, config, classifier, agent=None, keep_area: float = DEFAULT_KEEP_AREA):
+        super().__init__(config, classifier, agent)
+        self.keep_area = float(keep_area)
+
+    def phases(self, images, labels):
+        yield self.classifier_phase(images, labels, "clean_loss")
+        keep = self._boxes(images, self.generator)
+        phase = self.classifier_phase(kept_images(images, keep), labels, "keep_loss")
+        phase.logs["keep_area"] = keep.mean()
+        yield phase
+
+    def _boxes(self, images, generator):
+        b, _, h, w = images.shape
+        area = torch.full((b,), self.keep_area, device=images.device)
+        return random_boxes(b, h, w, area=area, ratio=(0.5, 2.0), generator=generator, device=images.device)
+
+    def mask_probabilities(self, images):
+        # Evaluation masks are a fixed function of the batch size, so every evaluation agrees.
+        generator = torch.Generator(images.device).manual_seed(derive_seed("random-eval", len(images)))
+        return self._boxes(images, generator)
+
+    def state_dict(self):
+        return {"keep_area": self.keep_area}
+
+    def load_state_dict(self, state):
+        self.keep_area = float(state.get("keep_area", self.keep_area))

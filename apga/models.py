@@ -1,0 +1,114 @@
+"""The classifier (torchvision DenseNet, 2-way head) and the agent (TernausNet UNet11)."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision import models
+
+from apga.errors import ConfigError
+
+
+def build_classifier(name: str = "densenet169", pretrained: bool = False) -> nn.Module:
+    """DenseNet with a 2-way linear head. `densenet-small` is a few-block net for CPU runs.
+
+    Every variant keeps torchvision's module names, so `features.norm5` (Grad-CAM's layer) exists.
+    """
+    if name == "densenet-small":
+        if pretrained:
+            raise ConfigError("no ImageNet weights exist for --classifier densenet-small; drop --pretrained")
+        return models.DenseNet(growth_rate=12, block_config=(2, 2, 2, 2), num_init_features=24, bn_size=2,
+                               num_classes=2)
+    weights = models.get_model_weights(name).DEFAULT if pretrained else None
+    net = models.get_model(name, weights=weights)
+    net.classifier = nn.Linear(net.classifier.in_features, 2)
+    return net
+
+
+class _ConvRelu(nn.Sequential):
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(nn.Conv2d(in_channels, out_channels, 3, padding=1), nn.ReLU(inplace=True))
+
+
+class _DecoderBlock(nn.Sequential):
+    """TernausNet's decoder block: conv-relu, then a stride-2 transposed conv (doubles the side)."""
+
+    def __init__(self, in_channels: int, middle_channels: int, out_channels: int):
+        super().__init__(
+            _ConvRelu(in_channels, middle_channels),
+            nn.ConvTranspose2d(middle_channels, out_channels, 3, stride=2, padding=1, output_padding=1),
+            nn.ReLU(inplace=True),
+        )
+
+
+class UNet11(nn.Module):
+    """TernausNet UNet11: VGG11 encoder convs, transposed-conv decoder, one output channel.
+
+    `width` is TernausNet's `num_filters`; at 32 the encoder is exactly VGG11 (64..512
+    channels) and can take torchvision's ImageNet VGG11 weights. `input_scale` < 1 makes the
+    cheaper agent: it sees the image at that fraction of its side and its logits are
+    upsampled bilinearly to full size. Returns logits (B, 1, H, W); the mask probability is
+    their sigmoid.
+    """
+
+    def __init__(self, width: int = 32, pretrained: bool = False, input_scale: float = 1.0):
+        super().__init__()
+        w = width
+        self.input_scale = input_scale
+        self.conv1 = nn.Conv2d(3, w * 2, 3, padding=1)
+        self.conv2 = nn.Conv2d(w * 2, w * 4, 3, padding=1)
+        self.conv3s = nn.Conv2d(w * 4, w * 8, 3, padding=1)
+        self.conv3 = nn.Conv2d(w * 8, w * 8, 3, padding=1)
+        self.conv4s = nn.Conv2d(w * 8, w * 16, 3, padding=1)
+        self.conv4 = nn.Conv2d(w * 16, w * 16, 3, padding=1)
+        self.conv5s = nn.Conv2d(w * 16, w * 16, 3, padding=1)
+        self.conv5 = nn.Conv2d(w * 16, w * 16, 3, padding=1)
+        self.center = _DecoderBlock(w * 16, w * 16, w * 8)
+        self.dec5 = _DecoderBlock(w * (16 + 8), w * 16, w * 8)
+        self.dec4 = _DecoderBlock(w * (16 + 8), w * 16, w * 4)
+        self.dec3 = _DecoderBlock(w * (8 + 4), w * 8, w * 2)
+        self.dec2 = _DecoderBlock(w * (4 + 2), w * 4, w)
+        self.dec1 = _ConvRelu(w * (2 + 1), w)
+        self.final = nn.Conv2d(w, 1, 1)
+        if pretrained:
+            self._load_vgg11_encoder(width)
+
+    _ENCODER = ("conv1", "conv2", "conv3s", "conv3", "conv4s", "conv4", "conv5s", "conv5")
+
+    def _load_vgg11_encoder(self, width: int) -> None:
+        if width != 32:
+            raise ConfigError(f"ImageNet VGG11 weights need --agent-width 32 (got {width}); drop --pretrained "
+                              f"or use width 32")
+        vgg = models.vgg11(weights=models.VGG11_Weights.IMAGENET1K_V1).features
+        convs = [m for m in vgg if isinstance(m, nn.Conv2d)]
+        for name, source in zip(self._ENCODER, convs):
+            getattr(self, name).load_state_dict(source.state_dict())
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        full_size = images.shape[-2:]
+        x = images
+        if self.input_scale != 1.0:
+            x = F.interpolate(x, scale_factor=self.input_scale, mode="bilinear", align_corners=False,
+                              antialias=True, recompute_scale_factor=False)
+        if x.shape[-2] % 32 or x.shape[-1] % 32:
+            raise ConfigError(f"the UNet11 agent needs image sides divisible by 32, got {tuple(x.shape[-2:])}; "
+                              f"use e.g. --image-size 224 or 64 (and an --agent-scale that keeps it so)")
+        relu, pool = F.relu, F.max_pool2d
+        conv1 = relu(self.conv1(x))
+        conv2 = relu(self.conv2(pool(conv1, 2)))
+        conv3 = relu(self.conv3(relu(self.conv3s(pool(conv2, 2)))))
+        conv4 = relu(self.conv4(relu(self.conv4s(pool(conv3, 2)))))
+        conv5 = relu(self.conv5(relu(self.conv5s(pool(conv4, 2)))))
+        center = self.center(pool(conv5, 2))
+        dec5 = self.dec5(torch.cat([center, conv5], 1))
+        dec4 = self.dec4(torch.cat([dec5, conv4], 1))
+        dec3 = self.dec3(torch.cat([dec4, conv3], 1))
+        dec2 = self.dec2(torch.cat([dec3, conv2], 1))
+        logits = self.final(self.dec1(torch.cat([dec2, conv1], 1)))  # (B, 1, h, w)
+        if logits.shape[-2:] != full_size:
+            logits = F.interpolate(logits, size=full_size, mode="bilinear", align_corners=False)
+        return logits
+
+
+def build_agent(width: int = 32, pretrained: bool = False, input_scale: float = 1.0) -> UNet11:
+    return UNet11(width=width, pretrained=pretrained, input_scale=input_scale)

@@ -1,0 +1,241 @@
+"""A generated stand-in for MURA v1.1, written in exactly its layout.
+
+Each image is a radiograph-like picture: soft tissue and one or two bones (bright cortex,
+darker medulla) at a random pose. The label depends on a small local finding *inside a bone*
+(a fracture line or a lytic spot). Everything else is label-independent clutter: L/R markers
+and digits, collimation borders, look-alike dark lines and spots *outside* the bones, a
+gradient, noise and random gain/gamma. Optionally a small corner marker is spuriously
+correlated with the label in the training split only. The ground-truth relevance region (the
+bones, where any finding can be) is saved for every image as a mask PNG in a parallel tree,
+`MURA-v1.1-masks/`, outside `MURA-v1.1/`.
+
+An abnormal study shows its finding in each image with probability 0.85 (as in MURA, not
+every view shows the abnormality), so image labels carry some noise, like the real ones.
+
+    python -m apga.synthetic --out datasets/synthetic --seed 0
+"""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from apga.config import BODY_PARTS
+from apga.mura import MASK_DIR, MURA_DIR
+
+FINDING_VISIBLE = 0.85
+ABNORMAL_STUDY_RATE = 0.42
+
+# 5x3 bitmaps of the characters burnt into radiographs as markers.
+_GLYPHS = {
+    "L": ["100", "100", "100", "100", "111"],
+    "R": ["110", "101", "110", "101", "101"],
+    "1": ["010", "110", "010", "010", "111"],
+    "2": ["111", "001", "111", "100", "111"],
+    "3": ["111", "001", "011", "001", "111"],
+}
+_GLYPHS = {k: np.array([[c == "1" for c in row] for row in v]) for k, v in _GLYPHS.items()}
+
+# Bones per part (how many rods, relative thickness): cosmetic variety between parts.
+_ANATOMY = {"elbow": (2, 0.16), "finger": (1, 0.11), "forearm": (2, 0.12), "hand": (2, 0.10),
+            "humerus": (1, 0.18), "shoulder": (1, 0.20), "wrist": (2, 0.13)}
+
+
+def _segment_distance(yy, xx, p0, p1):
+    """Distance of every pixel to the segment p0-p1 and the position t in [0, 1] along it."""
+    d = p1 - p0
+    t = np.clip(((yy - p0[0]) * d[0] + (xx - p0[1]) * d[1]) / max(float(d @ d), 1e-6), 0.0, 1.0)
+    return np.hypot(yy - (p0[0] + t * d[0]), xx - (p0[1] + t * d[1])), t
+
+
+def _draw_text(image, rng, text, value):
+    h, w = image.shape
+    scale = max(1, int(min(h, w) * rng.uniform(0.025, 0.04)))
+    width = (4 * len(text) - 1) * scale
+    y = int(rng.choice([rng.integers(2, max(3, h // 6)), rng.integers(max(3, h - h // 6 - 5 * scale), max(4, h - 5 * scale - 1))]))
+    x = int(rng.choice([rng.integers(2, max(3, w // 6)), rng.integers(max(3, w - w // 6 - width), max(4, w - width - 1))]))
+    for k, char in enumerate(text):
+        glyph = np.kron(_GLYPHS[char], np.ones((scale, scale), dtype=bool))
+        gy, gx = glyph.shape
+        patch = image[y:y + gy, x + 4 * k * scale:x + 4 * k * scale + gx]
+        patch[glyph[:patch.shape[0], :patch.shape[1]]] = value
+
+
+def render_image(rng: np.random.Generator, body_part: str, abnormal: bool, spurious_marker: bool,
+                 min_side: int = 80, max_side: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """One radiograph-like image (float in [0, 1]) and its relevance mask (bool), both (H, W)."""
+    h, w = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    side = min(h, w)
+
+    # background: dark, with a gradient
+    angle = rng.uniform(0, 2 * np.pi)
+    ramp = (np.cos(angle) * yy / h + np.sin(angle) * xx / w)
+    image = rng.uniform(0.04, 0.15) + rng.uniform(0.0, 0.12) * (ramp - ramp.min())
+
+    # anatomy: soft tissue around one or two bones
+    n_bones, thickness = _ANATOMY[body_part]
+    center = np.array([h, w], dtype=np.float32) * rng.uniform(0.4, 0.6, size=2)
+    axis = rng.uniform(0, np.pi)
+    direction = np.array([np.sin(axis), np.cos(axis)], dtype=np.float32)
+    normal = np.array([-direction[1], direction[0]])
+    length = rng.uniform(0.55, 0.85) * np.hypot(h, w) / 2
+    radius = side * thickness * rng.uniform(0.85, 1.15)
+    bone_mask = np.zeros((h, w), dtype=bool)
+    shafts = []
+    for b in range(n_bones):
+        offset = (b - (n_bones - 1) / 2) * radius * 2.6
+        bend = rng.uniform(-0.25, 0.25)
+        p0 = center + offset * normal - length * direction
+        p1 = center + offset * normal + length * (direction + bend * normal)
+        dist, t = _segment_distance(yy, xx, p0, p1)
+        r = radius * rng.uniform(0.8, 1.1)
+        shafts.append((dist, t, r))
+        bone_mask |= dist < r
+    dist_tissue = np.min([s[0] for s in shafts], axis=0)
+    tissue = np.clip(1.0 - dist_tissue / (radius * 3.2), 0, 1)
+    image = image + 0.18 * tissue
+    for dist, _, r in shafts:
+        inside = dist < r
+        cortex = inside & (dist > 0.62 * r)
+        image = np.where(inside, 0.52 + 0.05 * rng.standard_normal(), image)
+        image = np.where(cortex, 0.78, image)
+
+    # the finding: a small local change inside one bone
+    if abnormal:
+        dist, t, r = shafts[rng.integers(len(shafts))]
+        t0 = rng.uniform(0.25, 0.75)
+        if rng.random() < 0.5:  # fracture: a dark line across the shaft
+            band = np.abs(t - t0) * 2 * length < rng.uniform(0.9, 1.5) * side / 64 * 1.3
+            image = np.where(band & (dist < r), image - rng.uniform(0.32, 0.42), image)
+        else:  # lytic lesion: a dark spot in the bone
+            along = (dist < r) & (np.abs(t - t0) * 2 * length < 1.0)
+            ys, xs = np.nonzero(along)
+            if len(ys):
+                k = rng.integers(len(ys))
+                spot = np.hypot(yy - ys[k], xx - xs[k]) < side * rng.uniform(0.045, 0.065)
+                image = np.where(spot & bone_mask, image - rng.uniform(0.3, 0.4), image)
+
+    # clutter that looks like a finding but lies outside the bones (label-independent)
+    for _ in range(rng.integers(0, 3)):
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        if rng.random() < 0.5:
+            spot = np.hypot(yy - cy, xx - cx) < side * rng.uniform(0.04, 0.07)
+        else:
+            a = rng.uniform(0, np.pi)
+            spot = (np.abs(np.cos(a) * (yy - cy) + np.sin(a) * (xx - cx)) < 1.2) & (np.hypot(yy - cy, xx - cx) < side * 0.15)
+        image = np.where(spot & ~bone_mask, image - rng.uniform(0.1, 0.2) + 0.3 * (rng.random() < 0.5), image)
+
+    # markers and letters, collimation borders, spurious marker
+    _draw_text(image, rng, str(rng.choice(["L", "R"])), 0.95)
+    if rng.random() < 0.5:
+        _draw_text(image, rng, "".join(rng.choice(list("123"), size=2)), 0.9)
+    for edge in range(4):
+        if rng.random() < 0.35:
+            width = int(side * rng.uniform(0.03, 0.12))
+            value = rng.uniform(0.75, 0.95)
+            if edge == 0:
+                image[:width] = value
+            elif edge == 1:
+                image[-width:] = value
+            elif edge == 2:
+                image[:, :width] = value
+            else:
+                image[:, -width:] = value
+    if spurious_marker:
+        s = max(2, side // 16)
+        image[1:1 + s, w - 1 - s:w - 1] = 1.0
+
+    # acquisition: gain, gamma, noise
+    image = np.clip(image * rng.uniform(0.85, 1.15) + rng.uniform(-0.05, 0.05), 0, 1) ** rng.uniform(0.75, 1.35)
+    image = image + rng.uniform(0.01, 0.04) * rng.standard_normal((h, w))
+    return np.clip(image, 0, 1).astype(np.float32), bone_mask
+
+
+def generate(out: str | Path, seed: int = 0, train_patients: int = 120, valid_patients: int = 40,
+             parts: tuple[str, ...] = BODY_PARTS, min_side: int = 80, max_side: int = 128,
+             spurious: float = 0.0, colour_fraction: float = 0.1) -> dict:
+    """Write the data set under `out` (MURA-v1.1/ and MURA-v1.1-masks/), deterministic in `seed`.
+
+    `spurious` in [0, 1]: in the training split, the corner marker appears on abnormal images
+    with this probability and on normal ones with 1 - spurious (0 = no marker at all; in the
+    validation split it is independent of the label). Written into a temporary folder and
+    renamed, so an interrupted run never leaves a half data set behind.
+    """
+    out = Path(out)
+    params = dict(seed=seed, train_patients=train_patients, valid_patients=valid_patients, parts=list(parts),
+                  min_side=min_side, max_side=max_side, spurious=spurious, colour_fraction=colour_fraction, version=2)
+    tmp = out.with_name(out.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    rng = np.random.default_rng(seed)
+    rows = {"train": [], "valid": []}
+    studies = {"train": [], "valid": []}
+    next_patient = 1
+    for split, n_patients in (("train", train_patients), ("valid", valid_patients)):
+        for part in parts:
+            for _ in range(n_patients):
+                patient = f"patient{next_patient:05d}"
+                next_patient += 1
+                for study_number in range(1, rng.integers(1, 3) + 1):
+                    abnormal = rng.random() < ABNORMAL_STUDY_RATE
+                    study = f"{MURA_DIR}/{split}/XR_{part.upper()}/{patient}/study{study_number}_{'positive' if abnormal else 'negative'}"
+                    studies[split].append(f"{study}/,{int(abnormal)}")
+                    for image_number in range(1, rng.integers(1, 4) + 1):
+                        visible = abnormal and rng.random() < FINDING_VISIBLE
+                        if split == "train" and spurious > 0:
+                            marker = rng.random() < (spurious if abnormal else 1 - spurious)
+                        else:
+                            marker = spurious > 0 and rng.random() < 0.5
+                        pixels, relevance = render_image(rng, part, visible, marker, min_side, max_side)
+                        path = f"{study}/image{image_number}.png"
+                        _save(tmp / path, pixels, colour=rng.random() < colour_fraction)
+                        mask_path = tmp / MASK_DIR / Path(path).relative_to(MURA_DIR)
+                        mask_path.parent.mkdir(parents=True, exist_ok=True)
+                        Image.fromarray(relevance.astype(np.uint8) * 255).save(mask_path, compress_level=1)
+                        rows[split].append(path)
+    for split in ("train", "valid"):
+        order = rng.permutation(len(rows[split]))  # like MURA: rows not sorted by body part
+        (tmp / MURA_DIR / f"{split}_image_paths.csv").write_text("".join(rows[split][i] + "\n" for i in order))
+        (tmp / MURA_DIR / f"{split}_labeled_studies.csv").write_text("".join(s + "\n" for s in studies[split]))
+    (tmp / "GENERATED.json").write_text(json.dumps(params, indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return {"train_images": len(rows["train"]), "valid_images": len(rows["valid"]), **params}
+
+
+def _save(path: Path, pixels: np.ndarray, colour: bool) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grey = np.rint(pixels * 255).astype(np.uint8)
+    image = Image.fromarray(np.repeat(grey[..., None], 3, axis=2)) if colour else Image.fromarray(grey)
+    image.save(path, compress_level=1)
+
+
+def ensure_generated(out: str | Path, **params) -> Path:
+    """Generate the data set unless `out` already holds one made with the same parameters."""
+    out = Path(out)
+    marker = out / "GENERATED.json"
+    if marker.is_file():
+        existing = json.loads(marker.read_text())
+        if all(existing.get(k) == (list(v) if isinstance(v, tuple) else v) for k, v in params.items()):
+            return out
+    print(f"generating the synthetic MURA-layout data set in {out} ...")
+    summary = generate(out, **params)
+    print(f"  {summary['train_images']} train and {summary['valid_images']} valid images")
+    return out
+
+
+def main(out: str = "datasets/synthetic", seed: int = 0, train_patients: int = 120, valid_patients: int = 40,
+         min_side: int = 80, max_side: int = 128, spurious: float = 0.0) -> None:
+    """Generate the synthetic MURA-layout data set."""
+    summary = generate(out, seed=seed, train_patients=train_patients, valid_patients=valid_patients,
+                       min_side=min_side, max_side=max_side, spurious=spurious)
+    print(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

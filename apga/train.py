@@ -1,0 +1,261 @@
+"""The one training loop every method runs on.
+
+It owns: optimizers, zero_grad/backward/step, AMP, the epoch order, validation (each epoch,
+and every `val_every` iterations for APGA and end-to-end), early stopping, checkpoints
+(`last.pt` each epoch, `best.pt` on improvement, both atomic), resume, the per-epoch
+metrics file and the progress bar. A method only says what its phases are (methods/base.py).
+
+Reproducible resume: the epoch's data order and the methods' random masks come from
+generators reseeded from (seed, method, epoch), and everything else that changes (networks,
+optimizers, scaler, reward baseline, early-stopping state, RNG states) is in `last.pt`.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from apga.checkpoint import check_same_config, load_checkpoint, save_checkpoint
+from apga.config import config_dict
+from apga.data import RunData, make_loader, to_model_input
+from apga.errors import NonFiniteError
+from apga.evaluation import evaluate
+from apga.gallery import save_gallery
+from apga.utils import atomic_write_bytes, atomic_write_json, code_version, derive_seed
+
+GALLERY_IMAGES = 8
+
+
+@dataclass
+class Precision:
+    """Autocast dtype (None: full precision) and whether fp16 needs a gradient scaler."""
+    device_type: str
+    dtype: torch.dtype | None
+
+    @classmethod
+    def for_device(cls, device: torch.device, amp: bool | None) -> "Precision":
+        if device.type != "cuda" or amp is False:
+            return cls(device.type, None)  # AMP is a no-op on the CPU
+        return cls(device.type, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+
+    def autocast(self):
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def scaler(self) -> torch.amp.GradScaler:
+        return torch.amp.GradScaler(self.device_type, enabled=self.dtype == torch.float16)
+
+
+@dataclass
+class Stage:
+    """Everything `fit` needs besides the method and the data."""
+    run_dir: Path
+    seed: int
+    device: torch.device
+    precision: Precision
+    config: object
+    channels_last: bool = False
+    progress: bool = True
+
+
+class _Logs:
+    """Sums of detached per-phase scalars on the device; synced only when read."""
+
+    def __init__(self):
+        self.sums: dict[str, torch.Tensor] = {}
+        self.count = 0
+
+    def add(self, logs: dict[str, torch.Tensor]) -> None:
+        for key, value in logs.items():
+            value = value.detach().float()
+            self.sums[key] = self.sums[key] + value if key in self.sums else value
+
+    def means(self) -> dict[str, float]:
+        if not self.sums:
+            return {}
+        values = torch.stack(list(self.sums.values())).cpu() / max(self.count, 1)  # one host sync
+        return dict(zip(self.sums, values.tolist()))
+
+
+def _check_finite(means: dict[str, float], where: str, last_checkpoint: Path) -> None:
+    bad = {k: v for k, v in means.items() if not math.isfinite(v)}
+    if bad:
+        name, value = next(iter(bad.items()))
+        kept = f"the last good checkpoint {last_checkpoint} is kept" if last_checkpoint.exists() else "no checkpoint was written"
+        raise NonFiniteError(f"{where}: {name} became {value}; {kept}. Lower the learning rate (--finetune-lr, "
+                             f"--agent-lr, --lr) or turn AMP off (--amp 0)")
+
+
+def _state_of(model):
+    return None if model is None else model.state_dict()
+
+
+def _save_state(path: Path, method, optimizers, scaler, progress: dict, config_values: dict, history: list) -> None:
+    save_checkpoint(path, {
+        "classifier": method.classifier.state_dict(),
+        "agent": _state_of(method.agent),
+        "method": method.state_dict(),
+        "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
+        "scaler": scaler.state_dict(),
+        "progress": progress,
+        "history": history,
+        "rng": {"torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
+        "config": config_values,
+        "code_version": code_version(),
+    })
+
+
+def _load_networks(method, state: dict) -> None:
+    method.classifier.load_state_dict(state["classifier"])
+    if method.agent is not None and state.get("agent") is not None:
+        method.agent.load_state_dict(state["agent"])
+    method.load_state_dict(state.get("method", {}))
+
+
+def _write_history(path: Path, history: list[dict]) -> None:
+    atomic_write_bytes(path, pd.DataFrame(history).to_csv(index=False).encode())
+
+
+def train_one_epoch(method, loader, optimizers, scaler, stage: Stage, *, desc: str, on_iteration=None,
+                    max_steps: int | None = None) -> dict[str, float]:
+    """Run the method's phases on every batch; return the epoch's mean logs."""
+    logs = _Logs()
+    networks = [net for net, _ in method.networks().values()]
+    for net in networks:
+        net.train()
+    total = len(loader) if max_steps is None else min(max_steps, len(loader))
+    bar = tqdm(total=total, desc=desc, leave=False, disable=None if stage.progress else True, dynamic_ncols=True)
+    log_every = stage.config.log_every
+    for step, (images_u8, labels, _positions, _masks) in enumerate(loader, start=1):
+        if max_steps is not None and step > max_steps:
+            break
+        images = to_model_input(images_u8.to(stage.device, non_blocking=True), stage.channels_last)
+        labels = labels.to(stage.device, non_blocking=True)
+        phases = method.phases(images, labels)
+        while True:
+            with stage.precision.autocast():
+                phase = next(phases, None)
+            if phase is None:
+                break
+            for name in phase.networks:
+                optimizers[name].zero_grad(set_to_none=True)
+            scaler.scale(phase.loss).backward()
+            for name in phase.networks:
+                scaler.step(optimizers[name])
+            scaler.update()
+            logs.add(phase.logs)
+        logs.count += 1
+        bar.update(1)
+        if step % log_every == 0 or step == total:
+            means = logs.means()  # the only host sync of a training step, every `log_every` steps
+            _check_finite(means, f"{method.name}, {desc}, iteration {step}", stage.run_dir / "last.pt")
+            bar.set_postfix({k: f"{v:.3g}" for k, v in list(means.items())[:6]})
+        if on_iteration is not None:
+            on_iteration(step)
+    bar.close()
+    means = logs.means()
+    _check_finite(means, f"{method.name}, {desc}", stage.run_dir / "last.pt")
+    return means
+
+
+def fit(method, data: RunData, stage: Stage) -> dict:
+    """Train until early stopping, then evaluate the selected checkpoint on the report split.
+
+    Returns the report metrics plus `best_epoch`, `epochs_trained`, `selection_accuracy`.
+    A finished run (its `result.json` exists) is not redone when resuming.
+    """
+    config, run_dir, device = stage.config, stage.run_dir, stage.device
+    result_file, last_file, best_file = run_dir / "result.json", run_dir / "last.pt", run_dir / "best.pt"
+    config_values = config_dict(config)
+    if config.resume and result_file.is_file():
+        return json.loads(result_file.read_text())
+    if not config.resume:
+        for stale in (result_file, last_file, best_file, run_dir / "metrics.csv"):
+            stale.unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "gallery", ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+    optimizers = {name: torch.optim.Adam(net.parameters(), lr=lr) for name, (net, lr) in method.networks().items()}
+    scaler = stage.precision.scaler()
+    progress = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0.0, "epochs_since_best": 0}
+    history: list[dict] = []
+    if config.resume and last_file.is_file():
+        state = load_checkpoint(last_file, device)
+        check_same_config(last_file, state["config"], config_values)
+        _load_networks(method, state)
+        for name, opt in optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        scaler.load_state_dict(state["scaler"])
+        progress, history = state["progress"], state["history"]
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        print(f"resuming {run_dir} after epoch {progress['epoch']}")
+
+    eval_kwargs = dict(batch_size=config.batch_size, autocast=stage.precision.autocast,
+                       channels_last=stage.channels_last, num_workers=0)
+    loader = make_loader(data.train.dataset, config.batch_size, shuffle=True, num_workers=config.num_workers,
+                         pin_memory=device.type == "cuda")
+    gallery_images = data.select.dataset.__getitems__(list(range(min(GALLERY_IMAGES, len(data.select.dataset)))))[0]
+    method.generator = torch.Generator(device)
+
+    def validate(epoch_position: float, iteration: int) -> dict:
+        metrics = evaluate(method, data.select, device, **eval_kwargs)
+        if metrics["accuracy"] > progress["best_accuracy"]:
+            progress.update(best_accuracy=metrics["accuracy"], best_epoch=epoch_position)
+            metrics["improved"] = 1.0
+            save_checkpoint(best_file, {"classifier": method.classifier.state_dict(), "agent": _state_of(method.agent),
+                                        "method": method.state_dict(), "epoch": epoch_position,
+                                        "config": config_values, "code_version": code_version()})
+        return metrics
+
+    start = time.perf_counter()
+    for epoch in range(progress["epoch"] + 1, config.epochs + 1):
+        if progress["epochs_since_best"] >= config.patience:
+            break
+        loader.generator.manual_seed(derive_seed(stage.seed, method.name, epoch, "order"))
+        method.generator.manual_seed(derive_seed(stage.seed, method.name, epoch, "masks"))
+        best_before = progress["best_accuracy"]
+        steps = len(loader) if config.steps_per_epoch is None else min(config.steps_per_epoch, len(loader))
+
+        def mid_epoch(step: int) -> None:
+            if method.validates_mid_epoch and config.val_every and step % config.val_every == 0 and step < steps:
+                checked = validate(epoch - 1 + step / steps, step)
+                history.append({"epoch": epoch - 1 + step / steps, "iteration": step,
+                                **{f"val_{k}": v for k, v in checked.items()}})
+
+        train_logs = train_one_epoch(method, loader, optimizers, scaler, stage, desc=f"{method.name} epoch {epoch}",
+                                     on_iteration=mid_epoch, max_steps=config.steps_per_epoch)
+        val = validate(float(epoch), steps)
+        improved = progress["best_accuracy"] > best_before
+        progress.update(epoch=epoch, epochs_since_best=0 if improved else progress["epochs_since_best"] + 1)
+        history.append({"epoch": float(epoch), "iteration": steps, **{f"train_{k}": v for k, v in train_logs.items()},
+                        **{f"val_{k}": v for k, v in val.items()}, "seconds": time.perf_counter() - start})
+        _save_state(last_file, method, optimizers, scaler, progress, config_values, history)
+        _write_history(run_dir / "metrics.csv", history)
+        if config.gallery == "epoch":
+            save_gallery(method, gallery_images, run_dir / "gallery" / f"epoch{epoch:03d}.png", device)
+        if stage.progress:
+            shown = ", ".join(f"{k} {v:.3f}" for k, v in train_logs.items() if k.endswith("loss"))
+            print(f"  {method.name} epoch {epoch}: {shown}; selection accuracy {val['accuracy']:.3f}"
+                  f"{' (best)' if improved else ''}")
+
+    if not best_file.is_file():  # no epoch ran (e.g. --epochs reached on resume): evaluate as is
+        validate(float(progress["epoch"]), 0)
+    best = load_checkpoint(best_file, device)
+    _load_networks(method, best)
+    if config.gallery != "off":
+        save_gallery(method, gallery_images, run_dir / "gallery" / "final.png", device)
+    result = evaluate(method, data.report, device, **eval_kwargs)
+    result.update(best_epoch=progress["best_epoch"], epochs_trained=progress["epoch"],
+                  selection_accuracy=progress["best_accuracy"], train_seconds=time.perf_counter() - start)
+    atomic_write_json(result_file, result)
+    return result

@@ -1,0 +1,90 @@
+"""Small shared utilities: seeding, device, modes, atomic file writes."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from apga.errors import ConfigError
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch together."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def derive_seed(*parts) -> int:
+    """A stable 63-bit seed from any printable parts (seed, epoch, purpose...)."""
+    digest = hashlib.sha256(repr(parts).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def resolve_device(gpu_id: int) -> torch.device:
+    """CUDA device `gpu_id`, or the CPU with a notice when CUDA is absent."""
+    if not torch.cuda.is_available():
+        print("notice: CUDA is not available; running on the CPU", file=sys.stderr)
+        return torch.device("cpu")
+    count = torch.cuda.device_count()
+    if gpu_id >= count:
+        raise ConfigError(f"--gpu-id {gpu_id} does not exist: this machine has {count} GPU(s) (0..{count - 1})")
+    return torch.device("cuda", gpu_id)
+
+
+@contextlib.contextmanager
+def eval_mode(*models: torch.nn.Module):
+    """Put models in eval mode for the block, then restore each one's previous mode."""
+    previous = [m.training for m in models]
+    try:
+        for m in models:
+            m.eval()
+        yield
+    finally:
+        for m, was_training in zip(models, previous):
+            m.train(was_training)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: Path, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
+
+
+def code_version() -> str:
+    """The git commit of the package's checkout (with '+dirty'), or the package version."""
+    from apga import __version__
+
+    root = Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                                text=True, timeout=5, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return __version__
