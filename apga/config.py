@@ -49,7 +49,8 @@ class Config:
     agent_scale: float = _f(1.0, "the agent sees the image at this fraction of its side; its mask is upsampled (0.5 = cheaper agent)")
     # --- optimisation ----------------------------------------------------------------------
     batch_size: int = _f(25, "images per batch")
-    epochs: int = _f(100, "maximum epochs per training stage")
+    epochs: int = _f(100, "maximum epochs of the baseline (and of each fine-tuning stage unless --finetune-epochs)")
+    finetune_epochs: int | None = _f(None, "maximum epochs of each fine-tuning stage (default: --epochs)")
     patience: int = _f(15, "early stopping: epochs without a better selection accuracy")
     lr: float = _f(1e-4, "baseline classifier learning rate (Adam); not defined by the published script, 1e-4 as in the MURA paper")
     finetune_lr: float = _f(1e-5, "learning rate of every fine-tuning stage (Adam), as the paper")
@@ -77,15 +78,16 @@ PRESETS: dict[str, dict] = {
     # Sized so that the demo (all six stages of one body part) runs in minutes on 2 cores.
     "cpu": dict(
         image_size=64,
-        batch_size=16,
-        epochs=6,
-        patience=3,
+        batch_size=32,
+        epochs=20,
+        finetune_epochs=6,
+        patience=6,
         classifier="densenet-small",
         agent_width=4,
         num_workers=0,
-        lr=1e-3,
+        lr=3e-3,
         finetune_lr=3e-4,
-        agent_lr=3e-4,
+        agent_lr=1e-3,
         val_every=0,
         log_every=5,
     ),
@@ -151,6 +153,8 @@ def validate(c: Config) -> None:
                  f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
     _require(_is_int(c.num_workers) and c.num_workers >= 0, f"--num-workers must be >= 0, got {c.num_workers!r}")
     _require(_is_int(c.val_every) and c.val_every >= 0, f"--val-every must be >= 0, got {c.val_every!r}")
+    _require(c.finetune_epochs is None or (_is_int(c.finetune_epochs) and c.finetune_epochs > 0),
+             f"--finetune-epochs must be a positive integer, got {c.finetune_epochs!r}")
     _require(c.steps_per_epoch is None or (_is_int(c.steps_per_epoch) and c.steps_per_epoch > 0),
              f"--steps-per-epoch must be a positive integer, got {c.steps_per_epoch!r}")
     for name in ("lr", "finetune_lr", "agent_lr"):

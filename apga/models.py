@@ -70,8 +70,19 @@ class UNet11(nn.Module):
         self.dec2 = _DecoderBlock(w * (4 + 2), w * 4, w)
         self.dec1 = _ConvRelu(w * (2 + 1), w)
         self.final = nn.Conv2d(w, 1, 1)
+        self._init_weights()
         if pretrained:
             self._load_vgg11_encoder(width)
+
+    def _init_weights(self) -> None:
+        """He init, zero biases: unlike PyTorch's default init (whose logits come out almost
+        constant across pixels, so a thresholded mask is all or nothing), the random agent's
+        first masks then depend on the image and cover about half of it."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+        nn.init.normal_(self.final.weight, std=(1.0 / self.final.in_channels) ** 0.5)
 
     _ENCODER = ("conv1", "conv2", "conv3s", "conv3", "conv4s", "conv4", "conv5s", "conv5")
 

@@ -107,20 +107,18 @@ def render_image(rng: np.random.Generator, body_part: str, abnormal: bool, spuri
     # the finding: a small local change inside one bone
     if abnormal:
         dist, t, r = shafts[rng.integers(len(shafts))]
-        t0 = rng.uniform(0.25, 0.75)
-        if rng.random() < 0.5:  # fracture: a dark line across the shaft
-            band = np.abs(t - t0) * 2 * length < rng.uniform(0.9, 1.5) * side / 64 * 1.3
-            image = np.where(band & (dist < r), image - rng.uniform(0.32, 0.42), image)
-        else:  # lytic lesion: a dark spot in the bone
-            along = (dist < r) & (np.abs(t - t0) * 2 * length < 1.0)
-            ys, xs = np.nonzero(along)
-            if len(ys):
-                k = rng.integers(len(ys))
-                spot = np.hypot(yy - ys[k], xx - xs[k]) < side * rng.uniform(0.045, 0.065)
+        ys, xs = np.nonzero((dist < 0.8 * r) & (yy > 0.1 * h) & (yy < 0.9 * h) & (xx > 0.1 * w) & (xx < 0.9 * w))
+        if len(ys):  # centred on a bone pixel well inside the image, so the finding is always seen
+            k = rng.integers(len(ys))
+            if rng.random() < 0.5:  # fracture: a dark line across the shaft
+                band = np.abs(t - t[ys[k], xs[k]]) * 2 * length < rng.uniform(1.0, 1.5) * side / 32
+                image = np.where(band & (dist < r), image - rng.uniform(0.35, 0.45), image)
+            else:  # lytic lesion: a dark spot in the bone
+                spot = np.hypot(yy - ys[k], xx - xs[k]) < side * rng.uniform(0.06, 0.085)
                 image = np.where(spot & bone_mask, image - rng.uniform(0.3, 0.4), image)
 
     # clutter that looks like a finding but lies outside the bones (label-independent)
-    for _ in range(rng.integers(0, 3)):
+    for _ in range(int(rng.random() < 0.6)):
         cy, cx = rng.uniform(0, h), rng.uniform(0, w)
         if rng.random() < 0.5:
             spot = np.hypot(yy - cy, xx - cx) < side * rng.uniform(0.04, 0.07)
@@ -155,7 +153,7 @@ def render_image(rng: np.random.Generator, body_part: str, abnormal: bool, spuri
     return np.clip(image, 0, 1).astype(np.float32), bone_mask
 
 
-def generate(out: str | Path, seed: int = 0, train_patients: int = 120, valid_patients: int = 40,
+def generate(out: str | Path, seed: int = 0, train_patients: int = 200, valid_patients: int = 80,
              parts: tuple[str, ...] = BODY_PARTS, min_side: int = 80, max_side: int = 128,
              spurious: float = 0.0, colour_fraction: float = 0.1) -> dict:
     """Write the data set under `out` (MURA-v1.1/ and MURA-v1.1-masks/), deterministic in `seed`.
@@ -167,7 +165,7 @@ def generate(out: str | Path, seed: int = 0, train_patients: int = 120, valid_pa
     """
     out = Path(out)
     params = dict(seed=seed, train_patients=train_patients, valid_patients=valid_patients, parts=list(parts),
-                  min_side=min_side, max_side=max_side, spurious=spurious, colour_fraction=colour_fraction, version=2)
+                  min_side=min_side, max_side=max_side, spurious=spurious, colour_fraction=colour_fraction, version=5)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     rng = np.random.default_rng(seed)
@@ -227,7 +225,7 @@ def ensure_generated(out: str | Path, **params) -> Path:
     return out
 
 
-def main(out: str = "datasets/synthetic", seed: int = 0, train_patients: int = 120, valid_patients: int = 40,
+def main(out: str = "datasets/synthetic", seed: int = 0, train_patients: int = 200, valid_patients: int = 80,
          min_side: int = 80, max_side: int = 128, spurious: float = 0.0) -> None:
     """Generate the synthetic MURA-layout data set."""
     summary = generate(out, seed=seed, train_patients=train_patients, valid_patients=valid_patients,

@@ -217,8 +217,9 @@ def fit(method, data: RunData, stage: Stage) -> dict:
                                         "config": config_values, "code_version": code_version()})
         return metrics
 
+    max_epochs = config.finetune_epochs if method.fine_tuned and config.finetune_epochs else config.epochs
     start = time.perf_counter()
-    for epoch in range(progress["epoch"] + 1, config.epochs + 1):
+    for epoch in range(progress["epoch"] + 1, max_epochs + 1):
         if progress["epochs_since_best"] >= config.patience:
             break
         loader.generator.manual_seed(derive_seed(stage.seed, method.name, epoch, "order"))
