@@ -16,6 +16,7 @@ every view shows the abnormality), so image labels carry some noise, like the re
 """
 from __future__ import annotations
 
+import inspect
 import json
 import shutil
 from pathlib import Path
@@ -26,6 +27,7 @@ from PIL import Image
 from apga.config import BODY_PARTS
 from apga.mura import MASK_DIR, MURA_DIR
 
+VERSION = 6  # bump when the images change: ensure_generated then makes the data set anew
 FINDING_VISIBLE = 0.85
 ABNORMAL_STUDY_RATE = 0.42
 
@@ -105,7 +107,9 @@ def render_image(rng: np.random.Generator, body_part: str, abnormal: bool, spuri
         image = np.where(cortex, 0.78, image)
 
     # the finding: a small local change inside one bone
+    finding_rng = np.random.default_rng(rng.integers(2**63))  # drawn always: the rest does not depend on the label
     if abnormal:
+        rng_main, rng = rng, finding_rng
         dist, t, r = shafts[rng.integers(len(shafts))]
         ys, xs = np.nonzero((dist < 0.8 * r) & (yy > 0.1 * h) & (yy < 0.9 * h) & (xx > 0.1 * w) & (xx < 0.9 * w))
         if len(ys):  # centred on a bone pixel well inside the image, so the finding is always seen
@@ -116,6 +120,7 @@ def render_image(rng: np.random.Generator, body_part: str, abnormal: bool, spuri
             else:  # lytic lesion: a dark spot in the bone
                 spot = np.hypot(yy - ys[k], xx - xs[k]) < side * rng.uniform(0.06, 0.085)
                 image = np.where(spot & bone_mask, image - rng.uniform(0.3, 0.4), image)
+        rng = rng_main
 
     # clutter that looks like a finding but lies outside the bones (label-independent)
     for _ in range(int(rng.random() < 0.6)):
@@ -143,14 +148,14 @@ def render_image(rng: np.random.Generator, body_part: str, abnormal: bool, spuri
                 image[:, :width] = value
             else:
                 image[:, -width:] = value
+
+    # acquisition: gain, gamma, noise; then the burnt-in spurious marker
+    image = np.clip(image * rng.uniform(0.85, 1.15) + rng.uniform(-0.05, 0.05), 0, 1) ** rng.uniform(0.75, 1.35)
+    image = np.clip(image + rng.uniform(0.01, 0.04) * rng.standard_normal((h, w)), 0, 1)
     if spurious_marker:
         s = max(2, side // 16)
         image[1:1 + s, w - 1 - s:w - 1] = 1.0
-
-    # acquisition: gain, gamma, noise
-    image = np.clip(image * rng.uniform(0.85, 1.15) + rng.uniform(-0.05, 0.05), 0, 1) ** rng.uniform(0.75, 1.35)
-    image = image + rng.uniform(0.01, 0.04) * rng.standard_normal((h, w))
-    return np.clip(image, 0, 1).astype(np.float32), bone_mask
+    return image.astype(np.float32), bone_mask
 
 
 def generate(out: str | Path, seed: int = 0, train_patients: int = 200, valid_patients: int = 80,
@@ -165,7 +170,8 @@ def generate(out: str | Path, seed: int = 0, train_patients: int = 200, valid_pa
     """
     out = Path(out)
     params = dict(seed=seed, train_patients=train_patients, valid_patients=valid_patients, parts=list(parts),
-                  min_side=min_side, max_side=max_side, spurious=spurious, colour_fraction=colour_fraction, version=5)
+                  min_side=min_side, max_side=max_side, spurious=spurious, colour_fraction=colour_fraction,
+                  version=VERSION)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     rng = np.random.default_rng(seed)
@@ -215,10 +221,11 @@ def ensure_generated(out: str | Path, **params) -> Path:
     """Generate the data set unless `out` already holds one made with the same parameters."""
     out = Path(out)
     marker = out / "GENERATED.json"
-    if marker.is_file():
-        existing = json.loads(marker.read_text())
-        if all(existing.get(k) == (list(v) if isinstance(v, tuple) else v) for k, v in params.items()):
-            return out
+    wanted = {name: p.default for name, p in inspect.signature(generate).parameters.items() if name != "out"}
+    wanted.update(params, version=VERSION)
+    wanted["parts"] = list(wanted["parts"])
+    if marker.is_file() and json.loads(marker.read_text()) == wanted:
+        return out
     print(f"generating the synthetic MURA-layout data set in {out} ...")
     summary = generate(out, **params)
     print(f"  {summary['train_images']} train and {summary['valid_images']} valid images")

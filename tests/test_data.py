@@ -1,0 +1,93 @@
+"""Image decoding, the uint8 cache, batches and the run's splits."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from apga.data import CachedImages, cached_array, decode_image, prepare_run_data, to_model_input
+from apga.errors import DataError
+
+GREY = (np.arange(30 * 40).reshape(30, 40) % 256).astype(np.uint8)
+
+
+def _save(path, mode):
+    if mode == "L":
+        Image.fromarray(GREY).save(path)
+    elif mode == "RGB":
+        Image.fromarray(np.stack([GREY] * 3, axis=2)).save(path)
+    elif mode == "RGBA":
+        Image.fromarray(np.dstack([GREY] * 3 + [np.full_like(GREY, 128)])).save(path)
+    elif mode == "LA":
+        Image.fromarray(np.dstack([GREY, np.full_like(GREY, 10)]), mode="LA").save(path)
+    elif mode == "P":
+        Image.fromarray(np.stack([GREY] * 3, axis=2)).convert("P", palette=Image.ADAPTIVE, colors=256).save(path)
+    elif mode == "I;16":
+        Image.fromarray(GREY.astype(np.uint16) * 257).save(path)  # 16-bit with the same intensities
+    return path
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "RGBA", "LA", "P", "I;16"])
+def test_every_png_mode_decodes_to_the_same_grey(tmp_path, mode):
+    expected = decode_image(_save(tmp_path / "ref.png", "L"), 24)
+    decoded = decode_image(_save(tmp_path / f"{mode.replace(';', '')}.png", mode), 24)
+    assert decoded.shape == (24, 24) and decoded.dtype == np.uint8
+    tolerance = 8 if mode == "P" else 1  # a palette quantises
+    assert np.abs(decoded.astype(int) - expected.astype(int)).max() <= tolerance
+
+
+def test_sixteen_bit_uses_the_full_range(tmp_path):
+    Image.fromarray(np.full((8, 8), 65535, dtype=np.uint16)).save(tmp_path / "white.png")
+    Image.fromarray(np.full((8, 8), 32768, dtype=np.uint16)).save(tmp_path / "mid.png")
+    assert decode_image(tmp_path / "white.png", 4).min() == 255
+    assert abs(int(decode_image(tmp_path / "mid.png", 4)[0, 0]) - 128) <= 1
+
+
+def test_model_input_is_three_grey_channels_in_unit_range():
+    images = torch.tensor([[[0, 255], [51, 102]]], dtype=torch.uint8)
+    x = to_model_input(images)
+    assert x.shape == (1, 3, 2, 2) and x.dtype == torch.float32
+    assert torch.equal(x[:, 0], x[:, 2]) and x.max() == 1 and x.min() == 0
+    assert torch.allclose(x[0, 1], torch.tensor([[0, 1.0], [0.2, 0.4]]))
+
+
+def test_cache_is_reused_and_rebuilt_for_another_size(tmp_path):
+    files = [_save(tmp_path / f"{i}.png", "L") for i in range(3)]
+    first, ok = cached_array(files, 16, tmp_path / "cache")
+    assert ok.all() and first.shape == (3, 16, 16)
+    assert np.array_equal(first[1], decode_image(files[1], 16))
+    assert len(list((tmp_path / "cache").glob("*.u8"))) == 1
+    cached_array(files, 16, tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.u8"))) == 1  # reused
+    cached_array(files, 8, tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.u8"))) == 2  # new size, new cache
+
+
+def test_truncated_png_stops_or_is_skipped(tmp_path):
+    files = [_save(tmp_path / f"{i}.png", "L") for i in range(3)]
+    files[1].write_bytes(files[1].read_bytes()[:60])
+    with pytest.raises(DataError, match=r"cannot read image .*1\.png.*--skip-bad-images"):
+        cached_array(files, 8, tmp_path / "cache")
+    array, ok = cached_array(files, 8, tmp_path / "cache", skip_bad=True)
+    assert ok.tolist() == [True, False, True]
+
+
+def test_batches_come_back_in_file_order_with_positions():
+    images = np.arange(5 * 2 * 2, dtype=np.uint8).reshape(5, 2, 2)
+    dataset = CachedImages(images, rows=np.array([0, 2, 4]), labels=np.array([0, 1, 0]))
+    batch, labels, positions, masks = dataset.__getitems__([2, 0])
+    assert positions.tolist() == [0, 2] and labels.tolist() == [0, 0]
+    assert torch.equal(batch[1], torch.from_numpy(images[4])) and masks.numel() == 0
+
+
+def test_run_data_splits(tiny_config):
+    config = tiny_config(body_part="elbow", n_shot=3, model_selection="holdout", holdout_fraction=0.3)
+    data = prepare_run_data(config, seed=5)
+    assert len(data.train.index) == 6 and data.train.index["label"].sum() == 3
+    assert set(data.train.index["body_part"]) == {"elbow"} and set(data.report.index["split"]) == {"valid"}
+    assert set(data.select.index["split"]) == {"train"}
+    assert not set(data.select.index["patient"]) & set(data.train.index["patient"])
+    assert data.has_masks and data.report.dataset.masks is not None
+    again = prepare_run_data(config, seed=5)
+    assert again.train.index["path"].tolist() == data.train.index["path"].tolist()

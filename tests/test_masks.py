@@ -1,0 +1,59 @@
+"""Mask semantics and the batched box sampler."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from apga.masks import adversarial_images, cutout_masks, greedy_action, kept_images, random_boxes
+
+
+def test_adversarial_zeroes_exactly_the_marked_pixels_and_kept_keeps_them():
+    images = torch.rand(2, 3, 5, 5) + 0.1
+    marked = (torch.rand(2, 1, 5, 5) > 0.5).float()
+    adversarial, kept = adversarial_images(images, marked), kept_images(images, marked)
+    on = marked.expand_as(images).bool()
+    assert torch.all(adversarial[on] == 0) and torch.equal(adversarial[~on], images[~on])
+    assert torch.all(kept[~on] == 0) and torch.equal(kept[on], images[on])
+    assert torch.equal(adversarial + kept, images)
+
+
+def test_greedy_action_thresholds_at_one_half():
+    p = torch.tensor([0.2, 0.5, 0.51, 0.9])
+    assert greedy_action(p).tolist() == [0, 0, 1, 1]
+
+
+def _reference_box(h, w, fraction, log_ratio, u_top, u_left):
+    """The obvious per-image computation of one box."""
+    area = fraction * h * w
+    bh = min(max(round(math.sqrt(area * math.exp(log_ratio))), 0), h)
+    bw = min(max(round(math.sqrt(area / math.exp(log_ratio))), 0), w)
+    top, left = math.floor((h - bh + 1) * u_top), math.floor((w - bw + 1) * u_left)
+    mask = torch.zeros(1, h, w)
+    mask[:, top:top + bh, left:left + bw] = 1
+    return mask
+
+
+def test_batched_boxes_equal_a_per_image_reference():
+    h, w, b = 20, 30, 16
+    generator = torch.Generator().manual_seed(0)
+    boxes = random_boxes(b, h, w, area=(0.02, 0.33), ratio=(0.3, 1 / 0.3), generator=generator, device="cpu")
+    draws = torch.Generator().manual_seed(0)
+    fraction = 0.02 + 0.31 * torch.rand(b, generator=draws)
+    log_ratio = math.log(0.3) + (math.log(1 / 0.3) - math.log(0.3)) * torch.rand(b, generator=draws)
+    u_top, u_left = torch.rand(b, generator=draws), torch.rand(b, generator=draws)
+    for i in range(b):
+        reference = _reference_box(h, w, fraction[i].item(), log_ratio[i].item(), u_top[i].item(), u_left[i].item())
+        # float32 vs float64 rounding can move an edge by one pixel in rare cases
+        assert (boxes[i] != reference).float().sum() <= max(h, w)
+
+
+def test_cutout_boxes_differ_per_image_and_respect_the_area():
+    images = torch.rand(32, 3, 40, 40)
+    masks = cutout_masks(images, torch.Generator().manual_seed(1))
+    area = masks.flatten(1).mean(1)
+    assert masks.shape == (32, 1, 40, 40)
+    assert len({tuple(m.nonzero()[0].tolist()) for m in masks}) > 20
+    assert area.min() > 0.005 and area.max() < 0.4
+    again = cutout_masks(images, torch.Generator().manual_seed(1))
+    assert torch.equal(masks, again)

@@ -1,0 +1,61 @@
+"""The generated MURA-layout data set."""
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from apga import mura
+from apga.synthetic import ensure_generated, generate, render_image
+
+
+def test_layout_labels_and_masks(tiny_data):
+    train, valid = mura.load_split(tiny_data, "train"), mura.load_split(tiny_data, "valid")
+    assert set(train["body_part"]) == {"elbow", "wrist"} and set(train["label"]) == {0, 1}
+    assert not set(train["patient"]) & set(valid["patient"])  # patients are not shared between splits
+    assert train.groupby("study").size().max() > 1  # several images per study
+    csv = (tiny_data / "MURA-v1.1" / "train_labeled_studies.csv").read_text().splitlines()
+    assert csv[0].startswith("MURA-v1.1/train/") and csv[0].endswith(("/,0", "/,1"))  # official, no header
+    for path in train["path"][:5]:
+        mask = np.asarray(Image.open(tiny_data / mura.MASK_DIR / path.removeprefix("MURA-v1.1/")))
+        image = Image.open(tiny_data / path)
+        assert mask.shape == image.size[::-1] and set(np.unique(mask)) <= {0, 255} and mask.max() == 255
+
+
+def test_deterministic_in_seed(tmp_path):
+    a = generate(tmp_path / "a", seed=1, train_patients=2, valid_patients=1, parts=("hand",), min_side=32, max_side=40)
+    generate(tmp_path / "b", seed=1, train_patients=2, valid_patients=1, parts=("hand",), min_side=32, max_side=40)
+    files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
+    assert len(files) == a["train_images"] * 2 + a["valid_images"] * 2  # images and masks
+    assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
+
+
+def test_ensure_generated_reuses_and_regenerates(tmp_path):
+    params = dict(seed=0, train_patients=1, valid_patients=1, parts=("elbow",), min_side=32, max_side=36)
+    root = ensure_generated(tmp_path / "d", **params)
+    stamp = (root / "GENERATED.json").stat().st_mtime_ns
+    ensure_generated(tmp_path / "d", **params)
+    assert (root / "GENERATED.json").stat().st_mtime_ns == stamp
+    ensure_generated(tmp_path / "d", **{**params, "seed": 1})
+    assert (root / "GENERATED.json").stat().st_mtime_ns != stamp
+
+
+def test_finding_lies_inside_the_relevance_region():
+    rng_normal, rng_abnormal = np.random.default_rng(4), np.random.default_rng(4)
+    normal, mask = render_image(rng_normal, "humerus", abnormal=False, spurious_marker=False)
+    abnormal, mask2 = render_image(rng_abnormal, "humerus", abnormal=True, spurious_marker=False)
+    assert np.array_equal(mask, mask2)
+    changed = np.abs(abnormal - normal) > 0  # the finding has its own random stream: nothing else differs
+    assert changed.any() and not changed[~mask].any()
+
+
+def test_spurious_marker_follows_the_label_in_train_only(tmp_path):
+    root = tmp_path / "s"
+    generate(root, seed=2, train_patients=30, valid_patients=30, parts=("elbow",), min_side=32, max_side=36,
+             spurious=0.9)
+
+    def marker_rate(split):
+        index = mura.load_split(root, split)
+        marked = [np.asarray(Image.open(root / p).convert("L"))[1:3, -3:-1].mean() > 250 for p in index["path"]]
+        return np.corrcoef(marked, index["label"])[0, 1]
+
+    assert marker_rate("train") > 0.5 and abs(marker_rate("valid")) < 0.3
