@@ -7,6 +7,7 @@ with `{train,valid}_image_paths.csv` (one column, no header in the official file
 """
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -115,14 +116,13 @@ def load_split(data_root: str | Path, split: str, check_files: bool = True) -> p
 
 
 def check_paths(root: Path, paths) -> None:
-    """Every path exists and stays inside the data root."""
-    resolved_root = root.resolve()
+    """Every path stays inside the data root (lexically: a symlinked MURA folder is fine) and exists."""
     for path in paths:
-        full = (root / path).resolve()
-        if not full.is_relative_to(resolved_root):
+        normal = os.path.normpath(path)
+        if os.path.isabs(normal) or normal == ".." or normal.startswith(".." + os.sep):
             raise DataError(f"CSV path {path!r} points outside the data root {root}; fix the CSV")
-        if not full.is_file():
-            raise DataError(f"image {full} listed in the CSV does not exist; re-extract MURA-v1.1 "
+        if not (root / normal).is_file():
+            raise DataError(f"image {root / normal} listed in the CSV does not exist; re-extract MURA-v1.1 "
                             f"or fix the CSV")
 
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 from apga.checkpoint import check_same_config, load_checkpoint, save_checkpoint
 from apga.config import config_dict
 from apga.data import RunData, make_loader, to_model_input
-from apga.errors import NonFiniteError
+from apga.errors import CheckpointError, NonFiniteError
 from apga.evaluation import evaluate
 from apga.gallery import save_gallery
 from apga.utils import atomic_write_bytes, atomic_write_json, code_version, derive_seed
@@ -176,14 +176,22 @@ def fit(method, data: RunData, stage: Stage) -> dict:
     """
     config, run_dir, device = stage.config, stage.run_dir, stage.device
     result_file, last_file, best_file = run_dir / "result.json", run_dir / "last.pt", run_dir / "best.pt"
+    config_file = run_dir / "config.json"
     config_values = config_dict(config)
-    if config.resume and result_file.is_file():
-        return json.loads(result_file.read_text())
+    if config.resume and config_file.is_file():
+        try:
+            saved = json.loads(config_file.read_text())
+        except json.JSONDecodeError:
+            raise CheckpointError(f"{config_file} is corrupted; delete it, or pass --resume 0") from None
+        check_same_config(config_file, saved, config_values)
+        if result_file.is_file():
+            return json.loads(result_file.read_text())  # finished: not redone
     if not config.resume:
         for stale in (result_file, last_file, best_file, run_dir / "metrics.csv"):
             stale.unlink(missing_ok=True)
         shutil.rmtree(run_dir / "gallery", ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(config_file, config_values)
 
     optimizers = {name: torch.optim.Adam(net.parameters(), lr=lr) for name, (net, lr) in method.networks().items()}
     scaler = stage.precision.scaler()

@@ -89,6 +89,14 @@ def test_paths_missing_or_outside_root(tiny_data, tmp_path):
         mura.load_split(root, "valid")
     with pytest.raises(DataError, match="outside the data root"):
         mura.check_paths(root, ["MURA-v1.1/../../etc/passwd.png"])
+    with pytest.raises(DataError, match="outside the data root"):
+        mura.check_paths(root, ["/etc/passwd.png"])
+
+
+def test_symlinked_mura_folder_is_accepted(tiny_data, tmp_path):
+    (tmp_path / "datasets").mkdir()
+    (tmp_path / "datasets" / "MURA-v1.1").symlink_to(tiny_data / "MURA-v1.1")
+    assert len(mura.load_split(tmp_path / "datasets", "valid")) == len(mura.load_split(tiny_data, "valid"))
 
 
 def test_k_shot_is_balanced_deterministic_and_without_replacement():

@@ -1,0 +1,106 @@
+"""Every bad input: one line naming the problem and the fix, a non-zero exit, no traceback."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+import torch
+
+from apga.errors import ConfigError
+from apga.utils import resolve_device
+from cli_helpers import run_cli
+
+
+def _fails_cleanly(done, *fragments):
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: ")
+    for fragment in fragments:
+        assert fragment in last, last
+
+
+@pytest.mark.parametrize("flags, fragments", [
+    (["--body-part", "knee"], ["unknown --body-part 'knee'", "elbow"]),
+    (["--n-shot", "0"], ["--n-shot must be a positive integer"]),
+    (["--n-shot", "-3"], ["--n-shot must be a positive integer"]),
+    (["--n-shot", "5000"], ["--n-shot 5000 is larger than"]),
+    (["--n-runs", "0"], ["--n-runs must be a positive integer"]),
+    (["--image-size", "48"], ["multiple of 32"]),
+    (["--estimator", "magic"], ["unknown --estimator"]),
+    (["--preset", "huge"], ["unknown --preset"]),
+])
+def test_bad_flags(tiny_data, tmp_path, flags, fragments):
+    _fails_cleanly(run_cli(tiny_data, tmp_path / "runs", *flags), *fragments)
+
+
+def test_missing_data_root(tmp_path):
+    _fails_cleanly(run_cli(tmp_path / "nowhere", tmp_path / "runs"), "no MURA data at", "--demo")
+
+
+@pytest.fixture
+def data_copy(tiny_data, tmp_path):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    return root
+
+
+def test_missing_and_malformed_csv(data_copy, tmp_path):
+    csv = data_copy / "MURA-v1.1" / "valid_image_paths.csv"
+    csv.write_text("one,two\nthree,four\n")
+    _fails_cleanly(run_cli(data_copy, tmp_path / "runs"), "unknown column layout")
+    csv.unlink()
+    _fails_cleanly(run_cli(data_copy, tmp_path / "runs"), "missing CSV file")
+
+
+def test_csv_path_outside_root(data_copy, tmp_path):
+    csv = data_copy / "MURA-v1.1" / "train_image_paths.csv"
+    lines = csv.read_text().splitlines()
+    lines[0] = lines[0].replace("MURA-v1.1/train/XR_", "MURA-v1.1/train/../../../XR_")
+    csv.write_text("\n".join(lines) + "\n")
+    _fails_cleanly(run_cli(data_copy, tmp_path / "runs"), "does not follow the MURA-v1.1 layout")
+
+
+def test_unreadable_png_stops_or_is_skipped(data_copy, tmp_path):
+    csv = (data_copy / "MURA-v1.1" / "train_image_paths.csv").read_text().splitlines()
+    elbow = next(p for p in csv if "XR_ELBOW" in p)
+    (data_copy / elbow).write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    _fails_cleanly(run_cli(data_copy, tmp_path / "runs"), "cannot read image", "--skip-bad-images")
+    skipped = run_cli(data_copy, tmp_path / "runs2", "--skip-bad-images", "1", "--train-cutout", "0",
+                      "--train-gradcam", "0", "--train-end2end", "0", "--train-apga", "0", "--train-random", "0")
+    assert skipped.returncode == 0, skipped.stderr[-2000:]
+    assert "skipped 1 unreadable image" in skipped.stderr
+
+
+def test_out_dir_that_cannot_be_written(tiny_data, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    _fails_cleanly(run_cli(tiny_data, blocker / "runs"), "cannot write to --out-dir")
+
+
+def _baseline_only(*extra):
+    return ["--train-cutout", "0", "--train-gradcam", "0", "--train-end2end", "0", "--train-apga", "0",
+            "--train-random", "0", *extra]
+
+
+def test_checkpoint_from_other_settings_and_corrupted(tiny_data, tmp_path):
+    out = tmp_path / "runs"
+    assert run_cli(tiny_data, out, *_baseline_only()).returncode == 0
+    _fails_cleanly(run_cli(tiny_data, out, *_baseline_only("--lr", "0.5")), "other settings", "lr", "--resume 0")
+    run_dir = out / "elbow-all-val" / "seed89" / "baseline"
+    (run_dir / "result.json").unlink()
+    (run_dir / "last.pt").write_bytes((run_dir / "last.pt").read_bytes()[:100])
+    _fails_cleanly(run_cli(tiny_data, out, *_baseline_only()), "corrupted", "--resume 0")
+    assert run_cli(tiny_data, out, *_baseline_only("--resume", "0")).returncode == 0
+
+
+def test_gpu_that_does_not_exist(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match="--gpu-id 3 does not exist"):
+        resolve_device(3)
+
+
+def test_unknown_flag_is_refused(tiny_data, tmp_path):
+    done = run_cli(tiny_data, tmp_path / "runs", "--bogus-flag", "1")
+    assert done.returncode != 0 and "Traceback" not in done.stderr and "bogus" in done.stderr

@@ -1,0 +1,95 @@
+"""Killed runs resume to exactly the same result; non-finite losses stop one run cleanly."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from apga.checkpoint import load_checkpoint
+from apga.data import prepare_run_data
+from apga.errors import NonFiniteError
+from apga.methods.base import Method
+from apga.models import build_classifier
+from apga.train import Precision, Stage, fit
+from cli_helpers import cli_command, environment, run_cli
+
+FLAGS = ["--train-cutout", "0", "--train-gradcam", "0", "--train-end2end", "0", "--train-random", "0",
+         "--epochs", "3", "--finetune-epochs", "4", "--patience", "10", "--gallery", "off"]
+
+
+def _comparable(out):
+    table = pd.read_csv(out / "results.csv").set_index("method")
+    metrics = ["accuracy", "accuracy_tta", "auroc", "kappa", "study_kappa", "mask_iou", "best_epoch"]
+    history = pd.read_csv(out / "elbow-all-val" / "seed89" / "apga" / "metrics.csv").drop(columns="seconds")
+    return table[[m for m in metrics if m in table.columns]], history
+
+
+def test_sigkill_then_resume_gives_the_same_result(tiny_data, tmp_path):
+    uninterrupted = tmp_path / "a" / "runs"
+    assert run_cli(tiny_data, uninterrupted, *FLAGS).returncode == 0
+
+    killed = tmp_path / "b" / "runs"
+    process = subprocess.Popen(cli_command(tiny_data, killed, *FLAGS), env=environment(),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    apga_history = killed / "elbow-all-val" / "seed89" / "apga" / "metrics.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and not apga_history.is_file():  # APGA has finished its first epoch
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert apga_history.is_file() and not (apga_history.parent / "result.json").exists()
+
+    resumed = run_cli(tiny_data, killed, *FLAGS)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming" in resumed.stdout
+    expected, expected_history = _comparable(uninterrupted)
+    got, got_history = _comparable(killed)
+    pd.testing.assert_frame_equal(got, expected)
+    pd.testing.assert_frame_equal(got_history, expected_history)
+
+
+class _Diverging(Method):
+    """A baseline whose loss turns NaN in its second epoch."""
+    name = "diverging"
+    fine_tuned = False
+    calls = 0
+
+    def networks(self):
+        return {"classifier": (self.classifier, 1e-3)}
+
+    def phases(self, images, labels):
+        phase = self.classifier_phase(images, labels, "loss")
+        _Diverging.calls += 1
+        if _Diverging.calls > 2:
+            phase.loss = phase.loss * float("nan")
+        yield phase
+
+
+def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_config, tmp_path):
+    config = tiny_config(batch_size=16, epochs=4, patience=10)
+    data = prepare_run_data(config, seed=1)
+    steps_per_epoch = -(-len(data.train.index) // 16)
+    assert steps_per_epoch == 2  # the NaN starts in epoch 2
+    method = _Diverging(config, build_classifier(config.classifier))
+    stage = Stage(tmp_path / "run", 1, torch.device("cpu"), Precision("cpu", None), config, progress=False)
+    with pytest.raises(NonFiniteError, match="became nan.*last good checkpoint"):
+        fit(method, data, stage)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["progress"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["classifier"].values() if v.is_floating_point())
+
+
+def test_runner_goes_on_after_a_diverging_method(tiny_data, tmp_path):
+    out = tmp_path / "runs"
+    done = run_cli(tiny_data, out, "--train-cutout", "0", "--train-gradcam", "0", "--train-random", "0",
+                   "--agent-lr", "1e30", "--finetune-lr", "1e30")
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = pd.read_csv(out / "results.csv")
+    assert "baseline" in set(table["method"])
+    failed = {"end2end", "apga"} - set(table["method"])
+    assert failed and all(f"error: {name}" in done.stderr for name in failed)
