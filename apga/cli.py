@@ -32,3 +32,10 @@ main.__doc__ = (
     "APGA and the random-mask floor fine-tuned from it; results go to <out-dir>/results.csv.\n\n"
     "Args:\n" + "".join(f"    {name}: {text}\n" for name, text in field_help().items())
 )
+
+
+def entry_point() -> None:
+    """`apga-mura` console script (same flags as `python apga_mura.py`)."""
+    import fire
+
+    fire.Fire(main)

@@ -126,6 +126,23 @@ def _write_history(path: Path, history: list[dict]) -> None:
     atomic_write_bytes(path, pd.DataFrame(history).to_csv(index=False).encode())
 
 
+def run_step(method, images, labels, optimizers, scaler, precision: Precision):
+    """One training step: each of the method's phases, then its optimizers' steps. Yields their logs."""
+    phases = method.phases(images, labels)
+    while True:
+        with precision.autocast():
+            phase = next(phases, None)
+        if phase is None:
+            return
+        for name in phase.networks:
+            optimizers[name].zero_grad(set_to_none=True)
+        scaler.scale(phase.loss).backward()
+        for name in phase.networks:
+            scaler.step(optimizers[name])
+        scaler.update()
+        yield phase.logs
+
+
 def train_one_epoch(method, loader, optimizers, scaler, stage: Stage, *, desc: str, on_iteration=None,
                     max_steps: int | None = None) -> dict[str, float]:
     """Run the method's phases on every batch; return the epoch's mean logs."""
@@ -141,19 +158,8 @@ def train_one_epoch(method, loader, optimizers, scaler, stage: Stage, *, desc: s
             break
         images = to_model_input(images_u8.to(stage.device, non_blocking=True), stage.channels_last)
         labels = labels.to(stage.device, non_blocking=True)
-        phases = method.phases(images, labels)
-        while True:
-            with stage.precision.autocast():
-                phase = next(phases, None)
-            if phase is None:
-                break
-            for name in phase.networks:
-                optimizers[name].zero_grad(set_to_none=True)
-            scaler.scale(phase.loss).backward()
-            for name in phase.networks:
-                scaler.step(optimizers[name])
-            scaler.update()
-            logs.add(phase.logs)
+        for phase_logs in run_step(method, images, labels, optimizers, scaler, stage.precision):
+            logs.add(phase_logs)
         logs.count += 1
         bar.update(1)
         if step % log_every == 0 or step == total:

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from apga.methods.apga import APGA, policy_loss, update_reward_baseline
 from apga.models import build_agent, build_classifier
+from reference_apga import reference_policy_step
 
 
 def test_reward_baseline_update():
@@ -46,30 +47,6 @@ class _Config:
     estimator, agent_scale, finetune_lr, agent_lr = "greedy", 1.0, 1e-3, 1e-3
 
 
-def _reference_step(classifier, agent, images, labels, baseline):
-    """The published script's structure: one image at a time, threshold, mask, loss."""
-    clean_loss = F.cross_entropy(classifier(images), labels).item()
-    probabilities = torch.sigmoid(agent(images))
-    actions, adversarial = [], []
-    for i in range(len(images)):
-        p = probabilities[i].detach().cpu().numpy()
-        a = torch.from_numpy((p > 0.5).astype(np.float32))
-        actions.append(a)
-        adversarial.append(images[i] * (1 - a))
-    actions = torch.stack(actions)
-    classifier.eval()
-    with torch.no_grad():
-        adversarial_loss = F.cross_entropy(classifier(torch.stack(adversarial)), labels).item()
-    classifier.train()
-    reward = adversarial_loss - clean_loss
-    baseline = reward if baseline is None else 0.5 * baseline + 0.5 * reward
-    advantage = reward - baseline
-    loss = (100 * F.binary_cross_entropy(probabilities, actions) * advantage
-            + 0.1 * abs(advantage) * F.binary_cross_entropy(probabilities, torch.zeros_like(actions))
-            + 0.01 * abs(advantage) * F.binary_cross_entropy(probabilities, torch.ones_like(actions)))
-    return actions, reward, baseline, loss.item()
-
-
 def test_batched_step_equals_per_image_reference():
     torch.manual_seed(0)
     classifier, agent = build_classifier("densenet-small"), build_agent(width=2)
@@ -77,7 +54,11 @@ def test_batched_step_equals_per_image_reference():
     method = APGA(_Config(), classifier, agent)
     method.reward_baseline = torch.tensor(0.3)
     # the reference gets its own copies: a train-mode forward updates BatchNorm's running statistics
-    expected_actions, reward, baseline, loss = _reference_step(copy.deepcopy(classifier), agent, images, labels, 0.3)
+    reference_classifier = copy.deepcopy(classifier)
+    clean_loss = F.cross_entropy(reference_classifier(images), labels).item()
+    expected_actions, reward, baseline, loss = reference_policy_step(reference_classifier, agent, images, labels,
+                                                                     clean_loss, 0.3)
+    loss = loss.item()
     phases = method.phases(images, labels)
     next(phases)  # clean phase: compare on the same, un-stepped networks
     policy = next(phases)

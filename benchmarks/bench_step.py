@@ -1,0 +1,213 @@
+"""Where the time of a training step goes: every method, APGA's waste, the per-image reference,
+the cheaper agent and the data path. Prints measured figures and ratios (not a test).
+
+    python benchmarks/bench_step.py                       # CPU preset (64 px, small nets), batch 25
+    python benchmarks/bench_step.py --preset paper        # 224 px, DenseNet-169, UNet11 width 32
+    python benchmarks/bench_step.py --preset paper --device cuda --amp 1
+
+Step times are medians of `repeats` timed steps after `warmup` untimed ones, on one fixed
+batch, in one process. FLOPs come from torch's FlopCounterMode (forward and backward).
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+from apga.checkpoint import save_checkpoint  # noqa: E402
+from apga.config import make_config  # noqa: E402
+from apga.data import PngImages, _collate_keep, cached_array, CachedImages, make_loader  # noqa: E402
+from apga.methods import METHODS  # noqa: E402
+from apga.models import build_classifier  # noqa: E402
+from apga.mura import load_split, select_body_part  # noqa: E402
+from apga.runner import build_method  # noqa: E402
+from apga.synthetic import generate  # noqa: E402
+from apga.train import Precision, run_step  # noqa: E402
+from reference_apga import reference_step  # noqa: E402
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device, repeats, warmup) -> float:
+    """Median seconds of fn() over `repeats` runs after `warmup` runs."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def flops(fn) -> float:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def _method_and_step(name, config, device, precision, checkpoint, channels_last):
+    method = build_method(name, config, device, channels_last, checkpoint)
+    method.generator = torch.Generator(device).manual_seed(0)
+    if name == "apga":
+        method.reward_baseline = torch.zeros((), device=device)
+    optimizers = {n: torch.optim.Adam(net.parameters(), lr=lr) for n, (net, lr) in method.networks().items()}
+    scaler = precision.scaler()
+
+    def step(images, labels):
+        for _ in run_step(method, images, labels, optimizers, scaler, precision):
+            pass
+    return method, optimizers, step
+
+
+def main(preset: str = "cpu", device: str | None = None, batch_size: int = 25, repeats: int = 5, warmup: int = 2,
+         amp: bool | None = None, loader_images: int = 400, methods: str = "all") -> None:
+    """Print the step, waste, reference and data-path figures; `methods` is 'all' or a comma list."""
+    config = make_config(preset=preset, batch_size=batch_size, amp=amp, gallery="off")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    precision = Precision.for_device(device, config.amp)
+    channels_last = device.type == "cuda"
+    torch.manual_seed(0)
+    size = config.image_size
+    images = torch.rand(batch_size, 3, size, size, device=device)
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    labels = torch.randint(0, 2, (batch_size,), device=device)
+    workdir = Path(tempfile.mkdtemp(prefix="apga-bench-"))
+    checkpoint = workdir / "baseline.pt"
+    save_checkpoint(checkpoint, {"classifier": build_classifier(config.classifier).state_dict()})
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {where}; preset {preset}: {size} px, {config.classifier}, UNet11 width {config.agent_width}, "
+          f"batch {batch_size}, AMP {precision.dtype or 'off'}; median of {repeats} steps")
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+    # --- every method's step ----------------------------------------------------------------
+    rows, step_time, step_flops = [], {}, {}
+    names = list(METHODS) if methods == "all" else sorted({"baseline", "apga", *methods.split(",")}, key=list(METHODS).index)
+    for name in names:
+        method, optimizers, step = _method_and_step(name, config, device, precision, checkpoint, channels_last)
+        step_time[name] = timed(lambda: step(images, labels), device, repeats, warmup)
+        step_flops[name] = flops(lambda: step(images, labels))
+        if name == "apga":
+            apga_method, apga_optimizers = method, optimizers
+    half = make_config(preset=preset, batch_size=batch_size, amp=amp, agent_scale=0.5)
+    _, _, half_step = _method_and_step("apga", half, device, precision, checkpoint, channels_last)
+    step_time["apga[scale0.5]"] = timed(lambda: half_step(images, labels), device, repeats, warmup)
+    step_flops["apga[scale0.5]"] = flops(lambda: half_step(images, labels))
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+    print(f"\n| method | images/s | step ms | time vs baseline | GFLOP/step | FLOPs vs baseline |\n|---|---|---|---|---|---|")
+    for name, seconds in step_time.items():
+        print(f"| {name} | {batch_size / seconds:.1f} | {seconds * 1e3:.1f} | {seconds / step_time['baseline']:.2f}x "
+              f"| {step_flops[name] / 1e9:.2f} | {step_flops[name] / step_flops['baseline']:.2f}x |")
+
+    # --- APGA against the sum of its required passes ------------------------------------------
+    classifier, agent = apga_method.classifier, apga_method.agent
+    classifier_optimizer, agent_optimizer = apga_optimizers["classifier"], apga_optimizers["agent"]
+    scaler = precision.scaler()
+
+    def classifier_train():
+        with precision.autocast():
+            loss = torch.nn.functional.cross_entropy(classifier(images), labels)
+        classifier_optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(classifier_optimizer)
+        scaler.update()
+
+    def agent_train():
+        with precision.autocast():
+            loss = agent(images).float().mean()
+        agent_optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(agent_optimizer)
+        scaler.update()
+
+    @torch.no_grad()
+    def classifier_eval():
+        classifier.eval()
+        with precision.autocast():
+            classifier(images)
+        classifier.train()
+
+    @torch.no_grad()
+    def agent_forward():
+        with precision.autocast():
+            agent(images)
+
+    passes = {"classifier fwd+bwd+step (x2)": 2 * timed(classifier_train, device, repeats, warmup),
+              "agent fwd+bwd+step": timed(agent_train, device, repeats, warmup),
+              "classifier eval fwd": timed(classifier_eval, device, repeats, warmup),
+              "agent fwd": timed(agent_forward, device, repeats, warmup)}
+    required = sum(passes.values())
+    print("\nAPGA's required passes, timed separately: "
+          + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in passes.items()))
+    waste = step_time["apga"] / required
+
+    # --- the published per-image structure -----------------------------------------------------
+    ref_classifier, ref_agent = copy.deepcopy(classifier), copy.deepcopy(agent)
+    ref_opts = (torch.optim.Adam(ref_classifier.parameters(), lr=1e-5), torch.optim.Adam(ref_agent.parameters(), lr=1e-5))
+    state = {"baseline": 0.0}
+
+    def reference():
+        with precision.autocast():
+            state["baseline"] = reference_step(ref_classifier, ref_agent, *ref_opts, images, labels, state["baseline"])
+    reference_time = timed(reference, device, repeats, warmup)
+
+    # --- data path: PNG decoding vs the uint8 cache ----------------------------------------------
+    data_root = workdir / "data"
+    generate(data_root, seed=0, train_patients=max(1, loader_images // 3), valid_patients=1, parts=("elbow",))
+    index = select_body_part(load_split(data_root, "train"), "elbow")
+    files = [data_root / p for p in index["path"]]
+    workers = config.num_workers
+
+    def png_epoch():
+        loader = torch.utils.data.DataLoader(PngImages(files, size), batch_size=batch_size, num_workers=workers,
+                                             collate_fn=_collate_keep)
+        for _ in loader:
+            pass
+    png_seconds = timed(png_epoch, torch.device("cpu"), 1, 0)
+    array, _ = cached_array(files, size, workdir / "cache")
+    cached = CachedImages(array, torch.arange(len(files)).numpy(), index["label"].to_numpy())
+    cached_loader = make_loader(cached, batch_size, shuffle=True, num_workers=workers)
+
+    def cached_epoch():
+        for _ in cached_loader:
+            pass
+    cached_seconds = timed(cached_epoch, torch.device("cpu"), 3, 1)
+
+    # --- summary ------------------------------------------------------------------------------
+    half_ratio = step_time["apga[scale0.5]"] / step_time["baseline"]
+    print(f"\n| measure | value | target |\n|---|---|---|")
+    print(f"| APGA step / sum of its required passes | {waste:.2f}x | <= 1.15x |")
+    print(f"| APGA step vs per-image reference (speed-up) | {reference_time / step_time['apga']:.2f}x "
+          f"({reference_time * 1e3:.1f} ms vs {step_time['apga'] * 1e3:.1f} ms) | >= 1.5x on the CPU preset |")
+    print(f"| half-size-agent APGA step / baseline step | {half_ratio:.2f}x | <= 4.5x at the paper's size |")
+    print(f"| data loader: cache vs PNG (images/s) | {len(files) / cached_seconds:.0f} vs {len(files) / png_seconds:.0f}"
+          f" = {png_seconds / cached_seconds:.1f}x | >= 10x |")
+    if peak is not None:
+        print(f"| peak GPU memory | {peak:.2f} GiB | |")
+    print(f"\nsummary: APGA {batch_size / step_time['apga']:.1f} images/s ({step_time['apga'] / step_time['baseline']:.2f}x "
+          f"a baseline step, {waste:.2f}x its required passes, {reference_time / step_time['apga']:.2f}x faster than "
+          f"the per-image reference); half-size agent {half_ratio:.2f}x baseline; cached loader "
+          f"{png_seconds / cached_seconds:.1f}x the PNG loader")
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)
