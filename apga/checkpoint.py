@@ -28,10 +28,10 @@ def load_checkpoint(path: Path, device=None) -> dict:
                               f"or pass --resume 0 to start that run fresh") from None
 
 
-def check_same_config(path: Path, saved: dict, current: dict) -> None:
-    """A checkpoint may only be resumed by a run of the same training settings."""
+def check_same_config(path: Path, saved: dict, current: dict, ignored: set[str] = frozenset()) -> None:
+    """A checkpoint may only be resumed by a run of the same training settings (but `ignored`)."""
     old, new = training_fields(saved), training_fields(current)
-    differing = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    differing = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in ignored)
     if differing:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing[:4])
         raise CheckpointError(f"{path} was written with other settings ({detail}); use another --out-dir, "

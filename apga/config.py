@@ -38,7 +38,7 @@ class Config:
     # --- data ------------------------------------------------------------------------------
     data_root: str = _f("datasets", "folder that holds MURA-v1.1/ (and, for generated data, MURA-v1.1-masks/)")
     demo: bool = _f(False, "generate the synthetic MURA-layout data set (once) and run with --preset cpu on it")
-    image_size: int = _f(224, "images are resized to this square side (the agent needs a multiple of 32)")
+    image_size: int = _f(224, "images are resized to this square side (the agent pads it to a multiple of 32)")
     num_workers: int = _f(2, "DataLoader worker processes")
     skip_bad_images: bool = _f(False, "skip unreadable PNGs (counted in the log) instead of stopping")
     cache_dir: str | None = _f(None, "where decoded, resized images are cached (default: <data-root>/.apga-cache)")
@@ -168,10 +168,10 @@ def validate(c: Config) -> None:
     _require(isinstance(c.agent_scale, (int, float)) and 0 < c.agent_scale <= 1,
              f"--agent-scale must be in (0, 1], got {c.agent_scale!r}")
     _require(0 < c.holdout_fraction < 1, f"--holdout-fraction must be in (0, 1), got {c.holdout_fraction!r}")
-    agent_side = c.image_size * c.agent_scale
-    _require(agent_side == int(agent_side) and int(agent_side) % 32 == 0,
-             f"--image-size {c.image_size} with --agent-scale {c.agent_scale} gives the agent a side of "
-             f"{agent_side:g} px; the UNet11 agent needs a multiple of 32 (e.g. --image-size 224 or 64)")
+    agent_side = round(c.image_size * c.agent_scale)
+    _require(agent_side >= 32,
+             f"--image-size {c.image_size} with --agent-scale {c.agent_scale} gives the UNet11 agent {agent_side} px; "
+             f"it needs at least 32 px (e.g. --image-size 224, or 64 with --preset cpu)")
     for name in ("demo", "pretrained", "skip_bad_images", "compile", "resume", "amp", "channels_last"):
         value = getattr(c, name)
         if value is None and name in ("amp", "channels_last"):

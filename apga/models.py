@@ -44,7 +44,8 @@ class _DecoderBlock(nn.Sequential):
 class UNet11(nn.Module):
     """TernausNet UNet11: VGG11 encoder convs, transposed-conv decoder, one output channel.
 
-    `width` is TernausNet's `num_filters`; at 32 the encoder is exactly VGG11 (64..512
+    Sides that are not multiples of 32 are zero-padded to the next one and the logits cropped
+    back. `width` is TernausNet's `num_filters`; at 32 the encoder is exactly VGG11 (64..512
     channels) and can take torchvision's ImageNet VGG11 weights. `input_scale` < 1 makes the
     cheaper agent: it sees the image at that fraction of its side and its logits are
     upsampled bilinearly to full size. Returns logits (B, 1, H, W); the mask probability is
@@ -99,11 +100,14 @@ class UNet11(nn.Module):
         full_size = images.shape[-2:]
         x = images
         if self.input_scale != 1.0:
-            x = F.interpolate(x, scale_factor=self.input_scale, mode="bilinear", align_corners=False,
-                              antialias=True, recompute_scale_factor=False)
-        if x.shape[-2] % 32 or x.shape[-1] % 32:
-            raise ConfigError(f"the UNet11 agent needs image sides divisible by 32, got {tuple(x.shape[-2:])}; "
-                              f"use e.g. --image-size 224 or 64 (and an --agent-scale that keeps it so)")
+            small = [max(1, round(side * self.input_scale)) for side in full_size]
+            x = F.interpolate(x, size=small, mode="bilinear", align_corners=False, antialias=True)
+        height, width = x.shape[-2:]
+        if min(height, width) < 32:
+            raise ConfigError(f"the UNet11 agent needs sides of at least 32 px, got {height}x{width}; "
+                              f"use a larger --image-size or --agent-scale")
+        # Five 2x poolings: pad with zeros to a multiple of 32, crop the logits back afterwards.
+        x = F.pad(x, (0, -width % 32, 0, -height % 32))
         relu, pool = F.relu, F.max_pool2d
         conv1 = relu(self.conv1(x))
         conv2 = relu(self.conv2(pool(conv1, 2)))
@@ -115,7 +119,7 @@ class UNet11(nn.Module):
         dec4 = self.dec4(torch.cat([dec5, conv4], 1))
         dec3 = self.dec3(torch.cat([dec4, conv3], 1))
         dec2 = self.dec2(torch.cat([dec3, conv2], 1))
-        logits = self.final(self.dec1(torch.cat([dec2, conv1], 1)))  # (B, 1, h, w)
+        logits = self.final(self.dec1(torch.cat([dec2, conv1], 1)))[..., :height, :width]  # (B, 1, h, w)
         if logits.shape[-2:] != full_size:
             logits = F.interpolate(logits, size=full_size, mode="bilinear", align_corners=False)
         return logits

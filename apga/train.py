@@ -189,7 +189,7 @@ def fit(method, data: RunData, stage: Stage) -> dict:
             saved = json.loads(config_file.read_text())
         except json.JSONDecodeError:
             raise CheckpointError(f"{config_file} is corrupted; delete it, or pass --resume 0") from None
-        check_same_config(config_file, saved, config_values)
+        check_same_config(config_file, saved, config_values, method.ignored_settings())
         if result_file.is_file():
             return json.loads(result_file.read_text())  # finished: not redone
     if not config.resume:
@@ -205,7 +205,7 @@ def fit(method, data: RunData, stage: Stage) -> dict:
     history: list[dict] = []
     if config.resume and last_file.is_file():
         state = load_checkpoint(last_file, device)
-        check_same_config(last_file, state["config"], config_values)
+        check_same_config(last_file, state["config"], config_values, method.ignored_settings())
         _load_networks(method, state)
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][name])

@@ -98,7 +98,8 @@ def main(preset: str = "cpu", device: str | None = None, batch_size: int = 25, r
 
     # --- every method's step ----------------------------------------------------------------
     rows, step_time, step_flops = [], {}, {}
-    names = list(METHODS) if methods == "all" else sorted({"baseline", "apga", *methods.split(",")}, key=list(METHODS).index)
+    chosen = methods.split(",") if isinstance(methods, str) else list(methods)  # fire gives "a,b" as a tuple
+    names = list(METHODS) if chosen == ["all"] else sorted({"baseline", "apga", *chosen}, key=list(METHODS).index)
     for name in names:
         method, optimizers, step = _method_and_step(name, config, device, precision, checkpoint, channels_last)
         step_time[name] = timed(lambda: step(images, labels), device, repeats, warmup)

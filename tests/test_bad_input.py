@@ -26,7 +26,8 @@ def _fails_cleanly(done, *fragments):
     (["--n-shot", "-3"], ["--n-shot must be a positive integer"]),
     (["--n-shot", "5000"], ["--n-shot 5000 is larger than"]),
     (["--n-runs", "0"], ["--n-runs must be a positive integer"]),
-    (["--image-size", "48"], ["multiple of 32"]),
+    (["--image-size", "16"], ["at least 32 px"]),
+    (["--image-size", "64", "--agent-scale", "0.25"], ["gives the UNet11 agent 16 px"]),
     (["--estimator", "magic"], ["unknown --estimator"]),
     (["--preset", "huge"], ["unknown --preset"]),
 ])
@@ -87,6 +88,9 @@ def test_checkpoint_from_other_settings_and_corrupted(tiny_data, tmp_path):
     out = tmp_path / "runs"
     assert run_cli(tiny_data, out, *_baseline_only()).returncode == 0
     _fails_cleanly(run_cli(tiny_data, out, *_baseline_only("--lr", "0.5")), "other settings", "lr", "--resume 0")
+    # settings the baseline cannot depend on do not block it
+    same = run_cli(tiny_data, out, *_baseline_only("--estimator", "sample", "--agent-lr", "0.1"))
+    assert same.returncode == 0, same.stderr[-2000:]
     run_dir = out / "elbow-all-val" / "seed89" / "baseline"
     (run_dir / "result.json").unlink()
     (run_dir / "last.pt").write_bytes((run_dir / "last.pt").read_bytes()[:100])

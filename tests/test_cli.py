@@ -54,3 +54,12 @@ def test_help_lists_every_flag():
     text = shown.stdout + shown.stderr
     for name, help_text in field_help().items():
         assert f"--{name}" in text and help_text[:30] in text, name
+
+
+def test_readme_documents_every_flag():
+    from apga.config import defaults, field_help
+    from cli_helpers import ROOT
+
+    readme = (ROOT / "README.md").read_text()
+    for name, help_text in field_help().items():
+        assert f"| `--{name.replace('_', '-')}` | `{defaults()[name]!r}` | {help_text} |" in readme, name

@@ -26,9 +26,20 @@ def test_agent_width_32_is_vgg11_sized():
     assert [agent.conv1.out_channels, agent.conv2.out_channels, agent.conv5.out_channels] == [64, 128, 512]
 
 
-def test_agent_rejects_sides_not_divisible_by_32():
-    with pytest.raises(ConfigError, match="divisible by 32"):
-        build_agent(width=2)(torch.rand(1, 3, 48, 48))
+def test_agent_pads_sides_that_are_not_multiples_of_32():
+    torch.manual_seed(0)
+    agent = build_agent(width=2)
+    images = torch.rand(1, 3, 48, 40)
+    logits = agent(images)
+    assert logits.shape == (1, 1, 48, 40)
+    padded = torch.nn.functional.pad(images, (0, 24, 0, 16))  # what the agent does inside
+    assert torch.allclose(logits, agent(padded)[..., :48, :40], atol=1e-6)
+    assert build_agent(width=2, input_scale=0.5)(torch.rand(1, 3, 224, 224)).shape == (1, 1, 224, 224)  # 112 px
+
+
+def test_agent_rejects_sides_below_32():
+    with pytest.raises(ConfigError, match="at least 32 px"):
+        build_agent(width=2)(torch.rand(1, 3, 16, 64))
 
 
 def test_pretrained_options_are_checked_before_any_download():

@@ -37,6 +37,20 @@ class Method:
         self.agent = agent
         self.generator: torch.Generator | None = None  # on the batch's device; reseeded each epoch by the loop
 
+    def ignored_settings(self) -> set[str]:
+        """Config fields that cannot change this method's run: a finished or interrupted run of it
+        is resumed even when they differ (e.g. APGA's estimator does not touch the baseline)."""
+        ignored = set()
+        if not self.uses_agent:
+            ignored |= {"estimator", "agent_scale", "agent_width", "agent_lr"}
+        if not self.fine_tuned:
+            ignored |= {"finetune_lr", "finetune_epochs"}
+        if not self.validates_mid_epoch:
+            ignored.add("val_every")
+        if self.name != "apga":
+            ignored.add("estimator")
+        return ignored
+
     def networks(self) -> dict[str, tuple[nn.Module, float]]:
         """Name -> (network, learning rate) of everything this method trains."""
         return {"classifier": (self.classifier, self.config.finetune_lr)}
