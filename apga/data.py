@@ -213,10 +213,11 @@ def prepare_run_data(config, seed: int) -> RunData:
 
 
 def make_loader(dataset: CachedImages, batch_size: int, *, shuffle: bool, num_workers: int = 0,
-                pin_memory: bool = False) -> torch.utils.data.DataLoader:
-    """Batches from a cached dataset. Reseed `loader.generator` before an epoch to fix its order."""
+                pin_memory: bool = False, sampler=None) -> torch.utils.data.DataLoader:
+    """Batches from a cached dataset. Reseed `loader.generator` (or call `sampler.set_epoch`)
+    before an epoch to fix its order."""
     return torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=_collate_keep,
-        generator=torch.Generator() if shuffle else None, num_workers=num_workers,
-        pin_memory=pin_memory, persistent_workers=num_workers > 0,
+        dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
+        collate_fn=_collate_keep, generator=torch.Generator() if shuffle and sampler is None else None,
+        num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 
 def greedy_action(probabilities: torch.Tensor) -> torch.Tensor:
@@ -58,6 +59,14 @@ def cutout_masks(images: torch.Tensor, generator: torch.Generator) -> torch.Tens
     """Cutout's erased box per image: area 2-33 % of the image, aspect in [0.3, 1/0.3]."""
     b, _, h, w = images.shape
     return random_boxes(b, h, w, area=(0.02, 0.33), ratio=(0.3, 1 / 0.3), generator=generator, device=images.device)
+
+
+def area_penalty(logits: torch.Tensor, empty_weight: float, full_weight: float) -> torch.Tensor:
+    """empty_weight BCE(p, 0) + full_weight BCE(p, 1), from logits: the terms that keep a mask
+    from covering everything or nothing (APGA's policy loss and end-to-end's loss)."""
+    empty = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
+    full = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+    return empty_weight * empty + full_weight * full
 
 
 def mask_area(mask: torch.Tensor) -> torch.Tensor:

@@ -83,6 +83,15 @@ def parse_image_path(path: str) -> dict:
     }
 
 
+def require_mura(root: Path) -> Path:
+    """The MURA-v1.1 folder under `root`, or a DataError saying where to put it."""
+    mura = Path(root) / MURA_DIR
+    if not mura.is_dir():
+        raise DataError(f"no MURA data at {mura}; register at https://stanfordmlgroup.github.io/competitions/mura/, "
+                        f"unzip MURA-v1.1 into {root}/, or try the generated data with --demo")
+    return mura
+
+
 def load_split(data_root: str | Path, split: str, check_files: bool = True) -> pd.DataFrame:
     """One split of the index: columns path, split, body_part, patient, study, label.
 
@@ -91,10 +100,7 @@ def load_split(data_root: str | Path, split: str, check_files: bool = True) -> p
     against `<split>_labeled_studies.csv`.
     """
     root = Path(data_root)
-    mura = root / MURA_DIR
-    if not mura.is_dir():
-        raise DataError(f"no MURA data at {mura}; register at https://stanfordmlgroup.github.io/competitions/mura/, "
-                        f"unzip MURA-v1.1 into {root}/, or try the generated data with --demo")
+    mura = require_mura(root)
     paths = read_image_paths(mura / f"{split}_image_paths.csv")
     studies = read_labeled_studies(mura / f"{split}_labeled_studies.csv")
     rows = [parse_image_path(p) | {"path": p} for p in paths]

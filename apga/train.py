@@ -3,7 +3,8 @@
 It owns: optimizers, zero_grad/backward/step, AMP, the epoch order, validation (each epoch,
 and every `val_every` iterations for APGA and end-to-end), early stopping, checkpoints
 (`last.pt` each epoch, `best.pt` on improvement, both atomic), resume, the per-epoch
-metrics file and the progress bar. A method only says what its phases are (methods/base.py).
+metrics file, the progress bar, and under torchrun the split of work between ranks (rank 0
+evaluates and writes; its decisions are broadcast). A method only says what its phases are (methods/base.py).
 
 Reproducible resume: the epoch's data order and the methods' random masks come from
 generators reseeded from (seed, method, epoch), and everything else that changes (networks,
@@ -26,6 +27,7 @@ from tqdm import tqdm
 from apga.checkpoint import check_same_config, load_checkpoint, save_checkpoint
 from apga.config import config_dict
 from apga.data import RunData, make_loader, to_model_input
+from apga.distributed import Dist, plain_networks, unwrap
 from apga.errors import CheckpointError, NonFiniteError
 from apga.evaluation import evaluate
 from apga.gallery import save_gallery
@@ -65,6 +67,7 @@ class Stage:
     config: object
     channels_last: bool = False
     progress: bool = True
+    dist: Dist = Dist()
 
 
 class _Logs:
@@ -79,10 +82,11 @@ class _Logs:
             value = value.detach().float()
             self.sums[key] = self.sums[key] + value if key in self.sums else value
 
-    def means(self) -> dict[str, float]:
+    def means(self, dist: Dist = Dist()) -> dict[str, float]:
+        """Means over the steps so far (and over ranks, under torchrun)."""
         if not self.sums:
             return {}
-        values = torch.stack(list(self.sums.values())).cpu() / max(self.count, 1)  # one host sync
+        values = dist.mean(torch.stack(list(self.sums.values()))).cpu() / max(self.count, 1)  # one host sync
         return dict(zip(self.sums, values.tolist()))
 
 
@@ -96,12 +100,12 @@ def _check_finite(means: dict[str, float], where: str, last_checkpoint: Path) ->
 
 
 def _state_of(model):
-    return None if model is None else model.state_dict()
+    return None if model is None else unwrap(model).state_dict()
 
 
 def _save_state(path: Path, method, optimizers, scaler, progress: dict, config_values: dict, history: list) -> None:
     save_checkpoint(path, {
-        "classifier": method.classifier.state_dict(),
+        "classifier": _state_of(method.classifier),
         "agent": _state_of(method.agent),
         "method": method.state_dict(),
         "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
@@ -116,9 +120,9 @@ def _save_state(path: Path, method, optimizers, scaler, progress: dict, config_v
 
 
 def _load_networks(method, state: dict) -> None:
-    method.classifier.load_state_dict(state["classifier"])
+    unwrap(method.classifier).load_state_dict(state["classifier"])
     if method.agent is not None and state.get("agent") is not None:
-        method.agent.load_state_dict(state["agent"])
+        unwrap(method.agent).load_state_dict(state["agent"])
     method.load_state_dict(state.get("method", {}))
 
 
@@ -163,13 +167,13 @@ def train_one_epoch(method, loader, optimizers, scaler, stage: Stage, *, desc: s
         logs.count += 1
         bar.update(1)
         if step % log_every == 0 or step == total:
-            means = logs.means()  # the only host sync of a training step, every `log_every` steps
+            means = logs.means(stage.dist)  # the only host sync of a training step, every `log_every` steps
             _check_finite(means, f"{method.name}, {desc}, iteration {step}", stage.run_dir / "last.pt")
             bar.set_postfix({k: f"{v:.3g}" for k, v in list(means.items())[:6]})
         if on_iteration is not None:
             on_iteration(step)
     bar.close()
-    means = logs.means()
+    means = logs.means(stage.dist)
     _check_finite(means, f"{method.name}, {desc}", stage.run_dir / "last.pt")
     return means
 
@@ -192,12 +196,15 @@ def fit(method, data: RunData, stage: Stage) -> dict:
         check_same_config(config_file, saved, config_values, method.ignored_settings())
         if result_file.is_file():
             return json.loads(result_file.read_text())  # finished: not redone
-    if not config.resume:
-        for stale in (result_file, last_file, best_file, run_dir / "metrics.csv"):
-            stale.unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "gallery", ignore_errors=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(config_file, config_values)
+    main = stage.dist.is_main
+    if main:
+        if not config.resume:
+            for stale in (result_file, last_file, best_file, run_dir / "metrics.csv"):
+                stale.unlink(missing_ok=True)
+            shutil.rmtree(run_dir / "gallery", ignore_errors=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(config_file, config_values)
+    stage.dist.barrier()
 
     optimizers = {name: torch.optim.Adam(net.parameters(), lr=lr) for name, (net, lr) in method.networks().items()}
     scaler = stage.precision.scaler()
@@ -212,23 +219,34 @@ def fit(method, data: RunData, stage: Stage) -> dict:
         scaler.load_state_dict(state["scaler"])
         progress, history = state["progress"], state["history"]
         torch.set_rng_state(state["rng"]["torch"].cpu())
-        print(f"resuming {run_dir} after epoch {progress['epoch']}")
+        if main:
+            print(f"resuming {run_dir} after epoch {progress['epoch']}")
 
     eval_kwargs = dict(batch_size=config.batch_size, autocast=stage.precision.autocast,
                        channels_last=stage.channels_last, num_workers=0)
+    sampler = None
+    if stage.dist.enabled:  # each rank its shard of the same (seed, method, epoch) order
+        sampler = torch.utils.data.DistributedSampler(data.train.dataset, stage.dist.world_size, stage.dist.rank,
+                                                      shuffle=True, seed=derive_seed(stage.seed, method.name) % 2**31)
     loader = make_loader(data.train.dataset, config.batch_size, shuffle=True, num_workers=config.num_workers,
-                         pin_memory=device.type == "cuda")
+                         pin_memory=device.type == "cuda", sampler=sampler)
     gallery_images = data.select.dataset.__getitems__(list(range(min(GALLERY_IMAGES, len(data.select.dataset)))))[0]
     method.generator = torch.Generator(device)
 
     def validate(epoch_position: float, iteration: int) -> dict:
-        metrics = evaluate(method, data.select, device, **eval_kwargs)
-        if metrics["accuracy"] > progress["best_accuracy"]:
+        """Rank 0 evaluates and keeps the best checkpoint; every rank gets its metrics."""
+        metrics = None
+        if main:
+            with plain_networks(method):
+                metrics = evaluate(method, data.select, device, **eval_kwargs)
+            if metrics["accuracy"] > progress["best_accuracy"]:
+                metrics["improved"] = 1.0
+                save_checkpoint(best_file, {"classifier": _state_of(method.classifier), "agent": _state_of(method.agent),
+                                            "method": method.state_dict(), "epoch": epoch_position,
+                                            "config": config_values, "code_version": code_version()})
+        metrics = stage.dist.from_main(metrics)
+        if metrics.get("improved"):
             progress.update(best_accuracy=metrics["accuracy"], best_epoch=epoch_position)
-            metrics["improved"] = 1.0
-            save_checkpoint(best_file, {"classifier": method.classifier.state_dict(), "agent": _state_of(method.agent),
-                                        "method": method.state_dict(), "epoch": epoch_position,
-                                        "config": config_values, "code_version": code_version()})
         return metrics
 
     max_epochs = config.finetune_epochs if method.fine_tuned and config.finetune_epochs else config.epochs
@@ -236,7 +254,10 @@ def fit(method, data: RunData, stage: Stage) -> dict:
     for epoch in range(progress["epoch"] + 1, max_epochs + 1):
         if progress["epochs_since_best"] >= config.patience:
             break
-        loader.generator.manual_seed(derive_seed(stage.seed, method.name, epoch, "order"))
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        else:
+            loader.generator.manual_seed(derive_seed(stage.seed, method.name, epoch, "order"))
         method.generator.manual_seed(derive_seed(stage.seed, method.name, epoch, "masks"))
         best_before = progress["best_accuracy"]
         steps = len(loader) if config.steps_per_epoch is None else min(config.steps_per_epoch, len(loader))
@@ -254,23 +275,27 @@ def fit(method, data: RunData, stage: Stage) -> dict:
         progress.update(epoch=epoch, epochs_since_best=0 if improved else progress["epochs_since_best"] + 1)
         history.append({"epoch": float(epoch), "iteration": steps, **{f"train_{k}": v for k, v in train_logs.items()},
                         **{f"val_{k}": v for k, v in val.items()}, "seconds": time.perf_counter() - start})
-        _save_state(last_file, method, optimizers, scaler, progress, config_values, history)
-        _write_history(run_dir / "metrics.csv", history)
-        if config.gallery == "epoch":
-            save_gallery(method, gallery_images, run_dir / "gallery" / f"epoch{epoch:03d}.png", device)
+        if main:
+            _save_state(last_file, method, optimizers, scaler, progress, config_values, history)
+            _write_history(run_dir / "metrics.csv", history)
+            if config.gallery == "epoch":
+                with plain_networks(method):
+                    save_gallery(method, gallery_images, run_dir / "gallery" / f"epoch{epoch:03d}.png", device)
         if stage.progress:
             shown = ", ".join(f"{k} {v:.3f}" for k, v in train_logs.items() if k.endswith("loss"))
             print(f"  {method.name} epoch {epoch}: {shown}; selection accuracy {val['accuracy']:.3f}"
                   f"{' (best)' if improved else ''}")
 
-    if not best_file.is_file():  # no epoch ran (e.g. --epochs reached on resume): evaluate as is
+    if not stage.dist.from_main(best_file.is_file()):  # no epoch ran (e.g. --epochs reached on resume)
         validate(float(progress["epoch"]), 0)
-    best = load_checkpoint(best_file, device)
-    _load_networks(method, best)
-    if config.gallery != "off":
-        save_gallery(method, gallery_images, run_dir / "gallery" / "final.png", device)
-    result = evaluate(method, data.report, device, **eval_kwargs)
-    result.update(best_epoch=progress["best_epoch"], epochs_trained=progress["epoch"],
-                  selection_accuracy=progress["best_accuracy"], train_seconds=time.perf_counter() - start)
-    atomic_write_json(result_file, result)
-    return result
+    result = None
+    if main:
+        _load_networks(method, load_checkpoint(best_file, device))
+        with plain_networks(method):
+            if config.gallery != "off":
+                save_gallery(method, gallery_images, run_dir / "gallery" / "final.png", device)
+            result = evaluate(method, data.report, device, **eval_kwargs)
+        result.update(best_epoch=progress["best_epoch"], epochs_trained=progress["epoch"],
+                      selection_accuracy=progress["best_accuracy"], train_seconds=time.perf_counter() - start)
+        atomic_write_json(result_file, result)
+    return stage.dist.from_main(result)

@@ -97,7 +97,7 @@ def main(preset: str = "cpu", device: str | None = None, batch_size: int = 25, r
         torch.cuda.reset_peak_memory_stats(device)
 
     # --- every method's step ----------------------------------------------------------------
-    rows, step_time, step_flops = [], {}, {}
+    step_time, step_flops = {}, {}
     chosen = methods.split(",") if isinstance(methods, str) else list(methods)  # fire gives "a,b" as a tuple
     names = list(METHODS) if chosen == ["all"] else sorted({"baseline", "apga", *chosen}, key=list(METHODS).index)
     for name in names:
@@ -112,7 +112,7 @@ def main(preset: str = "cpu", device: str | None = None, batch_size: int = 25, r
     step_flops["apga[scale0.5]"] = flops(lambda: half_step(images, labels))
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
-    print(f"\n| method | images/s | step ms | time vs baseline | GFLOP/step | FLOPs vs baseline |\n|---|---|---|---|---|---|")
+    print("\n| method | images/s | step ms | time vs baseline | GFLOP/step | FLOPs vs baseline |\n|---|---|---|---|---|---|")
     for name, seconds in step_time.items():
         print(f"| {name} | {batch_size / seconds:.1f} | {seconds * 1e3:.1f} | {seconds / step_time['baseline']:.2f}x "
               f"| {step_flops[name] / 1e9:.2f} | {step_flops[name] / step_flops['baseline']:.2f}x |")
@@ -193,7 +193,7 @@ def main(preset: str = "cpu", device: str | None = None, batch_size: int = 25, r
 
     # --- summary ------------------------------------------------------------------------------
     half_ratio = step_time["apga[scale0.5]"] / step_time["baseline"]
-    print(f"\n| measure | value | target |\n|---|---|---|")
+    print("\n| measure | value | target |\n|---|---|---|")
     print(f"| APGA step / sum of its required passes | {waste:.2f}x | <= 1.15x |")
     print(f"| APGA step vs per-image reference (speed-up) | {reference_time / step_time['apga']:.2f}x "
           f"({reference_time * 1e3:.1f} ms vs {step_time['apga'] * 1e3:.1f} ms) | >= 1.5x on the CPU preset |")

@@ -1,7 +1,6 @@
 """Killed runs resume to exactly the same result; non-finite losses stop one run cleanly."""
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from apga.masks import adversarial_images, greedy_action, kept_images
+from apga.masks import adversarial_images, area_penalty, greedy_action
 from apga.methods.base import Method, Phase
 from apga.utils import eval_mode
 
@@ -33,9 +33,7 @@ def policy_loss(logits: torch.Tensor, action: torch.Tensor, advantage: torch.Ten
     """
     advantage = advantage.detach()
     log_likelihood = F.binary_cross_entropy_with_logits(logits, action.detach())
-    empty = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
-    full = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-    return POLICY_SCALE * log_likelihood * advantage + advantage.abs() * (EMPTY_PENALTY * empty + FULL_PENALTY * full)
+    return POLICY_SCALE * log_likelihood * advantage + advantage.abs() * area_penalty(logits, EMPTY_PENALTY, FULL_PENALTY)
 
 
 class APGA(Method):
@@ -46,9 +44,6 @@ class APGA(Method):
     def __init__(self, config, classifier, agent=None):
         super().__init__(config, classifier, agent)
         self.reward_baseline: torch.Tensor | None = None
-
-    def networks(self):
-        return {"classifier": (self.classifier, self.config.finetune_lr), "agent": (self.agent, self.config.agent_lr)}
 
     @property
     def variant(self) -> str:
@@ -75,7 +70,7 @@ class APGA(Method):
         # 4-5. reward from the classifier in eval mode, without gradient
         with torch.no_grad(), eval_mode(self.classifier):
             adversarial_loss = F.cross_entropy(self.classifier(adversarial_images(images, action)), labels)
-        reward = (adversarial_loss - clean.loss.detach()).float()
+        reward = self.dist.mean((adversarial_loss - clean.loss.detach()).float())  # the same on every rank
         # 6. moving-average baseline, then the advantage
         self.reward_baseline = update_reward_baseline(self.reward_baseline, reward)
         advantage = reward - self.reward_baseline
@@ -86,14 +81,7 @@ class APGA(Method):
             "advantage": advantage, "policy_loss": loss.detach(), "mask_area": action.mean(),
         })
         # 8. a fresh mask from the updated agent; classifier step on the kept region
-        keep = greedy_action(self.mask_probabilities(images))
-        phase = self.classifier_phase(kept_images(images, keep), labels, "keep_loss")
-        phase.logs["keep_area"] = keep.mean()
-        yield phase
-
-    def mask_probabilities(self, images):
-        with torch.no_grad():
-            return torch.sigmoid(self.agent(images).float())
+        yield self.kept_region_phase(images, labels, greedy_action(self.mask_probabilities(images)))
 
     def state_dict(self):
         return {"reward_baseline": self.reward_baseline}

@@ -15,6 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from apga.distributed import Dist
+from apga.masks import kept_images
+
 
 @dataclass
 class Phase:
@@ -36,6 +39,7 @@ class Method:
         self.classifier = classifier
         self.agent = agent
         self.generator: torch.Generator | None = None  # on the batch's device; reseeded each epoch by the loop
+        self.dist = Dist()  # set by the runner under torchrun
 
     def ignored_settings(self) -> set[str]:
         """Config fields that cannot change this method's run: a finished or interrupted run of it
@@ -53,7 +57,10 @@ class Method:
 
     def networks(self) -> dict[str, tuple[nn.Module, float]]:
         """Name -> (network, learning rate) of everything this method trains."""
-        return {"classifier": (self.classifier, self.config.finetune_lr)}
+        networks = {"classifier": (self.classifier, self.config.finetune_lr)}
+        if self.agent is not None:
+            networks["agent"] = (self.agent, self.config.agent_lr)
+        return networks
 
     @property
     def variant(self) -> str:
@@ -64,13 +71,24 @@ class Method:
         yield self.classifier_phase(images, labels, "loss")
 
     def mask_probabilities(self, images: torch.Tensor) -> torch.Tensor | None:
-        """(B, 1, H, W) in [0, 1] for masking methods (keep where > 0.5), else None."""
-        return None
+        """(B, 1, H, W) in [0, 1] for masking methods (keep where > 0.5), else None.
+
+        Methods with an agent: its probabilities p = sigmoid(agent(x))."""
+        if self.agent is None:
+            return None
+        with torch.no_grad():
+            return torch.sigmoid(self.agent(images).float())
 
     # --- helpers shared by the methods ------------------------------------------------
     def classifier_phase(self, images: torch.Tensor, labels: torch.Tensor, log_name: str) -> Phase:
         loss = F.cross_entropy(self.classifier(images), labels)
         return Phase(loss, ("classifier",), {log_name: loss.detach()})
+
+    def kept_region_phase(self, images: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> Phase:
+        """Classifier step on x * keep, the image with only the kept region (APGA's step 8)."""
+        phase = self.classifier_phase(kept_images(images, keep), labels, "keep_loss")
+        phase.logs["keep_area"] = keep.mean()
+        return phase
 
     def state_dict(self) -> dict:
         """Method state beyond the networks (e.g. APGA's reward baseline), for checkpoints."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from apga.masks import greedy_action, kept_images
+from apga.masks import area_penalty, greedy_action
 from apga.methods.base import Method, Phase
 
 EMPTY_PENALTY, FULL_PENALTY = 0.5, 0.6
@@ -19,23 +19,12 @@ class EndToEnd(Method):
     uses_agent = True
     validates_mid_epoch = True
 
-    def networks(self):
-        return {"classifier": (self.classifier, self.config.finetune_lr), "agent": (self.agent, self.config.agent_lr)}
-
     def phases(self, images, labels):
         yield self.classifier_phase(images, labels, "clean_loss")
         logits = self.agent(images).float()  # (B, 1, H, W)
         soft_mask = torch.sigmoid(logits)
         masked_loss = F.cross_entropy(self.classifier(images * soft_mask), labels)
-        penalty = (EMPTY_PENALTY * F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
-                   + FULL_PENALTY * F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits)))
+        penalty = area_penalty(logits, EMPTY_PENALTY, FULL_PENALTY)
         yield Phase(masked_loss + penalty, ("classifier", "agent"),
                     {"masked_loss": masked_loss.detach(), "mask_area": soft_mask.detach().mean()})
-        keep = greedy_action(self.mask_probabilities(images))
-        phase = self.classifier_phase(kept_images(images, keep), labels, "keep_loss")
-        phase.logs["keep_area"] = keep.mean()
-        yield phase
-
-    def mask_probabilities(self, images):
-        with torch.no_grad():
-            return torch.sigmoid(self.agent(images).float())
+        yield self.kept_region_phase(images, labels, greedy_action(self.mask_probabilities(images)))

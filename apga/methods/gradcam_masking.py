@@ -6,7 +6,7 @@ import copy
 import torch
 
 from apga.gradcam import grad_cam
-from apga.masks import greedy_action, kept_images
+from apga.masks import greedy_action
 from apga.methods.base import Method
 
 
@@ -20,10 +20,7 @@ class GradCamMasking(Method):
 
     def phases(self, images, labels):
         yield self.classifier_phase(images, labels, "clean_loss")
-        keep = greedy_action(self.mask_probabilities(images))  # (B, 1, H, W)
-        phase = self.classifier_phase(kept_images(images, keep), labels, "keep_loss")
-        phase.logs["keep_area"] = keep.mean()
-        yield phase
+        yield self.kept_region_phase(images, labels, greedy_action(self.mask_probabilities(images)))
 
     def mask_probabilities(self, images):
         with torch.autocast(images.device.type, enabled=False):

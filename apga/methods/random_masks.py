@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from apga.masks import kept_images, random_boxes
+from apga.masks import random_boxes
 from apga.methods.base import Method
 from apga.utils import derive_seed
 
@@ -24,10 +24,7 @@ class RandomMasking(Method):
 
     def phases(self, images, labels):
         yield self.classifier_phase(images, labels, "clean_loss")
-        keep = self._boxes(images, self.generator)
-        phase = self.classifier_phase(kept_images(images, keep), labels, "keep_loss")
-        phase.logs["keep_area"] = keep.mean()
-        yield phase
+        yield self.kept_region_phase(images, labels, self._boxes(images, self.generator))
 
     def _boxes(self, images, generator):
         b, _, h, w = images.shape
