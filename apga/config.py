@@ -79,9 +79,9 @@ PRESETS: dict[str, dict] = {
     "cpu": dict(
         image_size=64,
         batch_size=32,
-        epochs=20,
+        epochs=40,
         finetune_epochs=6,
-        patience=6,
+        patience=10,
         classifier="densenet-small",
         agent_width=4,
         num_workers=0,

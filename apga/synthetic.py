@@ -27,7 +27,7 @@ from PIL import Image
 from apga.config import BODY_PARTS
 from apga.mura import MASK_DIR, MURA_DIR
 
-VERSION = 6  # bump when the images change: ensure_generated then makes the data set anew
+VERSION = 7  # bump when the images change: ensure_generated then makes the data set anew
 FINDING_VISIBLE = 0.85
 ABNORMAL_STUDY_RATE = 0.42
 
@@ -115,11 +115,11 @@ def render_image(rng: np.random.Generator, body_part: str, abnormal: bool, spuri
         if len(ys):  # centred on a bone pixel well inside the image, so the finding is always seen
             k = rng.integers(len(ys))
             if rng.random() < 0.5:  # fracture: a dark line across the shaft
-                band = np.abs(t - t[ys[k], xs[k]]) * 2 * length < rng.uniform(1.0, 1.5) * side / 32
-                image = np.where(band & (dist < r), image - rng.uniform(0.35, 0.45), image)
+                band = np.abs(t - t[ys[k], xs[k]]) * 2 * length < rng.uniform(1.3, 1.8) * side / 32
+                image = np.where(band & (dist < r), image - rng.uniform(0.45, 0.55), image)
             else:  # lytic lesion: a dark spot in the bone
-                spot = np.hypot(yy - ys[k], xx - xs[k]) < side * rng.uniform(0.06, 0.085)
-                image = np.where(spot & bone_mask, image - rng.uniform(0.3, 0.4), image)
+                spot = np.hypot(yy - ys[k], xx - xs[k]) < side * rng.uniform(0.07, 0.095)
+                image = np.where(spot & bone_mask, image - rng.uniform(0.4, 0.5), image)
         rng = rng_main
 
     # clutter that looks like a finding but lies outside the bones (label-independent)

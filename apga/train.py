@@ -169,7 +169,7 @@ def train_one_epoch(method, loader, optimizers, scaler, stage: Stage, *, desc: s
         if step % log_every == 0 or step == total:
             means = logs.means(stage.dist)  # the only host sync of a training step, every `log_every` steps
             _check_finite(means, f"{method.name}, {desc}, iteration {step}", stage.run_dir / "last.pt")
-            bar.set_postfix({k: f"{v:.3g}" for k, v in list(means.items())[:6]})
+            bar.set_postfix({k: f"{v:.3g}" for k, v in means.items()})
         if on_iteration is not None:
             on_iteration(step)
     bar.close()
