@@ -233,7 +233,7 @@ def fit(method, data: RunData, stage: Stage) -> dict:
     gallery_images = data.select.dataset.__getitems__(list(range(min(GALLERY_IMAGES, len(data.select.dataset)))))[0]
     method.generator = torch.Generator(device)
 
-    def validate(epoch_position: float, iteration: int) -> dict:
+    def validate(epoch_position: float) -> dict:
         """Rank 0 evaluates and keeps the best checkpoint; every rank gets its metrics."""
         metrics = None
         if main:
@@ -264,13 +264,13 @@ def fit(method, data: RunData, stage: Stage) -> dict:
 
         def mid_epoch(step: int) -> None:
             if method.validates_mid_epoch and config.val_every and step % config.val_every == 0 and step < steps:
-                checked = validate(epoch - 1 + step / steps, step)
+                checked = validate(epoch - 1 + step / steps)
                 history.append({"epoch": epoch - 1 + step / steps, "iteration": step,
                                 **{f"val_{k}": v for k, v in checked.items()}})
 
         train_logs = train_one_epoch(method, loader, optimizers, scaler, stage, desc=f"{method.name} epoch {epoch}",
                                      on_iteration=mid_epoch, max_steps=config.steps_per_epoch)
-        val = validate(float(epoch), steps)
+        val = validate(float(epoch))
         improved = progress["best_accuracy"] > best_before
         progress.update(epoch=epoch, epochs_since_best=0 if improved else progress["epochs_since_best"] + 1)
         history.append({"epoch": float(epoch), "iteration": steps, **{f"train_{k}": v for k, v in train_logs.items()},
@@ -287,7 +287,7 @@ def fit(method, data: RunData, stage: Stage) -> dict:
                   f"{' (best)' if improved else ''}")
 
     if not stage.dist.from_main(best_file.is_file()):  # no epoch ran (e.g. --epochs reached on resume)
-        validate(float(progress["epoch"]), 0)
+        validate(float(progress["epoch"]))
     result = None
     if main:
         _load_networks(method, load_checkpoint(best_file, device))
