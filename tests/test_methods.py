@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -58,3 +59,22 @@ def test_method_runs_real_steps(name, tiny_config, tmp_path):
     else:
         assert probabilities.shape == (2, 1, config.image_size, config.image_size)
         assert probabilities.min() >= 0 and probabilities.max() <= 1
+
+
+def test_apga_also_validates_every_val_every_iterations(tiny_config, tmp_path):
+    import pandas as pd
+
+    from apga.runner import run_stage
+
+    config = tiny_config(body_part="elbow", val_every=1, epochs=1, finetune_epochs=1, gallery="off")
+    data = prepare_run_data(config, seed=1)
+    seed_dir = Path(config.out_dir) / "seed1"
+    args = (config, data, 1, seed_dir, torch.device("cpu"), Precision("cpu", None), False)
+    run_stage("baseline", *args, progress=False)
+    run_stage("apga", *args, progress=False)
+    steps = -(-len(data.train.index) // config.batch_size)
+    baseline = pd.read_csv(seed_dir / "baseline" / "metrics.csv")
+    apga = pd.read_csv(seed_dir / "apga" / "metrics.csv")
+    assert baseline["epoch"].tolist() == [1.0]  # the baseline validates at epoch end only
+    assert apga["epoch"].tolist() == [i / steps for i in range(1, steps)] + [1.0]
+    assert apga["val_accuracy_tta"].between(0, 1).all()
