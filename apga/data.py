@@ -196,12 +196,13 @@ def prepare_run_data(config, seed: int) -> RunData:
     train = mura.select_body_part(mura.load_split(root, "train"), config.body_part)
     valid = mura.select_body_part(mura.load_split(root, "valid"), config.body_part)
     has_masks = (root / mura.MASK_DIR).is_dir()
-    train_images, train_masks, train_ok = _cached_split(config, train, cache_dir, "train", has_masks)
+    holdout = config.model_selection == "holdout"  # only a held-out selection split needs training masks
+    train_images, train_masks, train_ok = _cached_split(config, train, cache_dir, "train", has_masks and holdout)
     valid_images, valid_masks, valid_ok = _cached_split(config, valid, cache_dir, "valid", has_masks)
 
     train_rows = np.flatnonzero(train_ok)
     select = report = _split(valid, valid_images, valid_masks, np.flatnonzero(valid_ok))
-    if config.model_selection == "holdout":
+    if holdout:
         held = mura.holdout_patients(train.iloc[train_rows], config.holdout_fraction, seed)
         select = _split(train, train_images, train_masks, train_rows[held])
         train_rows = train_rows[~held]
@@ -209,7 +210,8 @@ def prepare_run_data(config, seed: int) -> RunData:
         train_rows = train_rows[mura.k_shot_indices(train["label"].to_numpy()[train_rows], config.n_shot, seed)]
     if train["label"].to_numpy()[train_rows].min() == train["label"].to_numpy()[train_rows].max():
         raise DataError(f"the {config.body_part} training images hold only one class; check the data set")
-    return RunData(_split(train, train_images, train_masks, train_rows), select, report, has_masks)
+    # the training split carries no masks: the loop never reads them
+    return RunData(_split(train, train_images, None, train_rows), select, report, has_masks)
 
 
 def make_loader(dataset: CachedImages, batch_size: int, *, shuffle: bool, num_workers: int = 0,

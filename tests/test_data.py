@@ -88,6 +88,7 @@ def test_run_data_splits(tiny_config):
     assert set(data.train.index["body_part"]) == {"elbow"} and set(data.report.index["split"]) == {"valid"}
     assert set(data.select.index["split"]) == {"train"}
     assert not set(data.select.index["patient"]) & set(data.train.index["patient"])
-    assert data.has_masks and data.report.dataset.masks is not None
+    assert data.has_masks and data.report.dataset.masks is not None and data.select.dataset.masks is not None
+    assert data.train.dataset.masks is None  # training batches do not read relevance masks
     again = prepare_run_data(config, seed=5)
     assert again.train.index["path"].tolist() == data.train.index["path"].tolist()
