@@ -39,6 +39,11 @@ def shot_label(config: Config) -> str:
     return "all" if config.n_shot is None else str(config.n_shot)
 
 
+def use_channels_last(config: Config, device: torch.device) -> bool:
+    """--channels-last, or by default on CUDA only."""
+    return device.type == "cuda" if config.channels_last is None else config.channels_last
+
+
 def build_method(name: str, config: Config, device: torch.device, channels_last: bool,
                  baseline_checkpoint: Path | None = None, **extra):
     """Fresh networks for a method (the classifier from the baseline's best for fine-tuning)."""
@@ -110,7 +115,7 @@ def _run(config: Config, dist: Dist, device) -> None:
     if not dist.from_main(writable_dir(out_dir) if dist.is_main else None):
         raise ConfigError(f"cannot write to --out-dir {out_dir}; choose a writable folder")
     precision = Precision.for_device(device, config.amp)
-    channels_last = device.type == "cuda" if config.channels_last is None else bool(config.channels_last)
+    channels_last = use_channels_last(config, device)
     names = selected_methods(config)
     say(f"APGA on {config.body_part} (n_shot {shot_label(config)}, {config.n_runs} run(s), {device}"
         f"{f' x {dist.world_size} ranks' if dist.enabled else ''}): {', '.join(names)}")

@@ -5,12 +5,16 @@ the cheaper agent and the data path. Prints measured figures and ratios (not a t
     python benchmarks/bench_step.py --preset paper        # 224 px, DenseNet-169, UNet11 width 32
     python benchmarks/bench_step.py --preset paper --device cuda --amp 1
 
-Step times are medians of `repeats` timed steps after `warmup` untimed ones, on one fixed
-batch, in one process. FLOPs come from torch's FlopCounterMode (forward and backward).
+All steps, APGA's required passes and the per-image reference are timed in the same rounds
+(each once per round, in turn, `repeats` rounds after `warmup` untimed ones, on one fixed
+batch, in one process): times are medians over rounds and ratios medians of per-round ratios,
+so that the machine's drift does not bias a ratio. FLOPs come from torch's FlopCounterMode
+(forward and backward); peak GPU memory is measured per method on one extra step.
 """
 from __future__ import annotations
 
 import copy
+import functools
 import statistics
 import sys
 import tempfile
@@ -29,9 +33,9 @@ from apga.data import PngImages, _collate_keep, cached_array, CachedImages, make
 from apga.methods import METHODS  # noqa: E402
 from apga.models import build_classifier  # noqa: E402
 from apga.mura import load_split, select_body_part  # noqa: E402
-from apga.runner import build_method  # noqa: E402
+from apga.runner import build_method, use_channels_last  # noqa: E402
 from apga.synthetic import generate  # noqa: E402
-from apga.train import Precision, run_step  # noqa: E402
+from apga.train import Precision, make_optimizers, run_step  # noqa: E402
 from reference_apga import reference_step  # noqa: E402
 
 
@@ -42,16 +46,33 @@ def _sync(device):
 
 def timed(fn, device, repeats, warmup) -> float:
     """Median seconds of fn() over `repeats` runs after `warmup` runs."""
+    return timed_together({"fn": fn}, device, repeats, warmup)["fn"][0]
+
+
+def timed_together(fns: dict, device, repeats, warmup) -> dict[str, tuple[float, list[float]]]:
+    """Name -> (median seconds, per-round seconds), every fn timed once per round, in turn.
+
+    Interleaving puts the things compared in the same rounds, so a ratio of two of them is not
+    skewed by the machine getting slower or faster between one measurement and the next (a
+    shared CPU drifts by tens of percent over a minute).
+    """
     for _ in range(warmup):
-        fn()
-    _sync(device)
-    times = []
+        for fn in fns.values():
+            fn()
+    rounds = {name: [] for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            _sync(device)
+            start = time.perf_counter()
+            fn()
+            _sync(device)
+            rounds[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(times), times) for name, times in rounds.items()}
+
+
+def round_ratio(numerator: list[float], denominator: list[float]) -> float:
+    """Median over rounds of numerator / denominator (both timed in the same rounds)."""
+    return statistics.median(n / d for n, d in zip(numerator, denominator))
 
 
 def flops(fn) -> float:
@@ -65,7 +86,7 @@ def _method_and_step(name, config, device, precision, checkpoint, channels_last)
     method.generator = torch.Generator(device).manual_seed(0)
     if name == "apga":
         method.reward_baseline = torch.zeros((), device=device)
-    optimizers = {n: torch.optim.Adam(net.parameters(), lr=lr) for n, (net, lr) in method.networks().items()}
+    optimizers = make_optimizers(method)
     scaler = precision.scaler()
 
     def step(images, labels):
@@ -74,13 +95,14 @@ def _method_and_step(name, config, device, precision, checkpoint, channels_last)
     return method, optimizers, step
 
 
-def main(preset: str = "cpu", device: str | None = None, batch_size: int = 25, repeats: int = 5, warmup: int = 2,
-         amp: bool | None = None, loader_images: int = 400, methods: str = "all") -> None:
+def main(preset: str = "cpu", device: str | None = None, batch_size: int = 25, repeats: int = 7, warmup: int = 2,
+         amp: bool | None = None, channels_last: bool | None = None, loader_images: int = 400,
+         methods: str = "all") -> None:
     """Print the step, waste, reference and data-path figures; `methods` is 'all' or a comma list."""
-    config = make_config(preset=preset, batch_size=batch_size, amp=amp, gallery="off")
+    config = make_config(preset=preset, batch_size=batch_size, amp=amp, channels_last=channels_last, gallery="off")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = Precision.for_device(device, config.amp)
-    channels_last = device.type == "cuda"
+    channels_last = use_channels_last(config, device)
     torch.manual_seed(0)
     size = config.image_size
     images = torch.rand(batch_size, 3, size, size, device=device)
@@ -92,34 +114,25 @@ def main(preset: str = "cpu", device: str | None = None, batch_size: int = 25, r
     save_checkpoint(checkpoint, {"classifier": build_classifier(config.classifier).state_dict()})
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {where}; preset {preset}: {size} px, {config.classifier}, UNet11 width {config.agent_width}, "
-          f"batch {batch_size}, AMP {precision.dtype or 'off'}; median of {repeats} steps")
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-
-    # --- every method's step ----------------------------------------------------------------
-    step_time, step_flops = {}, {}
+          f"batch {batch_size}, AMP {precision.dtype or 'off'}, "
+          f"{'channels_last' if channels_last else 'contiguous (NCHW)'}; {repeats} rounds")
+    # --- every method's step, APGA's required passes and the per-image reference -------------
     chosen = methods.split(",") if isinstance(methods, str) else list(methods)  # fire gives "a,b" as a tuple
     names = list(METHODS) if chosen == ["all"] else sorted({"baseline", "apga", *chosen}, key=list(METHODS).index)
+    steps, built = {}, {}
     for name in names:
-        method, optimizers, step = _method_and_step(name, config, device, precision, checkpoint, channels_last)
-        step_time[name] = timed(lambda: step(images, labels), device, repeats, warmup)
-        step_flops[name] = flops(lambda: step(images, labels))
-        if name == "apga":
-            apga_method, apga_optimizers = method, optimizers
-    half = make_config(preset=preset, batch_size=batch_size, amp=amp, agent_scale=0.5)
-    _, _, half_step = _method_and_step("apga", half, device, precision, checkpoint, channels_last)
-    step_time["apga[scale0.5]"] = timed(lambda: half_step(images, labels), device, repeats, warmup)
-    step_flops["apga[scale0.5]"] = flops(lambda: half_step(images, labels))
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+        built[name] = _method_and_step(name, config, device, precision, checkpoint, channels_last)
+        steps[name] = functools.partial(built[name][2], images, labels)
+    half = make_config(preset=preset, batch_size=batch_size, amp=amp, channels_last=channels_last, agent_scale=0.5)
+    steps["apga[scale0.5]"] = functools.partial(
+        _method_and_step("apga", half, device, precision, checkpoint, channels_last)[2], images, labels)
 
-    print("\n| method | images/s | step ms | time vs baseline | GFLOP/step | FLOPs vs baseline |\n|---|---|---|---|---|---|")
-    for name, seconds in step_time.items():
-        print(f"| {name} | {batch_size / seconds:.1f} | {seconds * 1e3:.1f} | {seconds / step_time['baseline']:.2f}x "
-              f"| {step_flops[name] / 1e9:.2f} | {step_flops[name] / step_flops['baseline']:.2f}x |")
-
-    # --- APGA against the sum of its required passes ------------------------------------------
-    classifier, agent = apga_method.classifier, apga_method.agent
-    classifier_optimizer, agent_optimizer = apga_optimizers["classifier"], apga_optimizers["agent"]
+    # APGA's required passes, each on its own: classifier forward+backward+step (twice in a
+    # step), agent forward+backward+step, classifier eval forward, agent forward.
+    apga_method, apga_optimizers, _ = built["apga"]
+    classifier, agent = copy.deepcopy(apga_method.classifier), copy.deepcopy(apga_method.agent)
+    classifier_optimizer = torch.optim.Adam(classifier.parameters(), lr=config.finetune_lr)
+    agent_optimizer = torch.optim.Adam(agent.parameters(), lr=config.agent_lr)
     scaler = precision.scaler()
 
     def classifier_train():
@@ -150,24 +163,44 @@ def main(preset: str = "cpu", device: str | None = None, batch_size: int = 25, r
         with precision.autocast():
             agent(images)
 
-    passes = {"classifier fwd+bwd+step (x2)": 2 * timed(classifier_train, device, repeats, warmup),
-              "agent fwd+bwd+step": timed(agent_train, device, repeats, warmup),
-              "classifier eval fwd": timed(classifier_eval, device, repeats, warmup),
-              "agent fwd": timed(agent_forward, device, repeats, warmup)}
-    required = sum(passes.values())
-    print("\nAPGA's required passes, timed separately: "
-          + ", ".join(f"{k} {v * 1e3:.1f} ms" for k, v in passes.items()))
-    waste = step_time["apga"] / required
+    passes = {"classifier fwd+bwd+step": classifier_train, "agent fwd+bwd+step": agent_train,
+              "classifier eval fwd": classifier_eval, "agent fwd": agent_forward}
 
-    # --- the published per-image structure -----------------------------------------------------
-    ref_classifier, ref_agent = copy.deepcopy(classifier), copy.deepcopy(agent)
-    ref_opts = (torch.optim.Adam(ref_classifier.parameters(), lr=1e-5), torch.optim.Adam(ref_agent.parameters(), lr=1e-5))
+    # The published per-image structure, on copies of the same networks.
+    ref_classifier, ref_agent = copy.deepcopy(apga_method.classifier), copy.deepcopy(apga_method.agent)
+    ref_opts = (torch.optim.Adam(ref_classifier.parameters(), lr=config.finetune_lr),
+                torch.optim.Adam(ref_agent.parameters(), lr=config.agent_lr))
     state = {"baseline": 0.0}
 
     def reference():
         with precision.autocast():
             state["baseline"] = reference_step(ref_classifier, ref_agent, *ref_opts, images, labels, state["baseline"])
-    reference_time = timed(reference, device, repeats, warmup)
+
+    timings = timed_together({**steps, **passes, "reference": reference}, device, repeats, warmup)
+    step_time = {name: timings[name][0] for name in steps}
+    step_flops = {name: flops(fn) for name, fn in steps.items()}
+    peak = {}
+    if device.type == "cuda":
+        for name, fn in steps.items():
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            fn()
+            peak[name] = torch.cuda.max_memory_allocated(device) / 2**30
+
+    print("\n| method | images/s | step ms | time vs baseline | GFLOP/step | FLOPs vs baseline |"
+          + (" peak GiB |" if peak else "") + "\n|---|---|---|---|---|---|" + ("---|" if peak else ""))
+    for name, seconds in step_time.items():
+        print(f"| {name} | {batch_size / seconds:.1f} | {seconds * 1e3:.1f} | {round_ratio(timings[name][1], timings['baseline'][1]):.2f}x "
+              f"| {step_flops[name] / 1e9:.2f} | {step_flops[name] / step_flops['baseline']:.2f}x |"
+              + (f" {peak[name]:.2f} |" if peak else ""))
+
+    required_rounds = [2 * c + a + e + f for c, a, e, f in zip(*(timings[name][1] for name in passes))]
+    print("\nAPGA's required passes, timed separately: "
+          + ", ".join(f"{k} {timings[k][0] * 1e3:.1f} ms" for k in passes)
+          + f"; sum with the classifier step twice {statistics.median(required_rounds) * 1e3:.1f} ms")
+    waste = round_ratio(timings["apga"][1], required_rounds)
+    speedup = round_ratio(timings["reference"][1], timings["apga"][1])
+    reference_time = timings["reference"][0]
 
     # --- data path: PNG decoding vs the uint8 cache ----------------------------------------------
     data_root = workdir / "data"
@@ -192,18 +225,17 @@ def main(preset: str = "cpu", device: str | None = None, batch_size: int = 25, r
     cached_seconds = timed(cached_epoch, torch.device("cpu"), 3, 1)
 
     # --- summary ------------------------------------------------------------------------------
-    half_ratio = step_time["apga[scale0.5]"] / step_time["baseline"]
+    half_ratio = round_ratio(timings["apga[scale0.5]"][1], timings["baseline"][1])
+    apga_ratio = round_ratio(timings["apga"][1], timings["baseline"][1])
     print("\n| measure | value | target |\n|---|---|---|")
     print(f"| APGA step / sum of its required passes | {waste:.2f}x | <= 1.15x |")
-    print(f"| APGA step vs per-image reference (speed-up) | {reference_time / step_time['apga']:.2f}x "
+    print(f"| APGA step vs per-image reference (speed-up) | {speedup:.2f}x "
           f"({reference_time * 1e3:.1f} ms vs {step_time['apga'] * 1e3:.1f} ms) | >= 1.5x on the CPU preset |")
     print(f"| half-size-agent APGA step / baseline step | {half_ratio:.2f}x | <= 4.5x at the paper's size |")
     print(f"| data loader: cache vs PNG (images/s) | {len(files) / cached_seconds:.0f} vs {len(files) / png_seconds:.0f}"
           f" = {png_seconds / cached_seconds:.1f}x | >= 10x |")
-    if peak is not None:
-        print(f"| peak GPU memory | {peak:.2f} GiB | |")
-    print(f"\nsummary: APGA {batch_size / step_time['apga']:.1f} images/s ({step_time['apga'] / step_time['baseline']:.2f}x "
-          f"a baseline step, {waste:.2f}x its required passes, {reference_time / step_time['apga']:.2f}x faster than "
+    print(f"\nsummary: APGA {batch_size / step_time['apga']:.1f} images/s ({apga_ratio:.2f}x "
+          f"a baseline step, {waste:.2f}x its required passes, {speedup:.2f}x faster than "
           f"the per-image reference); half-size agent {half_ratio:.2f}x baseline; cached loader "
           f"{png_seconds / cached_seconds:.1f}x the PNG loader")
 

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from apga.methods.apga import APGA, policy_loss, update_reward_baseline
 from apga.models import build_agent, build_classifier
+from apga.train import make_optimizers
 from reference_apga import reference_policy_step
 
 
@@ -75,7 +76,7 @@ def test_one_step_changes_both_networks_with_a_detached_reward():
     classifier, agent = build_classifier("densenet-small"), build_agent(width=2)
     method = APGA(_Config(), classifier, agent)
     method.reward_baseline = torch.tensor(0.0)  # on the very first batch the advantage is 0 by definition
-    optimizers = {name: torch.optim.Adam(net.parameters(), lr=lr) for name, (net, lr) in method.networks().items()}
+    optimizers = make_optimizers(method)
     before = {name: [p.detach().clone() for p in net.parameters()] for name, (net, _) in method.networks().items()}
     images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 1, 0])
     for phase in method.phases(images, labels):

@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from apga.checkpoint import save_checkpoint
 from apga.data import make_loader, prepare_run_data
 from apga.methods import METHODS
-from apga.models import build_classifier
+from apga.config import make_config
+from apga.models import build_agent, build_classifier
 from apga.runner import build_method
-from apga.train import Precision, Stage, train_one_epoch
+from apga.train import Precision, Stage, make_optimizers, train_one_epoch
 
 CHANGES_AGENT = {"baseline": False, "cutout": False, "gradcam": False, "random": False, "end2end": True, "apga": True}
 
@@ -35,7 +37,7 @@ def test_method_runs_real_steps(name, tiny_config, tmp_path):
     classifier_before = copy.deepcopy(method.classifier.state_dict())
     agent_before = copy.deepcopy(method.agent.state_dict()) if method.agent is not None else None
     reference_before = copy.deepcopy(method.reference.state_dict()) if hasattr(method, "reference") else None
-    optimizers = {n: torch.optim.Adam(net.parameters(), lr=lr) for n, (net, lr) in method.networks().items()}
+    optimizers = make_optimizers(method)
     loader = make_loader(data.train.dataset, config.batch_size, shuffle=True)
     loader.generator.manual_seed(0)
     method.generator = torch.Generator().manual_seed(0)
@@ -78,3 +80,28 @@ def test_apga_also_validates_every_val_every_iterations(tiny_config, tmp_path):
     assert baseline["epoch"].tolist() == [1.0]  # the baseline validates at epoch end only
     assert apga["epoch"].tolist() == [i / steps for i in range(1, steps)] + [1.0]
     assert apga["val_accuracy_tta"].between(0, 1).all()
+
+
+def test_fused_optimizers_give_plain_adams_update():
+    """make_optimizers uses Adam's fused kernel; its step matches the reference loop's.
+
+    One step from equal networks and equal gradients: later steps would differ by more than
+    rounding, because Adam divides by the root of tiny second moments."""
+    torch.manual_seed(0)
+    method = METHODS["apga"](make_config(preset="cpu"), build_classifier("densenet-small"), build_agent(width=2))
+    plain = copy.deepcopy(method)
+    fused, reference = make_optimizers(method), make_optimizers(plain)
+    assert all(opt.defaults["fused"] for opt in fused.values())
+    reference = {name: torch.optim.Adam(opt.param_groups[0]["params"], lr=opt.defaults["lr"], foreach=False)
+                 for name, opt in reference.items()}
+    initial = [p.detach().clone() for p in method.agent.parameters()]
+    images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 1, 0])
+    for m, optimizers in ((method, fused), (plain, reference)):
+        loss = F.cross_entropy(m.classifier(images), labels) + m.agent(images).square().mean()
+        loss.backward()
+        for opt in optimizers.values():
+            opt.step()
+    for name in ("classifier", "agent"):
+        for a, b in zip(method.networks()[name][0].parameters(), plain.networks()[name][0].parameters()):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    assert all(not torch.equal(a, b) for a, b in zip(initial, method.agent.parameters()))  # the steps moved them
