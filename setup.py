@@ -11,7 +11,7 @@ setup(
     packages=find_packages(include=["apga", "apga.*"]),
     py_modules=["apga_mura"],
     python_requires=">=3.10",
-    install_requires=["torch>=2.2", "torchvision>=0.17", "numpy>=1.24", "pandas>=2.0", "tqdm>=4.60", "fire>=0.5",
+    install_requires=["torch>=2.4", "torchvision>=0.19", "numpy>=1.24", "pandas>=2.0", "tqdm>=4.60", "fire>=0.5",
                       "pillow>=9.0", "scikit-learn>=1.2"],
     extras_require={"test": ["pytest>=7.0", "grad-cam>=1.5"]},
     entry_points={"console_scripts": ["apga-mura=apga.cli:entry_point"]},

@@ -39,20 +39,15 @@ def shot_label(config: Config) -> str:
     return "all" if config.n_shot is None else str(config.n_shot)
 
 
-def use_channels_last(config: Config, device: torch.device) -> bool:
-    """--channels-last, or by default on CUDA only."""
-    return device.type == "cuda" if config.channels_last is None else config.channels_last
-
-
-def build_method(name: str, config: Config, device: torch.device, channels_last: bool,
-                 baseline_checkpoint: Path | None = None, **extra):
+def build_method(name: str, config: Config, device: torch.device, baseline_checkpoint: Path | None = None,
+                 **extra):
     """Fresh networks for a method (the classifier from the baseline's best for fine-tuning)."""
     cls = METHODS[name]
     classifier = build_classifier(config.classifier, config.pretrained)
     if cls.fine_tuned:
         classifier.load_state_dict(load_checkpoint(baseline_checkpoint, "cpu")["classifier"])
     agent = build_agent(config.agent_width, config.pretrained, config.agent_scale) if cls.uses_agent else None
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
     classifier = classifier.to(device, memory_format=memory_format)
     agent = agent.to(device, memory_format=memory_format) if agent is not None else None
     method = cls(config, classifier, agent, **extra)
@@ -64,12 +59,12 @@ def build_method(name: str, config: Config, device: torch.device, channels_last:
 
 
 def run_stage(name: str, config: Config, data: RunData, seed: int, seed_dir: Path, device, precision: Precision,
-              channels_last: bool, progress: bool = True, dist: Dist = Dist(), **extra) -> dict:
+              progress: bool = True, dist: Dist = Dist(), **extra) -> dict:
     seed_everything(derive_seed(seed, name, "init"))  # the same initial networks on every rank
-    method = build_method(name, config, device, channels_last, seed_dir / "baseline" / "best.pt", **extra)
+    method = build_method(name, config, device, seed_dir / "baseline" / "best.pt", **extra)
     method.classifier, method.agent, method.dist = wrap(method.classifier, dist, device), wrap(method.agent, dist, device), dist
     folder = name + (f"-{method.variant}" if method.variant else "")
-    stage = Stage(seed_dir / folder, seed, device, precision, config, channels_last, progress and dist.is_main, dist)
+    stage = Stage(seed_dir / folder, seed, device, precision, config, progress and dist.is_main, dist)
     result = fit(method, data, stage)
     if not dist.is_main:
         return result
@@ -115,7 +110,6 @@ def _run(config: Config, dist: Dist, device) -> None:
     if not dist.from_main(writable_dir(out_dir) if dist.is_main else None):
         raise ConfigError(f"cannot write to --out-dir {out_dir}; choose a writable folder")
     precision = Precision.for_device(device, config.amp)
-    channels_last = use_channels_last(config, device)
     names = selected_methods(config)
     say(f"APGA on {config.body_part} (n_shot {shot_label(config)}, {config.n_runs} run(s), {device}"
         f"{f' x {dist.world_size} ranks' if dist.enabled else ''}): {', '.join(names)}")
@@ -131,8 +125,7 @@ def _run(config: Config, dist: Dist, device) -> None:
             if name == "random" and "apga" in results:
                 extra["keep_area"] = results["apga"]["mask_area"]
             try:
-                results[name] = run_stage(name, config, data, seed, seed_dir, device, precision, channels_last,
-                                          dist=dist, **extra)
+                results[name] = run_stage(name, config, data, seed, seed_dir, device, precision, dist=dist, **extra)
             except NonFiniteError as error:
                 say(f"error: {error}", file=sys.stderr)
                 if name == "baseline":

@@ -44,9 +44,13 @@ class Precision:
 
     @classmethod
     def for_device(cls, device: torch.device, amp: bool | None) -> "Precision":
-        if device.type != "cuda" or amp is False:
-            return cls(device.type, None)  # AMP is a no-op on the CPU
-        return cls(device.type, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+        """--amp: by default on for CUDA (bf16 where supported, else fp16) and off on the CPU,
+        where `--amp 1` asks for bf16 autocast (slower than fp32 on CPUs without bf16 units)."""
+        if amp is False or (amp is None and device.type != "cuda"):
+            return cls(device.type, None)
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            return cls(device.type, torch.float16)
+        return cls(device.type, torch.bfloat16)
 
     def autocast(self):
         if self.dtype is None:
@@ -65,7 +69,6 @@ class Stage:
     device: torch.device
     precision: Precision
     config: object
-    channels_last: bool = False
     progress: bool = True
     dist: Dist = Dist()
 
@@ -175,7 +178,7 @@ def train_one_epoch(method, loader, optimizers, scaler, stage: Stage, *, desc: s
     for step, (images_u8, labels, _positions, _masks) in enumerate(loader, start=1):
         if max_steps is not None and step > max_steps:
             break
-        images = to_model_input(images_u8.to(stage.device, non_blocking=True), stage.channels_last)
+        images = to_model_input(images_u8.to(stage.device, non_blocking=True), stage.config.channels_last)
         labels = labels.to(stage.device, non_blocking=True)
         for phase_logs in run_step(method, images, labels, optimizers, scaler, stage.precision):
             logs.add(phase_logs)
@@ -238,7 +241,7 @@ def fit(method, data: RunData, stage: Stage) -> dict:
             print(f"resuming {run_dir} after epoch {progress['epoch']}")
 
     eval_kwargs = dict(batch_size=config.batch_size, autocast=stage.precision.autocast,
-                       channels_last=stage.channels_last, num_workers=0)
+                       channels_last=config.channels_last, num_workers=0)
     sampler = None
     if stage.dist.enabled:  # each rank its shard of the same (seed, method, epoch) order
         sampler = torch.utils.data.DistributedSampler(data.train.dataset, stage.dist.world_size, stage.dist.rank,

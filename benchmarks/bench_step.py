@@ -33,7 +33,7 @@ from apga.data import PngImages, _collate_keep, cached_array, CachedImages, make
 from apga.methods import METHODS  # noqa: E402
 from apga.models import build_classifier  # noqa: E402
 from apga.mura import load_split, select_body_part  # noqa: E402
-from apga.runner import build_method, use_channels_last  # noqa: E402
+from apga.runner import build_method  # noqa: E402
 from apga.synthetic import generate  # noqa: E402
 from apga.train import Precision, make_optimizers, run_step  # noqa: E402
 from reference_apga import reference_step  # noqa: E402
@@ -81,8 +81,8 @@ def flops(fn) -> float:
     return counter.get_total_flops()
 
 
-def _method_and_step(name, config, device, precision, checkpoint, channels_last):
-    method = build_method(name, config, device, channels_last, checkpoint)
+def _method_and_step(name, config, device, precision, checkpoint):
+    method = build_method(name, config, device, checkpoint)
     method.generator = torch.Generator(device).manual_seed(0)
     if name == "apga":
         method.reward_baseline = torch.zeros((), device=device)
@@ -96,17 +96,16 @@ def _method_and_step(name, config, device, precision, checkpoint, channels_last)
 
 
 def main(preset: str = "cpu", device: str | None = None, batch_size: int = 25, repeats: int = 7, warmup: int = 2,
-         amp: bool | None = None, channels_last: bool | None = None, loader_images: int = 400,
+         amp: bool | None = None, channels_last: bool = True, loader_images: int = 400,
          methods: str = "all") -> None:
     """Print the step, waste, reference and data-path figures; `methods` is 'all' or a comma list."""
     config = make_config(preset=preset, batch_size=batch_size, amp=amp, channels_last=channels_last, gallery="off")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     precision = Precision.for_device(device, config.amp)
-    channels_last = use_channels_last(config, device)
     torch.manual_seed(0)
     size = config.image_size
     images = torch.rand(batch_size, 3, size, size, device=device)
-    if channels_last:
+    if config.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     labels = torch.randint(0, 2, (batch_size,), device=device)
     workdir = Path(tempfile.mkdtemp(prefix="apga-bench-"))
@@ -115,17 +114,17 @@ def main(preset: str = "cpu", device: str | None = None, batch_size: int = 25, r
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {where}; preset {preset}: {size} px, {config.classifier}, UNet11 width {config.agent_width}, "
           f"batch {batch_size}, AMP {precision.dtype or 'off'}, "
-          f"{'channels_last' if channels_last else 'contiguous (NCHW)'}; {repeats} rounds")
+          f"{'channels_last' if config.channels_last else 'contiguous (NCHW)'}; {repeats} rounds")
     # --- every method's step, APGA's required passes and the per-image reference -------------
     chosen = methods.split(",") if isinstance(methods, str) else list(methods)  # fire gives "a,b" as a tuple
     names = list(METHODS) if chosen == ["all"] else sorted({"baseline", "apga", *chosen}, key=list(METHODS).index)
     steps, built = {}, {}
     for name in names:
-        built[name] = _method_and_step(name, config, device, precision, checkpoint, channels_last)
+        built[name] = _method_and_step(name, config, device, precision, checkpoint)
         steps[name] = functools.partial(built[name][2], images, labels)
     half = make_config(preset=preset, batch_size=batch_size, amp=amp, channels_last=channels_last, agent_scale=0.5)
     steps["apga[scale0.5]"] = functools.partial(
-        _method_and_step("apga", half, device, precision, checkpoint, channels_last)[2], images, labels)
+        _method_and_step("apga", half, device, precision, checkpoint)[2], images, labels)
 
     # APGA's required passes, each on its own: classifier forward+backward+step (twice in a
     # step), agent forward+backward+step, classifier eval forward, agent forward.

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 
 from apga.checkpoint import save_checkpoint
-from apga.data import make_loader, prepare_run_data
+from apga.data import make_loader, prepare_run_data, to_model_input
 from apga.methods import METHODS
 from apga.config import make_config
 from apga.models import build_agent, build_classifier
 from apga.runner import build_method
-from apga.train import Precision, Stage, make_optimizers, train_one_epoch
+from apga.train import Precision, Stage, make_optimizers, run_step, train_one_epoch
 
 CHANGES_AGENT = {"baseline": False, "cutout": False, "gradcam": False, "random": False, "end2end": True, "apga": True}
 
@@ -31,7 +31,7 @@ def test_method_runs_real_steps(name, tiny_config, tmp_path):
     torch.manual_seed(0)
     baseline_checkpoint = tmp_path / "baseline.pt"
     save_checkpoint(baseline_checkpoint, {"classifier": build_classifier(config.classifier).state_dict()})
-    method = build_method(name, config, torch.device("cpu"), False, baseline_checkpoint)
+    method = build_method(name, config, torch.device("cpu"), baseline_checkpoint)
     if name == "apga":
         method.reward_baseline = torch.tensor(0.0)  # so the first advantage is not 0 by definition
     classifier_before = copy.deepcopy(method.classifier.state_dict())
@@ -71,7 +71,7 @@ def test_apga_also_validates_every_val_every_iterations(tiny_config, tmp_path):
     config = tiny_config(body_part="elbow", val_every=1, epochs=1, finetune_epochs=1, gallery="off")
     data = prepare_run_data(config, seed=1)
     seed_dir = Path(config.out_dir) / "seed1"
-    args = (config, data, 1, seed_dir, torch.device("cpu"), Precision("cpu", None), False)
+    args = (config, data, 1, seed_dir, torch.device("cpu"), Precision("cpu", None))
     run_stage("baseline", *args, progress=False)
     run_stage("apga", *args, progress=False)
     steps = -(-len(data.train.index) // config.batch_size)
@@ -105,3 +105,55 @@ def test_fused_optimizers_give_plain_adams_update():
         for a, b in zip(method.networks()[name][0].parameters(), plain.networks()[name][0].parameters()):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert all(not torch.equal(a, b) for a, b in zip(initial, method.agent.parameters()))  # the steps moved them
+
+
+def test_amp_is_on_for_cuda_and_asked_for_on_the_cpu(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert Precision.for_device(cpu, None).dtype is None
+    assert Precision.for_device(cpu, True).dtype == torch.bfloat16
+    assert Precision.for_device(cuda, False).dtype is None
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    assert Precision.for_device(cuda, None).dtype == torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert Precision.for_device(cuda, None).dtype == torch.float16  # its scaler: the fp16 test below
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16-scaled"])
+@pytest.mark.parametrize("name", list(METHODS))
+def test_mixed_precision_step_follows_full_precision(name, dtype, tiny_config, tmp_path):
+    """One step under autocast (fp16 with the gradient scaler, as on GPUs without bf16) logs the
+    losses of the full-precision step from the same state, and trains the same networks."""
+    config = tiny_config(body_part="elbow")
+    data = prepare_run_data(config, seed=1)
+    images_u8, labels, _, _ = data.train.dataset.__getitems__(list(range(8)))
+    images = to_model_input(images_u8)
+    torch.manual_seed(0)
+    baseline_checkpoint = tmp_path / "baseline.pt"
+    save_checkpoint(baseline_checkpoint, {"classifier": build_classifier(config.classifier).state_dict()})
+    runs = {}
+    for precision in (Precision("cpu", None), Precision("cpu", dtype)):
+        torch.manual_seed(1)  # the same agent for both
+        method = build_method(name, config, torch.device("cpu"), baseline_checkpoint)
+        method.generator = torch.Generator().manual_seed(0)
+        if name == "apga":
+            method.reward_baseline = torch.tensor(0.0)
+        before = copy.deepcopy({n: net.state_dict() for n, (net, _) in method.networks().items()})
+        scaler = precision.scaler()
+        logs = {}
+        for phase_logs in run_step(method, images, labels, make_optimizers(method), scaler, precision):
+            logs.update({k: v.item() for k, v in phase_logs.items()})
+        moved = {n: any(not torch.equal(before[n][k], v) for k, v in net.state_dict().items())
+                 for n, (net, _) in method.networks().items()}
+        runs[precision.dtype] = logs, moved, scaler
+    (full, full_moved, _), (mixed, mixed_moved, scaler) = runs[None], runs[dtype]
+    assert mixed.keys() == full.keys() and mixed_moved == full_moved and all(full_moved.values())
+    # Values computed before the first update that precision steers. Not after it: APGA's reward is
+    # a difference of two near-equal losses (here ~1e-3, below bf16's resolution of a loss near
+    # 0.69), so its sign, the agent's update and the next mask can differ under bf16.
+    first = "loss" if "loss" in full else "clean_loss"
+    assert mixed[first] != full[first]  # autocast was on
+    for key in ("loss", "clean_loss", "masked_loss", "adversarial_loss", "mask_area"):
+        if key in full:
+            assert math.isclose(mixed[key], full[key], rel_tol=0.02, abs_tol=0.01), (key, mixed[key], full[key])
+    if dtype == torch.float16:
+        assert scaler.is_enabled() and math.isfinite(scaler.get_scale())
