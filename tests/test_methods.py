@@ -1,6 +1,7 @@
 """Every registered method runs real steps on generated data and changes what it must."""
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from pathlib import Path
@@ -157,3 +158,43 @@ def test_mixed_precision_step_follows_full_precision(name, dtype, tiny_config, t
             assert math.isclose(mixed[key], full[key], rel_tol=0.02, abs_tol=0.01), (key, mixed[key], full[key])
     if dtype == torch.float16:
         assert scaler.is_enabled() and math.isfinite(scaler.get_scale())
+
+
+SYNCS = ("item", "tolist", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+@contextlib.contextmanager
+def host_syncs_forbidden():
+    """Every tensor-to-host conversion raises: on a GPU each one waits for the device."""
+    def forbidden(self, *args, **kwargs):
+        raise AssertionError("a host sync inside the training step")
+    with pytest.MonkeyPatch.context() as patch:
+        for name in SYNCS:
+            patch.setattr(torch.Tensor, name, forbidden)
+        yield
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_training_step_has_no_host_sync(name, tiny_config, tmp_path):
+    """No .item(), tensor truth test or numpy conversion in any method's step (only the loop's
+    logging, every --log-every steps, reads values back)."""
+    config = tiny_config(body_part="elbow")
+    baseline_checkpoint = tmp_path / "baseline.pt"
+    save_checkpoint(baseline_checkpoint, {"classifier": build_classifier(config.classifier).state_dict()})
+    method = build_method(name, config, torch.device("cpu"), baseline_checkpoint)
+    method.generator = torch.Generator().manual_seed(0)
+    optimizers, scaler = make_optimizers(method), torch.amp.GradScaler("cpu", enabled=False)
+    images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 1, 0])
+    with host_syncs_forbidden():
+        for _ in range(2):  # the second step also runs APGA's reward-baseline update
+            logs = list(run_step(method, images, labels, optimizers, scaler, Precision("cpu", None)))
+    assert logs and all(isinstance(v, torch.Tensor) for phase in logs for v in phase.values())
+
+
+def test_host_sync_guard_catches_the_per_image_reference():
+    from reference_apga import reference_step
+
+    classifier, agent = build_classifier("densenet-small"), build_agent(width=2)
+    optimizers = (torch.optim.Adam(classifier.parameters()), torch.optim.Adam(agent.parameters()))
+    with host_syncs_forbidden(), pytest.raises(AssertionError, match="host sync"):
+        reference_step(classifier, agent, *optimizers, torch.rand(2, 3, 32, 32), torch.tensor([0, 1]), None)
