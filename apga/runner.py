@@ -118,7 +118,7 @@ def _run(config: Config, dist: Dist, device) -> None:
         data = _main_first(dist, lambda: prepare_run_data(config, seed))
         seed_dir = out_dir / f"{config.body_part}-{shot_label(config)}-{config.model_selection}" / f"seed{seed}"
         say(f"seed {seed}: {len(data.train.index)} training, {len(data.select.index)} selection, "
-              f"{len(data.report.index)} report images")
+            f"{len(data.report.index)} report images")
         results: dict[str, dict] = {}
         for name in names:
             extra = {}
@@ -132,7 +132,7 @@ def _run(config: Config, dist: Dist, device) -> None:
                     break  # nothing to fine-tune from; the next seed goes on
                 continue
             say(f"  {name}: accuracy {results[name]['accuracy']:.3f}"
-                  + (f", TTA {results[name]['accuracy_tta']:.3f}" if "accuracy_tta" in results[name] else ""))
+                + (f", TTA {results[name]['accuracy_tta']:.3f}" if "accuracy_tta" in results[name] else ""))
     if not dist.is_main:
         return
     table = read_results(out_dir / RESULTS_FILE)

@@ -11,14 +11,25 @@ import torch
 import torch.nn.functional as F
 
 from apga.checkpoint import save_checkpoint
+from apga.config import make_config
 from apga.data import make_loader, prepare_run_data, to_model_input
 from apga.methods import METHODS
-from apga.config import make_config
 from apga.models import build_agent, build_classifier
 from apga.runner import build_method
 from apga.train import Precision, Stage, make_optimizers, run_step, train_one_epoch
 
 CHANGES_AGENT = {"baseline": False, "cutout": False, "gradcam": False, "random": False, "end2end": True, "apga": True}
+
+
+def _untrained_baseline(config, tmp_path) -> Path:
+    """A baseline checkpoint for the fine-tuned methods to start from."""
+    path = tmp_path / "baseline.pt"
+    save_checkpoint(path, {"classifier": build_classifier(config.classifier).state_dict()})
+    return path
+
+
+def _changed(before: dict, net) -> bool:
+    return any(not torch.equal(before[k], v) for k, v in net.state_dict().items())
 
 
 def test_every_method_is_covered():
@@ -30,9 +41,7 @@ def test_method_runs_real_steps(name, tiny_config, tmp_path):
     config = tiny_config(body_part="elbow", finetune_lr=1e-2, agent_lr=1e-2, lr=1e-2)
     data = prepare_run_data(config, seed=1)
     torch.manual_seed(0)
-    baseline_checkpoint = tmp_path / "baseline.pt"
-    save_checkpoint(baseline_checkpoint, {"classifier": build_classifier(config.classifier).state_dict()})
-    method = build_method(name, config, torch.device("cpu"), baseline_checkpoint)
+    method = build_method(name, config, torch.device("cpu"), _untrained_baseline(config, tmp_path))
     if name == "apga":
         method.reward_baseline = torch.tensor(0.0)  # so the first advantage is not 0 by definition
     classifier_before = copy.deepcopy(method.classifier.state_dict())
@@ -47,14 +56,13 @@ def test_method_runs_real_steps(name, tiny_config, tmp_path):
                            desc="test", max_steps=2)
 
     assert logs and all(math.isfinite(v) for v in logs.values())
-    changed = lambda before, net: any(not torch.equal(before[k], v) for k, v in net.state_dict().items())
-    assert changed(classifier_before, method.classifier)
+    assert _changed(classifier_before, method.classifier)
     if CHANGES_AGENT[name]:
-        assert changed(agent_before, method.agent)
+        assert _changed(agent_before, method.agent)
     else:
         assert method.agent is None
     if reference_before is not None:  # Grad-CAM's frozen baseline copy never trains
-        assert not changed(reference_before, method.reference)
+        assert not _changed(reference_before, method.reference)
     images = torch.rand(2, 3, config.image_size, config.image_size)
     probabilities = method.mask_probabilities(images)
     if name in ("baseline", "cutout"):
@@ -129,8 +137,7 @@ def test_mixed_precision_step_follows_full_precision(name, dtype, tiny_config, t
     images_u8, labels, _, _ = data.train.dataset.__getitems__(list(range(8)))
     images = to_model_input(images_u8)
     torch.manual_seed(0)
-    baseline_checkpoint = tmp_path / "baseline.pt"
-    save_checkpoint(baseline_checkpoint, {"classifier": build_classifier(config.classifier).state_dict()})
+    baseline_checkpoint = _untrained_baseline(config, tmp_path)
     runs = {}
     for precision in (Precision("cpu", None), Precision("cpu", dtype)):
         torch.manual_seed(1)  # the same agent for both
@@ -143,8 +150,7 @@ def test_mixed_precision_step_follows_full_precision(name, dtype, tiny_config, t
         logs = {}
         for phase_logs in run_step(method, images, labels, make_optimizers(method), scaler, precision):
             logs.update({k: v.item() for k, v in phase_logs.items()})
-        moved = {n: any(not torch.equal(before[n][k], v) for k, v in net.state_dict().items())
-                 for n, (net, _) in method.networks().items()}
+        moved = {n: _changed(before[n], net) for n, (net, _) in method.networks().items()}
         runs[precision.dtype] = logs, moved, scaler
     (full, full_moved, _), (mixed, mixed_moved, scaler) = runs[None], runs[dtype]
     assert mixed.keys() == full.keys() and mixed_moved == full_moved and all(full_moved.values())
@@ -179,9 +185,7 @@ def test_training_step_has_no_host_sync(name, tiny_config, tmp_path):
     """No .item(), tensor truth test or numpy conversion in any method's step (only the loop's
     logging, every --log-every steps, reads values back)."""
     config = tiny_config(body_part="elbow")
-    baseline_checkpoint = tmp_path / "baseline.pt"
-    save_checkpoint(baseline_checkpoint, {"classifier": build_classifier(config.classifier).state_dict()})
-    method = build_method(name, config, torch.device("cpu"), baseline_checkpoint)
+    method = build_method(name, config, torch.device("cpu"), _untrained_baseline(config, tmp_path))
     method.generator = torch.Generator().manual_seed(0)
     optimizers, scaler = make_optimizers(method), torch.amp.GradScaler("cpu", enabled=False)
     images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 1, 0])

@@ -46,7 +46,7 @@ class Method:
         is resumed even when they differ (e.g. APGA's estimator does not touch the baseline)."""
         ignored = set()
         if not self.uses_agent:
-            ignored |= {"estimator", "agent_scale", "agent_width", "agent_lr"}
+            ignored |= {"agent_scale", "agent_width", "agent_lr"}
         if not self.fine_tuned:
             ignored |= {"finetune_lr", "finetune_epochs"}
         if not self.validates_mid_epoch:
