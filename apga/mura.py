@@ -18,7 +18,8 @@ from apga.config import BODY_PARTS
 from apga.errors import DataError
 
 MURA_DIR = "MURA-v1.1"
-MASK_DIR = "MURA-v1.1-masks"  # generated data only: ground-truth relevance regions
+MASK_DIR = "MURA-v1.1-masks"  # generated data only: ground-truth relevance regions (the bones)
+FINDING_DIR = "MURA-v1.1-findings"  # generated data only: the finding of each abnormal image (else empty)
 SPLITS = ("train", "valid")
 
 _IMAGE_PATH = re.compile(

@@ -5,9 +5,10 @@ darker medulla) at a random pose. The label depends on a small local finding *in
 (a fracture line or a lytic spot). Everything else is label-independent clutter: L/R markers
 and digits, collimation borders, look-alike dark lines and spots *outside* the bones, a
 gradient, noise and random gain/gamma. Optionally a small corner marker is spuriously
-correlated with the label in the training split only. The ground-truth relevance region (the
-bones, where any finding can be) is saved for every image as a mask PNG in a parallel tree,
-`MURA-v1.1-masks/`, outside `MURA-v1.1/`.
+correlated with the label in the training split only. Two ground-truth masks are saved for every
+image as PNGs in parallel trees outside `MURA-v1.1/`: the relevance region (the bones, where any
+finding can be) in `MURA-v1.1-masks/`, and the finding itself (empty for a normal image, or where
+the finding is not visible) in `MURA-v1.1-findings/`.
 
 An abnormal study shows its finding in each image with probability 0.85 (as in MURA, not
 every view shows the abnormality), so image labels carry some noise, like the real ones.
@@ -25,9 +26,9 @@ import numpy as np
 from PIL import Image
 
 from apga.config import BODY_PARTS
-from apga.mura import MASK_DIR, MURA_DIR
+from apga.mura import FINDING_DIR, MASK_DIR, MURA_DIR
 
-VERSION = 7  # bump when the images change: ensure_generated then makes the data set anew
+VERSION = 8  # bump when the images change: ensure_generated then makes the data set anew
 FINDING_VISIBLE = 0.85
 ABNORMAL_STUDY_RATE = 0.42
 
@@ -67,8 +68,9 @@ def _draw_text(image, rng, text, value):
 
 
 def render_image(rng: np.random.Generator, body_part: str, abnormal: bool, spurious_marker: bool,
-                 min_side: int = 80, max_side: int = 128) -> tuple[np.ndarray, np.ndarray]:
-    """One radiograph-like image (float in [0, 1]) and its relevance mask (bool), both (H, W)."""
+                 min_side: int = 80, max_side: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One radiograph-like image (float in [0, 1]), its relevance mask and its finding mask (both
+    bool; the finding mask is empty for a normal image), all (H, W)."""
     h, w = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     side = min(h, w)
@@ -108,6 +110,7 @@ def render_image(rng: np.random.Generator, body_part: str, abnormal: bool, spuri
 
     # the finding: a small local change inside one bone
     finding_rng = np.random.default_rng(rng.integers(2**63))  # drawn always: the rest does not depend on the label
+    finding = np.zeros((h, w), dtype=bool)
     if abnormal:
         rng_main, rng = rng, finding_rng
         dist, t, r = shafts[rng.integers(len(shafts))]
@@ -116,10 +119,12 @@ def render_image(rng: np.random.Generator, body_part: str, abnormal: bool, spuri
             k = rng.integers(len(ys))
             if rng.random() < 0.5:  # fracture: a dark line across the shaft
                 band = np.abs(t - t[ys[k], xs[k]]) * 2 * length < rng.uniform(1.3, 1.8) * side / 32
-                image = np.where(band & (dist < r), image - rng.uniform(0.45, 0.55), image)
+                finding = band & (dist < r)
+                image = np.where(finding, image - rng.uniform(0.45, 0.55), image)
             else:  # lytic lesion: a dark spot in the bone
                 spot = np.hypot(yy - ys[k], xx - xs[k]) < side * rng.uniform(0.07, 0.095)
-                image = np.where(spot & bone_mask, image - rng.uniform(0.4, 0.5), image)
+                finding = spot & bone_mask
+                image = np.where(finding, image - rng.uniform(0.4, 0.5), image)
         rng = rng_main
 
     # clutter that looks like a finding but lies outside the bones (label-independent)
@@ -155,7 +160,7 @@ def render_image(rng: np.random.Generator, body_part: str, abnormal: bool, spuri
     if spurious_marker:
         s = max(2, side // 16)
         image[1:1 + s, w - 1 - s:w - 1] = 1.0
-    return image.astype(np.float32), bone_mask
+    return image.astype(np.float32), bone_mask, finding
 
 
 def generate(out: str | Path, seed: int = 0, train_patients: int = 200, valid_patients: int = 80,
@@ -193,12 +198,13 @@ def generate(out: str | Path, seed: int = 0, train_patients: int = 200, valid_pa
                             marker = rng.random() < (spurious if abnormal else 1 - spurious)
                         else:
                             marker = spurious > 0 and rng.random() < 0.5
-                        pixels, relevance = render_image(rng, part, visible, marker, min_side, max_side)
+                        pixels, relevance, finding = render_image(rng, part, visible, marker, min_side, max_side)
                         path = f"{study}/image{image_number}.png"
                         _save(tmp / path, pixels, colour=rng.random() < colour_fraction)
-                        mask_path = tmp / MASK_DIR / Path(path).relative_to(MURA_DIR)
-                        mask_path.parent.mkdir(parents=True, exist_ok=True)
-                        Image.fromarray(relevance.astype(np.uint8) * 255).save(mask_path, compress_level=1)
+                        for tree, mask in ((MASK_DIR, relevance), (FINDING_DIR, finding)):
+                            mask_path = tmp / tree / Path(path).relative_to(MURA_DIR)
+                            mask_path.parent.mkdir(parents=True, exist_ok=True)
+                            Image.fromarray(mask.astype(np.uint8) * 255).save(mask_path, compress_level=1)
                         rows[split].append(path)
     for split in ("train", "valid"):
         order = rng.permutation(len(rows[split]))  # like MURA: rows not sorted by body part
@@ -224,8 +230,13 @@ def ensure_generated(out: str | Path, **params) -> Path:
     wanted = {name: p.default for name, p in inspect.signature(generate).parameters.items() if name != "out"}
     wanted.update(params, version=VERSION)
     wanted["parts"] = list(wanted["parts"])
-    if marker.is_file() and json.loads(marker.read_text()) == wanted:
-        return out
+    if marker.is_file():
+        found = json.loads(marker.read_text())
+        if found == wanted:
+            return out
+        if found.get("version") != VERSION:
+            print(f"notice: {out} was generated by data version {found.get('version')}, this code writes version "
+                  f"{VERSION}; generating it anew (image caches are rebuilt from the new files)")
     print(f"generating the synthetic MURA-layout data set in {out} ...")
     summary = generate(out, **params)
     print(f"  {summary['train_images']} train and {summary['valid_images']} valid images")

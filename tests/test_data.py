@@ -1,6 +1,8 @@
 """Image decoding, the uint8 cache, batches and the run's splits."""
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -76,9 +78,9 @@ def test_truncated_png_stops_or_is_skipped(tmp_path):
 def test_batches_come_back_in_file_order_with_positions():
     images = np.arange(5 * 2 * 2, dtype=np.uint8).reshape(5, 2, 2)
     dataset = CachedImages(images, rows=np.array([0, 2, 4]), labels=np.array([0, 1, 0]))
-    batch, labels, positions, masks = dataset.__getitems__([2, 0])
-    assert positions.tolist() == [0, 2] and labels.tolist() == [0, 0]
-    assert torch.equal(batch[1], torch.from_numpy(images[4])) and masks.numel() == 0
+    batch = dataset.__getitems__([2, 0])
+    assert batch["position"].tolist() == [0, 2] and batch["label"].tolist() == [0, 0]
+    assert torch.equal(batch["image"][1], torch.from_numpy(images[4])) and set(batch) == {"image", "label", "position"}
 
 
 def test_run_data_splits(tiny_config):
@@ -88,7 +90,59 @@ def test_run_data_splits(tiny_config):
     assert set(data.train.index["body_part"]) == {"elbow"} and set(data.report.index["split"]) == {"valid"}
     assert set(data.select.index["split"]) == {"train"}
     assert not set(data.select.index["patient"]) & set(data.train.index["patient"])
-    assert data.has_masks and data.report.dataset.masks is not None and data.select.dataset.masks is not None
-    assert data.train.dataset.masks is None  # training batches do not read relevance masks
+    assert data.truths == ("bone", "finding")
+    assert set(data.report.dataset.truths) == set(data.select.dataset.truths) == {"bone", "finding"}
+    assert not data.train.dataset.truths  # training batches do not read ground-truth masks
     again = prepare_run_data(config, seed=5)
     assert again.train.index["path"].tolist() == data.train.index["path"].tolist()
+
+
+def test_cache_notices_a_file_replaced_with_the_same_size_and_mtime(tmp_path):
+    files = [tmp_path / f"{i}.png" for i in range(3)]
+    for file in files:
+        Image.fromarray(GREY).save(file, compress_level=0)  # uncompressed: the size depends on the shape only
+    first, _ = cached_array(files, 16, tmp_path / "cache")
+    stat = files[1].stat()
+    Image.fromarray(255 - GREY).save(files[1], compress_level=0)
+    os.utime(files[1], ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the old mtime back
+    assert files[1].stat().st_size == stat.st_size and files[1].stat().st_mtime_ns == stat.st_mtime_ns
+    second, _ = cached_array(files, 16, tmp_path / "cache")
+    assert np.array_equal(second[1], decode_image(files[1], 16)) and not np.array_equal(second[1], first[1])
+
+
+def test_cache_rebuilds_a_truncated_entry_with_a_notice(tmp_path, capsys):
+    files = [_save(tmp_path / f"{i}.png", "L") for i in range(3)]
+    cached_array(files, 16, tmp_path / "cache")
+    (entry,) = (tmp_path / "cache").glob("*.u8")
+    entry.write_bytes(entry.read_bytes()[:100])  # a writer killed mid-write, a full disk
+    array, ok = cached_array(files, 16, tmp_path / "cache")
+    assert "rebuilding it" in capsys.readouterr().err and ok.all()
+    assert np.array_equal(array[2], decode_image(files[2], 16))
+    (meta,) = (tmp_path / "cache").glob("*.json")
+    meta.write_text("{not json")
+    array, _ = cached_array(files, 16, tmp_path / "cache")
+    assert "unreadable" in capsys.readouterr().err and np.array_equal(array[0], decode_image(files[0], 16))
+
+
+def test_cache_key_covers_the_decoding_settings(tmp_path):
+    files = [_save(tmp_path / f"{i}.png", "L") for i in range(3)]
+    images, _ = cached_array(files, 16, tmp_path / "cache")
+    masks, _ = cached_array(files, 16, tmp_path / "cache", masks=True)  # thresholded, not grey
+    assert set(np.unique(masks)) <= {0, 1} and images.max() > 1
+    files[1].write_bytes(files[1].read_bytes()[:60])
+    cached_array(files, 16, tmp_path / "cache", skip_bad=True)  # a cache made while skipping ...
+    with pytest.raises(DataError, match="cannot read image"):
+        cached_array(files, 16, tmp_path / "cache")  # ... does not skip silently for a run that does not
+
+
+def test_cache_content_check_alone_catches_a_changed_file(tmp_path, monkeypatch, capsys):
+    """Where ctime is not to be trusted (some network file systems), the CRC check still is."""
+    from apga import data
+
+    monkeypatch.setattr(data, "_cache_key", lambda files, size, masks: f"fixed-{size}-{masks}")
+    files = [_save(tmp_path / f"{i}.png", "L") for i in range(3)]
+    cached_array(files, 16, tmp_path / "cache")
+    Image.fromarray(255 - GREY).save(files[2])
+    array, _ = cached_array(files, 16, tmp_path / "cache")
+    assert "changed since it was cached" in capsys.readouterr().err
+    assert np.array_equal(array[2], decode_image(files[2], 16))

@@ -15,17 +15,25 @@ def test_layout_labels_and_masks(tiny_data):
     assert train.groupby("study").size().max() > 1  # several images per study
     csv = (tiny_data / "MURA-v1.1" / "train_labeled_studies.csv").read_text().splitlines()
     assert csv[0].startswith("MURA-v1.1/train/") and csv[0].endswith(("/,0", "/,1"))  # official, no header
-    for path in train["path"][:5]:
+    for path, label in zip(train["path"][:12], train["label"][:12]):
         mask = np.asarray(Image.open(tiny_data / mura.MASK_DIR / path.removeprefix("MURA-v1.1/")))
+        finding = np.asarray(Image.open(tiny_data / mura.FINDING_DIR / path.removeprefix("MURA-v1.1/")))
         image = Image.open(tiny_data / path)
         assert mask.shape == image.size[::-1] and set(np.unique(mask)) <= {0, 255} and mask.max() == 255
+        assert finding.shape == mask.shape and set(np.unique(finding)) <= {0, 255}
+        assert not (finding > mask).any()  # a finding lies inside a bone
+        if not label:
+            assert finding.max() == 0
+    abnormal = train[train["label"] == 1]["path"]
+    assert any(np.asarray(Image.open(tiny_data / mura.FINDING_DIR / p.removeprefix("MURA-v1.1/"))).any()
+               for p in abnormal)
 
 
 def test_deterministic_in_seed(tmp_path):
     a = generate(tmp_path / "a", seed=1, train_patients=2, valid_patients=1, parts=("hand",), min_side=32, max_side=40)
     generate(tmp_path / "b", seed=1, train_patients=2, valid_patients=1, parts=("hand",), min_side=32, max_side=40)
     files = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
-    assert len(files) == a["train_images"] * 2 + a["valid_images"] * 2  # images and masks
+    assert len(files) == (a["train_images"] + a["valid_images"]) * 3  # images, bone masks, finding masks
     assert all((tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes() for f in files)
 
 
@@ -39,13 +47,17 @@ def test_ensure_generated_reuses_and_regenerates(tmp_path):
     assert (root / "GENERATED.json").stat().st_mtime_ns != stamp
 
 
-def test_finding_lies_inside_the_relevance_region():
-    rng_normal, rng_abnormal = np.random.default_rng(4), np.random.default_rng(4)
-    normal, mask = render_image(rng_normal, "humerus", abnormal=False, spurious_marker=False)
-    abnormal, mask2 = render_image(rng_abnormal, "humerus", abnormal=True, spurious_marker=False)
-    assert np.array_equal(mask, mask2)
-    changed = np.abs(abnormal - normal) > 0  # the finding has its own random stream: nothing else differs
-    assert changed.any() and not changed[~mask].any()
+def test_finding_lies_inside_the_relevance_region_and_its_mask_covers_it():
+    for seed in range(4):
+        rng_normal, rng_abnormal = np.random.default_rng(seed), np.random.default_rng(seed)
+        normal, mask, no_finding = render_image(rng_normal, "humerus", abnormal=False, spurious_marker=False)
+        abnormal, mask2, finding = render_image(rng_abnormal, "humerus", abnormal=True, spurious_marker=False)
+        assert np.array_equal(mask, mask2) and not no_finding.any()
+        changed = np.abs(abnormal - normal) > 0  # the finding has its own random stream: nothing else differs
+        assert changed.any() and not changed[~mask].any()
+        # the saved finding mask holds every changed pixel (a few more where a later marker covers it)
+        assert not changed[~finding].any() and not finding[~mask].any()
+        assert changed.sum() >= 0.8 * finding.sum()
 
 
 def test_spurious_marker_follows_the_label_in_train_only(tmp_path):
