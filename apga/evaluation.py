@@ -6,8 +6,10 @@ Everything is batched on the device and moved to the host once, at the end.
   kept-region image;
 - kept / removed: the classifier shown only the kept region, or the image with the kept
   region blanked (a deletion/insertion check that needs no ground truth);
-- mask quality (generated data): IoU of the kept region with the true relevance region, the
-  fraction of the relevance region kept (recall), and the kept area fraction.
+- mask quality (`mask_quality=True`, the final evaluation of masking methods and floors): the
+  measures of apga/mask_quality.py, from the method's map; `mask_iou` and `mask_recall` of the
+  kept region with the bone region are kept for comparison with earlier results, but keeping
+  every pixel scores the bones' share of the image on them.
 """
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ import numpy as np
 import torch
 
 from apga.data import Split, make_loader, to_model_input
-from apga.masks import adversarial_images, greedy_action, kept_images
+from apga.mask_quality import MapQuality, occlusion_cell
+from apga.masks import adversarial_images, kept_images
+from apga.occlusion import occlusion_map
 from apga.metrics import binary_metrics, study_metrics
 from apga.utils import eval_mode
 
@@ -26,42 +30,70 @@ def abnormal_probability(classifier, images: torch.Tensor) -> torch.Tensor:
     return torch.softmax(classifier(images).float(), dim=1)[:, 1]
 
 
+def _truth(batch: dict, name: str, device) -> torch.Tensor | None:
+    return batch[name].to(device).unsqueeze(1).bool() if name in batch else None  # (B, 1, H, W)
+
+
+@torch.no_grad()
+def occlusion_maps(classifier, split: Split, device, *, batch_size: int, autocast, channels_last: bool = False,
+                   fill: str = "zero") -> torch.Tensor:
+    """The classifier's occlusion map of every image of `split`, (N, 1, g, g) in split order: for
+    maps of several methods (or floors) with one classifier, computed once."""
+    maps = []
+    with eval_mode(classifier):
+        for batch in make_loader(split.dataset, batch_size, shuffle=False):
+            images = to_model_input(batch["image"].to(device), channels_last)
+            with autocast():
+                maps.append(occlusion_map(classifier, images, batch["label"].to(device), occlusion_cell(images), fill))
+    return torch.cat(maps).float()
+
+
 @torch.no_grad()
 def predict(method, split: Split, device, *, batch_size: int, autocast, channels_last: bool = False,
-            num_workers: int = 0) -> dict[str, np.ndarray]:
-    """Per-image outputs of `method` on `split`, in the order of `split.index`."""
+            num_workers: int = 0, mask_quality: bool = False, seed: int = 0,
+            occlusion: torch.Tensor | None = None) -> tuple[dict[str, np.ndarray], dict]:
+    """Per-image outputs of `method` on `split` (in the order of `split.index`), and the mask
+    quality summary (empty unless `mask_quality` and the method has a map). `occlusion`: the
+    classifier's occlusion maps of the split (`occlusion_maps`), when already computed."""
     outputs: dict[str, list[torch.Tensor]] = {}
+    quality = MapQuality(method.fill, seed) if mask_quality else None
     loader = make_loader(split.dataset, batch_size, shuffle=False, num_workers=num_workers,
                          pin_memory=device.type == "cuda")
     networks = [method.classifier] + ([method.agent] if method.agent is not None else [])
     with eval_mode(*networks):
-        for images_u8, _labels, positions, true_masks in loader:
-            images = to_model_input(images_u8.to(device, non_blocking=True), channels_last)
+        for batch in loader:
+            images = to_model_input(batch["image"].to(device, non_blocking=True), channels_last)
+            labels = batch["label"].to(device)
+            bone, finding = _truth(batch, "bone", device), _truth(batch, "finding", device)
             with autocast():
-                batch = {"position": positions.to(device), "p": abnormal_probability(method.classifier, images)}
-                mask_probabilities = method.mask_probabilities(images)
-                if mask_probabilities is not None:
-                    keep = greedy_action(mask_probabilities)  # (B, 1, H, W)
-                    batch["p_kept"] = abnormal_probability(method.classifier, kept_images(images, keep))
-                    batch["p_removed"] = abnormal_probability(method.classifier, adversarial_images(images, keep))
-                    batch["p_tta"] = (batch["p"] + batch["p_kept"]) / 2
-                    batch["mask_area"] = keep.flatten(1).mean(1)
-                    if true_masks.numel():
-                        truth = true_masks.to(device).unsqueeze(1).bool()  # (B, 1, H, W)
+                out = {"position": batch["position"].to(device), "p": abnormal_probability(method.classifier, images)}
+                maps = method.mask_probabilities(images)
+                if maps is not None:
+                    keep = method.keep_mask(maps)  # (B, 1, H, W)
+                    out["p_kept"] = abnormal_probability(method.classifier, kept_images(images, keep, method.fill))
+                    removed = adversarial_images(images, keep, method.fill)
+                    out["p_removed"] = abnormal_probability(method.classifier, removed)
+                    out["p_tta"] = (out["p"] + out["p_kept"]) / 2
+                    out["mask_area"] = keep.flatten(1).mean(1)
+                    if bone is not None:
                         kept = keep.bool()
-                        overlap = (kept & truth).flatten(1).sum(1).float()
-                        union = (kept | truth).flatten(1).sum(1).float()
-                        batch["mask_iou"] = overlap / union.clamp(min=1)
-                        batch["mask_recall"] = overlap / truth.flatten(1).sum(1).float().clamp(min=1)
-            for key, value in batch.items():
+                        overlap = (kept & bone).flatten(1).sum(1).float()
+                        out["mask_iou"] = overlap / (kept | bone).flatten(1).sum(1).float().clamp(min=1)
+                        out["mask_recall"] = overlap / bone.flatten(1).sum(1).float().clamp(min=1)
+                    if quality is not None:
+                        cells = occlusion[batch["position"]].to(device) if occlusion is not None else None
+                        quality.add(method.classifier, images, labels, maps, method.policy_area(maps), bone, finding,
+                                    cells)
+            for key, value in out.items():
                 outputs.setdefault(key, []).append(value.float() if key != "position" else value)
     merged = {key: torch.cat(values).cpu().numpy() for key, values in outputs.items()}
     order = np.argsort(merged.pop("position"))
-    return {key: value[order] for key, value in merged.items()}
+    summary = quality.summary() if quality is not None and quality.count else {}
+    return {key: value[order] for key, value in merged.items()}, summary
 
 
 def summarize(split: Split, outputs: dict[str, np.ndarray]) -> dict[str, float]:
-    """Metrics from per-image outputs: image and study level, TTA, kept/removed, mask quality."""
+    """Metrics from per-image outputs: image and study level, TTA, kept/removed, mask area and IoU."""
     labels, studies = split.index["label"].to_numpy(), split.index["study"].to_numpy()
     metrics = binary_metrics(labels, outputs["p"]) | study_metrics(studies, labels, outputs["p"])
     if "p_tta" in outputs:
@@ -76,4 +108,6 @@ def summarize(split: Split, outputs: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def evaluate(method, split: Split, device, **kwargs) -> dict[str, float]:
-    return summarize(split, predict(method, split, device, **kwargs))
+    """Classification metrics and, with `mask_quality=True`, the mask-quality columns."""
+    outputs, quality = predict(method, split, device, **kwargs)
+    return summarize(split, outputs) | quality

@@ -1,8 +1,9 @@
 """Mask semantics and batched mask samplers (METHOD.md sections 2 and 4).
 
 A mask is (B, 1, H, W) with 1 on the pixels the agent *marked*. Adversarial images blank the
-marked pixels; kept-region images keep only them. All samplers work on the whole batch on its
-device from a seeded generator: one different box per image, no Python loop over images.
+marked pixels; kept-region images keep only them. Blanked pixels are filled with 0 (the paper),
+the image's mean, or a blurred copy of the image (`--fill`). All samplers work on the whole batch
+on its device from a seeded generator: one different box per image, no Python loop over images.
 """
 from __future__ import annotations
 
@@ -17,14 +18,58 @@ def greedy_action(probabilities: torch.Tensor) -> torch.Tensor:
     return (probabilities > 0.5).to(probabilities.dtype)
 
 
-def adversarial_images(images: torch.Tensor, marked: torch.Tensor) -> torch.Tensor:
-    """x * (1 - a): the marked pixels are set to 0 (step 3)."""
-    return images * (1 - marked)
+FILLS = ("zero", "mean", "blur")
 
 
-def kept_images(images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """x * a': only the marked region survives (step 8)."""
-    return images * keep
+def fill_values(images: torch.Tensor, fill: str = "zero") -> torch.Tensor | float:
+    """What blanked pixels become: 0 (the paper), each image's mean intensity, or the image blurred
+    by a Gaussian of sigma = side / 22 (about 10 px at 224 px; Fong & Vedaldi 2017's blur fill)."""
+    if fill == "zero":
+        return 0.0
+    if fill == "mean":
+        return images.mean((1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
+    if fill == "blur":
+        return gaussian_blur(images, sigma=images.shape[-1] / 22)
+    raise ValueError(f"unknown fill {fill!r}; choose one of {', '.join(FILLS)}")
+
+
+def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of every channel, reflecting at the borders."""
+    radius = max(1, min(int(3 * sigma), min(images.shape[-2:]) - 1))
+    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = (kernel / kernel.sum()).to(images.dtype)
+    channels = images.shape[1]
+    x = F.pad(images, (radius, radius, radius, radius), mode="reflect")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    return F.conv2d(x, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+
+
+def adversarial_images(images: torch.Tensor, marked: torch.Tensor, fill: str = "zero") -> torch.Tensor:
+    """x * (1 - a) + fill * a: the marked pixels are blanked (step 3)."""
+    return images * (1 - marked) + fill_values(images, fill) * marked  # zero fill: exactly x * (1 - a)
+
+
+def kept_images(images: torch.Tensor, keep: torch.Tensor, fill: str = "zero") -> torch.Tensor:
+    """x * a' + fill * (1 - a'): only the marked region survives (step 8)."""
+    return adversarial_images(images, 1 - keep, fill)
+
+
+def top_fraction(maps: torch.Tensor, fraction: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """The `fraction` of each map's pixels with the highest values, as a (B, 1, H, W) float mask.
+
+    round(fraction * H * W) pixels (at least 1) per image. Ties are broken at random (from
+    `generator`), so that a constant map selects random pixels rather than the first rows.
+    """
+    b = maps.shape[0]
+    flat = maps.detach().reshape(b, -1).float()  # (B, N)
+    count = max(1, round(fraction * flat.shape[1]))
+    if generator is None:
+        generator = torch.Generator(maps.device).manual_seed(0)
+    shuffle = torch.rand(flat.shape, generator=generator, device=maps.device).argsort(dim=1)  # (B, N)
+    order = flat.gather(1, shuffle).argsort(dim=1, descending=True, stable=True)[:, :count]  # ties: shuffled order
+    chosen = torch.zeros_like(flat).scatter_(1, shuffle.gather(1, order), 1.0)
+    return chosen.view(b, 1, *maps.shape[-2:])
 
 
 def random_boxes(batch: int, height: int, width: int, *, area: tuple[float, float] | torch.Tensor,
