@@ -1,7 +1,5 @@
 """APGA on MURA: `python apga_mura.py --body-part elbow` (see --help for every flag)."""
-import fire
-
-from apga.cli import main
+from apga.cli import entry_point
 
 if __name__ == "__main__":
-    fire.Fire(main)
+    entry_point()

@@ -1,4 +1,8 @@
-"""Checkpoints: one dict per file, written atomically, loaded with `weights_only=True`."""
+"""Checkpoints: one dict per file, written atomically, loaded with `weights_only=True`.
+
+Every checkpoint carries `format`: bump CHECKPOINT_FORMAT when what a checkpoint holds, or how it
+is read, changes; `apga.predict` refuses other formats with a one-line message.
+"""
 from __future__ import annotations
 
 import io
@@ -13,25 +17,32 @@ from apga.errors import CheckpointError
 from apga.utils import atomic_write_bytes
 
 
+CHECKPOINT_FORMAT = 2  # 2: method_name, estimator state, run identity (data fingerprint, inputs) in "config"
+RESUME_HINT = "delete it, or pass --resume 0 to start that run fresh"
+
+
 def save_checkpoint(path: Path, state: dict) -> None:
     buffer = io.BytesIO()
-    torch.save(state, buffer)
+    torch.save({"format": CHECKPOINT_FORMAT, **state}, buffer)
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_checkpoint(path: Path, device=None) -> dict:
+def load_checkpoint(path: Path, device=None, hint: str = RESUME_HINT) -> dict:
     try:
         return torch.load(path, map_location=device, weights_only=True)
     except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as error:
         reason = str(error).splitlines()[0][:120] if str(error) else type(error).__name__
-        raise CheckpointError(f"checkpoint {path} is corrupted or unreadable ({reason}); delete it, "
-                              f"or pass --resume 0 to start that run fresh") from None
+        raise CheckpointError(f"checkpoint {path} is corrupted or unreadable ({reason}); {hint}") from None
 
 
 def check_same_config(path: Path, saved: dict, current: dict, ignored: set[str] = frozenset()) -> None:
     """A checkpoint may only be resumed by a run of the same training settings (but `ignored`)."""
     old, new = training_fields(saved), training_fields(current)
     differing = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in ignored)
+    if "data_fingerprint" in differing:
+        raise CheckpointError(f"{path} was trained on other data (fingerprint {old.get('data_fingerprint')} -> "
+                              f"{new.get('data_fingerprint')}: other images, labels or splits, or an older version of "
+                              f"this code); use another --out-dir, or --resume 0 to train it anew on this data")
     if differing:
         detail = ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in differing[:4])
         raise CheckpointError(f"{path} was written with other settings ({detail}); use another --out-dir, "

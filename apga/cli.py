@@ -34,8 +34,27 @@ main.__doc__ = (
 )
 
 
-def entry_point() -> None:
-    """`apga-mura` console script (same flags as `python apga_mura.py`)."""
+def unknown_flags(argv: list[str]) -> list[str]:
+    """The `--flags` of `argv` that are no setting (Fire would run the whole experiment before
+    complaining about them). `--name=value`, `--name value`, `--noname` and `-` or `_` all count."""
+    known = {f.name for f in dataclasses.fields(Config)}
+    unknown = []
+    for arg in argv:
+        if not arg.startswith("--") or arg in ("--", "--help"):
+            continue
+        name = arg[2:].split("=", 1)[0].replace("-", "_")
+        if name not in known and not (name.startswith("no") and name[2:] in known):
+            unknown.append(arg.split("=", 1)[0])
+    return unknown
+
+
+def entry_point(argv: list[str] | None = None) -> None:
+    """`python apga_mura.py` and the `apga-mura` console script: unknown flags are refused first."""
     import fire
 
-    fire.Fire(main)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    unknown = unknown_flags(argv)
+    if unknown:
+        print(f"error: unknown flag(s) {', '.join(unknown)}; see --help for the list", file=sys.stderr)
+        sys.exit(2)
+    fire.Fire(main, command=argv)

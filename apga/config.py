@@ -13,7 +13,10 @@ from apga.errors import ConfigError
 
 BODY_PARTS = ("elbow", "finger", "forearm", "hand", "humerus", "shoulder", "wrist")
 CLASSIFIERS = ("densenet121", "densenet161", "densenet169", "densenet201", "densenet-small")
-ESTIMATORS = ("greedy", "sample")
+ESTIMATORS = ("greedy", "sample", "rloo")
+FILLS = ("zero", "mean", "blur")
+VAL_CADENCES = ("paper", "equal")
+KEPT_NORMS = ("batch", "frozen")
 SELECTIONS = ("val", "holdout")
 GALLERY_MODES = ("epoch", "end", "off")
 
@@ -37,6 +40,7 @@ class Config:
     train_random: int = _f(1, "1 to fine-tune with the random-mask floor (kept area as APGA's), 0 to skip")
     # --- data ------------------------------------------------------------------------------
     data_root: str = _f("datasets", "folder that holds MURA-v1.1/ (and, for generated data, MURA-v1.1-masks/)")
+    data_csv: str | None = _f(None, "your own binary task instead of MURA: a CSV with columns path,label,split[,study,patient] (paths relative to it)")
     demo: bool = _f(False, "generate the synthetic MURA-layout data set (once) and run with --preset cpu on it")
     image_size: int = _f(224, "images are resized to this square side (the agent pads it to a multiple of 32)")
     num_workers: int = _f(2, "DataLoader worker processes")
@@ -55,8 +59,16 @@ class Config:
     lr: float = _f(1e-4, "baseline classifier learning rate (Adam); not defined by the published script, 1e-4 as in the MURA paper")
     finetune_lr: float = _f(1e-5, "learning rate of every fine-tuning stage (Adam), as the paper")
     agent_lr: float = _f(1e-5, "agent learning rate (Adam), as the paper")
-    estimator: str = _f("greedy", "APGA policy gradient: 'greedy' (the paper: threshold at 0.5) or 'sample' (Bernoulli REINFORCE)")
+    estimator: str = _f("greedy", "APGA policy gradient: 'greedy' (the paper: threshold at 0.5), 'sample' (Bernoulli REINFORCE) or 'rloo' (per-image leave-one-out REINFORCE on a grid of cells)")
+    mask_cell: int | None = _f(None, "rloo: side of the agent's action cells in pixels (default: about 1/8 of --image-size)")
+    policy_samples: int = _f(4, "rloo: masks sampled per image; all of them go through the classifier as one batch")
+    mask_area: float = _f(0.1, "rloo: the area budget rho, the prior of every cell and the area of the deterministic (top-rho) mask")
+    area_weight: float = _f(1.0, "rloo: weight lambda of the area budget (mean_c p_c - rho)^2")
+    prior_weight: float = _f(0.3, "rloo: weight w of the per-cell prior BCE(p_c, rho) (0: off)")
+    fill: str = _f("zero", "what blanked pixels become: 'zero' (the paper), the image's 'mean', or a 'blur'red copy")
+    kept_norm: str = _f("batch", "kept-region step's batch norm: 'batch' (the paper: its own statistics, folded into the running ones) or 'frozen' (the clean running statistics, left unchanged)")
     val_every: int = _f(100, "APGA and end-to-end also validate every this many iterations (0: epoch end only)")
+    val_cadence: str = _f("paper", "'paper': only APGA and end-to-end validate every --val-every iterations; 'equal': every method does")
     steps_per_epoch: int | None = _f(None, "cap on training iterations per epoch (default: the whole training set)")
     log_every: int = _f(20, "iterations between progress-bar updates (the only host syncs in a step)")
     # --- evaluation ------------------------------------------------------------------------
@@ -97,8 +109,9 @@ PRESETS: dict[str, dict] = {
 # other field (output folders, worker counts, ...) can still be resumed.
 NON_TRAINING_FIELDS = {
     "n_runs", "gpu_id", "train_cutout", "train_apga", "train_gradcam", "train_end2end",
-    "train_random", "data_root", "demo", "num_workers", "cache_dir", "out_dir", "resume",
+    "train_random", "data_root", "data_csv", "demo", "num_workers", "cache_dir", "out_dir", "resume",
     "log_every", "gallery", "preset", "skip_bad_images",
+    "inputs",  # a run's inputs (baseline checkpoint, floor area) are checked on their own: apga/train.py
 }
 
 
@@ -119,10 +132,20 @@ def make_config(**overrides) -> Config:
     preset = overrides.get("preset", "cpu" if overrides.get("demo") else "paper")
     if preset not in PRESETS:
         raise ConfigError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    if overrides.get("data_csv") is not None:
+        for name in ("demo", "body_part"):
+            if overrides.get(name) not in (None, False, 0):
+                raise ConfigError(f"--{name.replace('_', '-')} does not go with --data-csv: the CSV's rows are the data "
+                                  f"set; drop --{name.replace('_', '-')}")
     values = {**defaults(), **PRESETS[preset], **overrides, "preset": preset}
     config = Config(**values)
     validate(config)
     return config
+
+
+def default_mask_cell(image_size: int) -> int:
+    """The largest divisor of the side that gives at least 8 cells a side (8 px at 64, 28 at 224)."""
+    return max(d for d in range(1, max(1, image_size // 8) + 1) if image_size % d == 0)
 
 
 def _require(ok: bool, message: str) -> None:
@@ -135,9 +158,12 @@ def _is_int(value) -> bool:
 
 
 def validate(c: Config) -> None:
-    c.body_part = str(c.body_part).lower()
-    _require(c.body_part in BODY_PARTS + ("all",),
-             f"unknown --body-part {c.body_part!r}; choose one of {', '.join(BODY_PARTS)} or all")
+    if c.data_csv is None:
+        c.body_part = str(c.body_part).lower()
+        _require(c.body_part in BODY_PARTS + ("all",),
+                 f"unknown --body-part {c.body_part!r}; choose one of {', '.join(BODY_PARTS)} or all")
+    else:
+        c.data_csv, c.body_part = str(c.data_csv), None  # the CSV's rows are the data set
     _require(_is_int(c.seed), f"--seed must be an integer, got {c.seed!r}")
     _require(_is_int(c.n_runs) and c.n_runs > 0, f"--n-runs must be a positive integer, got {c.n_runs!r}")
     _require(c.n_shot is None or (_is_int(c.n_shot) and c.n_shot > 0),
@@ -162,7 +188,24 @@ def validate(c: Config) -> None:
         _require(isinstance(value, (int, float)) and value > 0,
                  f"--{name.replace('_', '-')} must be a positive number, got {value!r}")
     _require(c.classifier in CLASSIFIERS, f"unknown --classifier {c.classifier!r}; choose one of {', '.join(CLASSIFIERS)}")
-    _require(c.estimator in ESTIMATORS, f"unknown --estimator {c.estimator!r}; choose greedy or sample")
+    _require(c.estimator in ESTIMATORS, f"unknown --estimator {c.estimator!r}; choose one of {', '.join(ESTIMATORS)}")
+    _require(c.fill in FILLS, f"unknown --fill {c.fill!r}; choose one of {', '.join(FILLS)}")
+    _require(c.val_cadence in VAL_CADENCES, f"unknown --val-cadence {c.val_cadence!r}; choose paper or equal")
+    _require(c.kept_norm in KEPT_NORMS, f"unknown --kept-norm {c.kept_norm!r}; choose batch or frozen")
+    _require(_is_int(c.policy_samples) and c.policy_samples >= 2,
+             f"--policy-samples must be an integer >= 2 (the leave-one-out baseline needs two), got {c.policy_samples!r}")
+    _require(isinstance(c.mask_area, (int, float)) and 0 < c.mask_area < 1,
+             f"--mask-area must be in (0, 1), got {c.mask_area!r}")
+    for name in ("area_weight", "prior_weight"):
+        value = getattr(c, name)
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,
+                 f"--{name.replace('_', '-')} must be a number >= 0, got {value!r}")
+    if c.mask_cell is None and _is_int(c.image_size) and c.image_size > 0:
+        c.mask_cell = default_mask_cell(c.image_size)
+    _require(_is_int(c.mask_cell) and c.mask_cell > 0 and c.image_size % c.mask_cell == 0
+             and c.image_size // c.mask_cell >= 2,
+             f"--mask-cell must divide --image-size {c.image_size} into at least 2 cells a side, got {c.mask_cell!r} "
+             f"(e.g. {default_mask_cell(c.image_size) if _is_int(c.image_size) and c.image_size > 0 else 8})")
     _require(c.model_selection in SELECTIONS, f"unknown --model-selection {c.model_selection!r}; choose val or holdout")
     _require(c.gallery in GALLERY_MODES, f"unknown --gallery {c.gallery!r}; choose epoch, end or off")
     _require(isinstance(c.agent_scale, (int, float)) and 0 < c.agent_scale <= 1,

@@ -1,7 +1,7 @@
-"""A PNG grid of what a masking method does to a fixed set of validation images.
+"""Pictures of what a masking method does: a grid per run (gallery/) and one overlay per image (predict).
 
-Columns: the image, the mask probability (agent's p, Grad-CAM, or a random box), the
-adversarial image (marked pixels blanked) and the kept-region image.
+Columns: the image, the mask map (agent's p, Grad-CAM, or a random box), the adversarial image
+(marked pixels blanked) and the kept-region image.
 """
 from __future__ import annotations
 
@@ -13,33 +13,45 @@ import torch
 from PIL import Image, ImageDraw
 
 from apga.data import to_model_input
-from apga.masks import adversarial_images, greedy_action, kept_images
+from apga.masks import adversarial_images, kept_images
 from apga.utils import atomic_write_bytes, eval_mode
 
 COLUMNS = ("image", "mask p", "adversarial", "kept")
 
 
 @torch.no_grad()
-def save_gallery(method, images_u8: torch.Tensor, path: Path, device, tile: int = 96) -> Path | None:
-    """Write the grid for `images_u8` (N, S, S) uint8; None for methods without masks."""
-    images = to_model_input(images_u8.to(device))
+def mask_panels(method, images: torch.Tensor, tile: int = 96) -> np.ndarray | None:
+    """(N, tile, 4 tile) uint8 rows of the four columns for model inputs `images` (N, 3, S, S);
+    None for methods without masks."""
     networks = [method.classifier] + ([method.agent] if method.agent is not None else [])
     with eval_mode(*networks):
         probabilities = method.mask_probabilities(images)
     if probabilities is None:
         return None
-    keep = greedy_action(probabilities)
-    panels = [images[:, :1], probabilities, adversarial_images(images, keep)[:, :1], kept_images(images, keep)[:, :1]]
+    keep = method.keep_mask(probabilities)
+    panels = [images[:, :1], probabilities, adversarial_images(images, keep, method.fill)[:, :1],
+              kept_images(images, keep, method.fill)[:, :1]]
     grid = torch.cat([torch.nn.functional.interpolate(p.float(), size=(tile, tile), mode="nearest") for p in panels], dim=3)
-    rows = (grid.clamp(0, 1) * 255).round().byte().squeeze(1).cpu().numpy()  # (N, tile, 4 * tile)
-    header = Image.new("L", (4 * tile, 14), 0)
+    return (grid.clamp(0, 1) * 255).round().byte().squeeze(1).cpu().numpy()
+
+
+def write_panels(rows: np.ndarray, path: Path, title: str = "") -> Path:
+    """A PNG of `rows` (N, tile, 4 tile) under a header naming the columns (and `title`)."""
+    tile = rows.shape[-1] // len(COLUMNS)
+    header = Image.new("L", (rows.shape[-1], 14 + (12 if title else 0)), 0)
     draw = ImageDraw.Draw(header)
-    for i, title in enumerate(COLUMNS):
-        draw.text((i * tile + 3, 1), title, fill=255)
+    for i, name in enumerate(COLUMNS):
+        draw.text((i * tile + 3, 1), name, fill=255)
+    if title:
+        draw.text((3, 13), title, fill=255)
     picture = np.concatenate([np.asarray(header)] + list(rows), axis=0)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     Image.fromarray(picture).save(buffer, format="PNG")
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    atomic_write_bytes(Path(path), buffer.getvalue())
+    return Path(path)
+
+
+def save_gallery(method, images_u8: torch.Tensor, path: Path, device, tile: int = 96) -> Path | None:
+    """Write the grid for `images_u8` (N, S, S) uint8; None for methods without masks."""
+    rows = mask_panels(method, to_model_input(images_u8.to(device)), tile)
+    return None if rows is None else write_panels(rows, path)

@@ -1,8 +1,10 @@
-"""results.csv: one row per (body part, seed, n_shot, method), appended atomically.
+"""results.csv: one row per run (its `run_id`, the run's folder), written atomically.
 
-Rows are never overwritten. Concurrent writers (a shell loop with `&`) take an exclusive
-lock on a side file, then rewrite the table to a temporary file and rename it, so a reader
-never sees a half-written table and no row is lost.
+A run's row holds its latest result: when a run id is trained again (`--resume 0`, new inputs),
+its row is replaced, so the table never keeps a number that its run no longer produces.
+Concurrent writers (a shell loop with `&`) take an exclusive lock on a side file, then rewrite
+the table to a temporary file and rename it, so a reader never sees a half-written table and no
+row is lost.
 """
 from __future__ import annotations
 
@@ -17,10 +19,13 @@ import pandas as pd
 from apga.utils import atomic_write_bytes
 
 RESULTS_FILE = "results.csv"
+METHOD_ORDER = ["baseline", "cutout", "gradcam", "end2end", "apga", "random", "floor"]  # how tables and plots list them
 IDENTITY = ["body_part", "seed", "n_shot", "method", "variant", "model_selection"]
 METRICS = ["accuracy", "accuracy_tta", "auroc", "kappa", "study_accuracy", "study_accuracy_tta",
-           "study_auroc", "study_kappa", "mask_iou", "mask_recall", "mask_area", "kept_accuracy",
-           "removed_accuracy", "selection_accuracy", "best_epoch", "epochs_trained"]
+           "study_auroc", "study_kappa", "bone_precision_10", "bone_precision_30", "finding_cover_10",
+           "pointing_hit", "bone_auroc", "finding_auroc", "location_gap_10", "mask_sd", "occlusion_agreement_10",
+           "collapsed", "policy_area", "mask_area", "keep_area", "mask_iou", "mask_recall", "kept_accuracy",
+           "removed_accuracy", "selection_accuracy", "selection_evaluations", "best_epoch", "epochs_trained"]
 
 
 @contextlib.contextmanager
@@ -34,6 +39,12 @@ def locked(path: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
+def method_rank(label: str) -> tuple[int, str]:
+    """Sort key of a method label such as 'apga[rloo]': METHOD_ORDER, then the label."""
+    name = label.split("[")[0]
+    return (METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER), label)
+
+
 def read_results(path: Path) -> pd.DataFrame:
     path = Path(path)
     if path.is_dir():
@@ -43,11 +54,14 @@ def read_results(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"n_shot": str, "variant": str}, keep_default_na=False, na_values=[""])
 
 
-def append_row(path: Path, row: dict) -> None:
-    """Append one row under the lock; columns of old and new rows are unioned."""
+def upsert_row(path: Path, row: dict) -> None:
+    """Write one run's row under the lock, replacing the row of the same `run_id` if there is one;
+    columns of old and new rows are unioned."""
     path = Path(path)
     with locked(path):
         table = read_results(path)
+        if "run_id" in table.columns and "run_id" in row:
+            table = table[table["run_id"] != row["run_id"]]
         new = pd.DataFrame([row])
         table = new if table.empty else pd.concat([table, new], ignore_index=True)
         ordered = [c for c in IDENTITY + METRICS if c in table.columns]
@@ -55,13 +69,6 @@ def append_row(path: Path, row: dict) -> None:
         buffer = io.StringIO()
         table.to_csv(buffer, index=False)
         atomic_write_bytes(path, buffer.getvalue().encode())
-
-
-def has_row(path: Path, run_id: str) -> bool:
-    path = Path(path)
-    with locked(path):
-        table = read_results(path)
-    return "run_id" in table.columns and (table["run_id"] == run_id).any()
 
 
 def writable_dir(path: Path) -> bool:

@@ -1,13 +1,15 @@
 """A whole experiment: for each seed, the baseline, then every method fine-tuned from it.
 
 Layout of `--out-dir`:
-    results.csv                                   one row per (body part, seed, n_shot, method)
+    results.csv                                   one row per run: (body part, seed, n_shot, protocol, method[variant])
     summary.md                                    the table of `python -m apga.report`
-    <part>-<shot>-<selection>/seed<S>/<method>/   best.pt, last.pt, metrics.csv, result.json, gallery/
+    <part>-<shot>-<selection>/seed<S>/<method>/   best.pt, last.pt, metrics.csv, config.json, result.json, gallery/
+    <part>-<shot>-<selection>/seed<S>/floors/     <floor>.json: mask-quality floors of that seed (apga/floors.py)
 """
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -17,18 +19,24 @@ from apga import report
 from apga.checkpoint import load_checkpoint
 from apga.config import Config, config_dict
 from apga import distributed
-from apga.data import RunData, prepare_run_data
+from apga.data import RunData, data_source, prepare_run_data
 from apga.distributed import Dist, wrap
 from apga.errors import ConfigError, NonFiniteError
 from apga.methods import FLAGS, METHODS
+from apga.methods.random_masks import DEFAULT_KEEP_AREA
 from apga.models import build_agent, build_classifier
 from apga.mura import require_mura
-from apga.results import RESULTS_FILE, append_row, has_row, read_results, writable_dir
+from apga.evaluation import evaluate, occlusion_maps
+from apga.floors import FLOORS, Floor
+from apga.mask_quality import COLUMNS as MASK_QUALITY_COLUMNS
+from apga.methods.apga import apga_variant
+from apga.results import RESULTS_FILE, read_results, upsert_row, writable_dir
 from apga.synthetic import ensure_generated
 from apga.train import Precision, Stage, fit
-from apga.utils import code_version, derive_seed, seed_everything
+from apga.utils import atomic_write_json, code_version, derive_seed, file_digest, seed_everything
 
 DEMO_DATA = "synthetic"
+MASKING_METHODS = ("gradcam", "end2end", "apga", "random")
 
 
 def selected_methods(config: Config) -> list[str]:
@@ -39,17 +47,20 @@ def shot_label(config: Config) -> str:
     return "all" if config.n_shot is None else str(config.n_shot)
 
 
+def memory_format(config: Config) -> torch.memory_format:
+    return torch.channels_last if config.channels_last else torch.contiguous_format
+
+
 def build_method(name: str, config: Config, device: torch.device, baseline_checkpoint: Path | None = None,
                  **extra):
-    """Fresh networks for a method (the classifier from the baseline's best for fine-tuning)."""
+    """Fresh networks for a method (the classifier from the baseline's best for fine-tuning, when given)."""
     cls = METHODS[name]
     classifier = build_classifier(config.classifier, config.pretrained)
-    if cls.fine_tuned:
+    if cls.fine_tuned and baseline_checkpoint is not None:
         classifier.load_state_dict(load_checkpoint(baseline_checkpoint, "cpu")["classifier"])
     agent = build_agent(config.agent_width, config.pretrained, config.agent_scale) if cls.uses_agent else None
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    classifier = classifier.to(device, memory_format=memory_format)
-    agent = agent.to(device, memory_format=memory_format) if agent is not None else None
+    classifier = classifier.to(device, memory_format=memory_format(config))
+    agent = agent.to(device, memory_format=memory_format(config)) if agent is not None else None
     method = cls(config, classifier, agent, **extra)
     if config.compile:
         for net in (classifier, agent):
@@ -60,25 +71,73 @@ def build_method(name: str, config: Config, device: torch.device, baseline_check
 
 def run_stage(name: str, config: Config, data: RunData, seed: int, seed_dir: Path, device, precision: Precision,
               progress: bool = True, dist: Dist = Dist(), **extra) -> dict:
+    """Train (or resume, or reuse) one method of one seed; its row in results.csv is replaced by this run's."""
     seed_everything(derive_seed(seed, name, "init"))  # the same initial networks on every rank
-    method = build_method(name, config, device, seed_dir / "baseline" / "best.pt", **extra)
+    baseline_checkpoint = seed_dir / "baseline" / "best.pt"
+    method = build_method(name, config, device, baseline_checkpoint, **extra)
     method.classifier, method.agent, method.dist = wrap(method.classifier, dist, device), wrap(method.agent, dist, device), dist
+    inputs = {"baseline": file_digest(baseline_checkpoint)} if method.fine_tuned else {}
+    inputs |= method.inputs()
     folder = name + (f"-{method.variant}" if method.variant else "")
-    stage = Stage(seed_dir / folder, seed, device, precision, config, progress and dist.is_main, dist)
+    stage = Stage(seed_dir / folder, seed, device, precision, config, progress and dist.is_main, dist, inputs)
     result = fit(method, data, stage)
-    if not dist.is_main:
-        return result
-    row = {
-        "body_part": config.body_part, "seed": seed, "n_shot": shot_label(config), "method": name,
-        "variant": method.variant, "model_selection": config.model_selection, **result,
-        "estimator": config.estimator if method.uses_agent else "", "classifier": config.classifier,
-        "image_size": config.image_size, "run_id": str(stage.run_dir.relative_to(Path(config.out_dir))),
-        "device": str(device), "code_version": code_version(), "config": json.dumps(config_dict(config), sort_keys=True),
-    }
-    results_file = Path(config.out_dir) / RESULTS_FILE
-    if not has_row(results_file, row["run_id"]):
-        append_row(results_file, row)
+    if dist.is_main:
+        upsert_row(Path(config.out_dir) / RESULTS_FILE, _row(config, name, method.variant, seed, stage.run_dir, result,
+                                                             device, method.uses_agent, inputs))
     return result
+
+
+def _row(config: Config, name: str, variant: str, seed: int, run_dir: Path, result: dict, device, uses_agent: bool,
+         inputs: dict) -> dict:
+    return {
+        "body_part": data_source(config)[1], "seed": seed, "n_shot": shot_label(config), "method": name,
+        "variant": variant, "model_selection": config.model_selection, **result,
+        "estimator": config.estimator if uses_agent else "", "classifier": config.classifier,
+        "image_size": config.image_size, "run_id": str(run_dir.relative_to(Path(config.out_dir))),
+        "device": str(device), "code_version": result.get("code_version", code_version()),
+        "keep_area": inputs.get("keep_area", math.nan),
+        "config": json.dumps(config_dict(config), sort_keys=True),
+    }
+
+
+def apga_kept_area(config: Config, seed_dir: Path) -> float:
+    """APGA's kept area on the selection split at its selected checkpoint (the random floor's area),
+    from APGA's finished run of this seed and variant; 0.5 when there is none."""
+    result_file = seed_dir / ("apga" + (f"-{apga_variant(config)}" if apga_variant(config) else "")) / "result.json"
+    if result_file.is_file():
+        area = json.loads(result_file.read_text()).get("selection_mask_area", math.nan)
+        if area is not None and math.isfinite(area):
+            return float(area)
+    return DEFAULT_KEEP_AREA
+
+
+def run_floors(config: Config, data: RunData, seed: int, seed_dir: Path, device, precision: Precision) -> None:
+    """Mask-quality rows of the floors (apga/floors.py) for this seed, from the baseline's classifier.
+
+    Stored in <seed_dir>/floors/<floor>.json with their inputs (the baseline checkpoint's digest,
+    the data fingerprint, the fill): reused while those are the same, recomputed otherwise."""
+    baseline_checkpoint = seed_dir / "baseline" / "best.pt"
+    inputs = {"baseline": file_digest(baseline_checkpoint), "data_fingerprint": data.fingerprint, "fill": config.fill}
+    classifier = occlusion = None
+    eval_kwargs = dict(batch_size=config.batch_size, autocast=precision.autocast, channels_last=config.channels_last)
+    for kind in FLOORS:
+        path = seed_dir / "floors" / f"{kind}.json"
+        saved = json.loads(path.read_text()) if config.resume and path.is_file() else {}
+        if saved.get("inputs") != inputs:
+            if classifier is None:  # the baseline and its occlusion maps, once for every floor
+                classifier = build_classifier(config.classifier)
+                classifier.load_state_dict(load_checkpoint(baseline_checkpoint, "cpu")["classifier"])
+                classifier = classifier.to(device, memory_format=memory_format(config))
+                occlusion = occlusion_maps(classifier, data.report, device, fill=config.fill, **eval_kwargs)
+            floor = Floor(kind, classifier, config.fill, seed)
+            quality = evaluate(floor, data.report, device, mask_quality=True, seed=seed, occlusion=occlusion,
+                               **eval_kwargs)
+            result = {k: quality[k] for k in MASK_QUALITY_COLUMNS} | {
+                "data_fingerprint": data.fingerprint, "code_version": code_version()}
+            saved = {"inputs": inputs, "result": result}
+            atomic_write_json(path, saved)
+        upsert_row(Path(config.out_dir) / RESULTS_FILE,
+                   _row(config, "floor", kind, seed, path.with_suffix(""), saved["result"], device, False, {}))
 
 
 def run(config: Config) -> None:
@@ -105,25 +164,25 @@ def _run(config: Config, dist: Dist, device) -> None:
     say = print if dist.is_main else (lambda *args, **kwargs: None)
     if config.demo:
         config.data_root = str(_main_first(dist, lambda: ensure_generated(Path(config.data_root) / DEMO_DATA, seed=0)))
-    require_mura(Path(config.data_root))
+    if not config.data_csv:
+        require_mura(Path(config.data_root))
     out_dir = Path(config.out_dir)
     if not dist.from_main(writable_dir(out_dir) if dist.is_main else None):
         raise ConfigError(f"cannot write to --out-dir {out_dir}; choose a writable folder")
     precision = Precision.for_device(device, config.amp)
     names = selected_methods(config)
-    say(f"APGA on {config.body_part} (n_shot {shot_label(config)}, {config.n_runs} run(s), {device}"
+    label = data_source(config)[1]
+    say(f"APGA on {label} (n_shot {shot_label(config)}, {config.n_runs} run(s), {device}"
         f"{f' x {dist.world_size} ranks' if dist.enabled else ''}): {', '.join(names)}")
     for run_index in range(config.n_runs):
         seed = config.seed + run_index + 1  # incremented before each run, as the paper
         data = _main_first(dist, lambda: prepare_run_data(config, seed))
-        seed_dir = out_dir / f"{config.body_part}-{shot_label(config)}-{config.model_selection}" / f"seed{seed}"
+        seed_dir = out_dir / f"{label}-{shot_label(config)}-{config.model_selection}" / f"seed{seed}"
         say(f"seed {seed}: {len(data.train.index)} training, {len(data.select.index)} selection, "
             f"{len(data.report.index)} report images")
         results: dict[str, dict] = {}
         for name in names:
-            extra = {}
-            if name == "random" and "apga" in results:
-                extra["keep_area"] = results["apga"]["mask_area"]
+            extra = {"keep_area": apga_kept_area(config, seed_dir)} if name == "random" else {}
             try:
                 results[name] = run_stage(name, config, data, seed, seed_dir, device, precision, dist=dist, **extra)
             except NonFiniteError as error:
@@ -131,15 +190,16 @@ def _run(config: Config, dist: Dist, device) -> None:
                 if name == "baseline":
                     break  # nothing to fine-tune from; the next seed goes on
                 continue
+            if name == "baseline" and dist.is_main and any(m in names for m in MASKING_METHODS):
+                run_floors(config, data, seed, seed_dir, device, precision)
             say(f"  {name}: accuracy {results[name]['accuracy']:.3f}"
                 + (f", TTA {results[name]['accuracy_tta']:.3f}" if "accuracy_tta" in results[name] else ""))
     if not dist.is_main:
         return
     table = read_results(out_dir / RESULTS_FILE)
-    summary = report.summarize(table)
-    report.write(summary, out_dir)
-    current = summary[(summary["body_part"] == config.body_part) & (summary["n_shot"] == shot_label(config))
-                      & (summary["model_selection"] == config.model_selection)]
+    report.write(table, out_dir)
+    current = table[(table["body_part"] == label) & (table["n_shot"] == shot_label(config))
+                    & (table["model_selection"] == config.model_selection)]
     print()
-    print(report.to_markdown(current))
-    print(f"\nresults: {out_dir / RESULTS_FILE}; summary of all runs: {out_dir / report.SUMMARY_FILE}")
+    print(report.render(current))
+    print(f"results: {out_dir / RESULTS_FILE}; summary of all runs: {out_dir / report.SUMMARY_FILE}")

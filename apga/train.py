@@ -9,6 +9,13 @@ evaluates and writes; its decisions are broadcast). A method only says what its 
 Reproducible resume: the epoch's data order and the methods' random masks come from
 generators reseeded from (seed, method, epoch), and everything else that changes (networks,
 optimizers, scaler, reward baseline, early-stopping state, RNG states) is in `last.pt`.
+
+A run's identity (`config.json`, and the config inside every checkpoint) is its training
+settings, the fingerprint of its data (data.data_fingerprint) and its inputs (the digest of the
+baseline checkpoint it was fine-tuned from; the random floor's kept area). A run is resumed or
+reused only under the same identity: other settings or other data stop the command with a
+one-line message; other inputs (the baseline was retrained, APGA's area changed) make it stale,
+and it is trained anew with a notice.
 """
 from __future__ import annotations
 
@@ -17,7 +24,7 @@ import json
 import math
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -31,6 +38,7 @@ from apga.distributed import Dist, plain_networks, unwrap
 from apga.errors import CheckpointError, NonFiniteError
 from apga.evaluation import evaluate
 from apga.gallery import save_gallery
+from apga.plots import plot_curves
 from apga.utils import atomic_write_bytes, atomic_write_json, code_version, derive_seed
 
 GALLERY_IMAGES = 8
@@ -71,6 +79,7 @@ class Stage:
     config: object
     progress: bool = True
     dist: Dist = Dist()
+    inputs: dict = field(default_factory=dict)  # what the run starts from: part of its identity
 
 
 class _Logs:
@@ -120,6 +129,15 @@ def _save_state(path: Path, method, optimizers, scaler, progress: dict, config_v
         "config": config_values,
         "code_version": code_version(),
     })
+
+
+def restore_rng(state: dict) -> None:
+    """The torch RNG states saved by `_save_state` (CPU, and every CUDA device both machines have)."""
+    torch.set_rng_state(state["torch"].cpu())
+    cuda_states = state.get("cuda") or []
+    if cuda_states and torch.cuda.is_available():
+        for index, cuda_state in enumerate(cuda_states[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state.cpu(), index)
 
 
 def _load_networks(method, state: dict) -> None:
@@ -175,11 +193,11 @@ def train_one_epoch(method, loader, optimizers, scaler, stage: Stage, *, desc: s
     total = len(loader) if max_steps is None else min(max_steps, len(loader))
     bar = tqdm(total=total, desc=desc, leave=False, disable=None if stage.progress else True, dynamic_ncols=True)
     log_every = stage.config.log_every
-    for step, (images_u8, labels, _positions, _masks) in enumerate(loader, start=1):
+    for step, batch in enumerate(loader, start=1):
         if max_steps is not None and step > max_steps:
             break
-        images = to_model_input(images_u8.to(stage.device, non_blocking=True), stage.config.channels_last)
-        labels = labels.to(stage.device, non_blocking=True)
+        images = to_model_input(batch["image"].to(stage.device, non_blocking=True), stage.config.channels_last)
+        labels = batch["label"].to(stage.device, non_blocking=True)
         for phase_logs in run_step(method, images, labels, optimizers, scaler, stage.precision):
             logs.add(phase_logs)
         logs.count += 1
@@ -199,24 +217,33 @@ def train_one_epoch(method, loader, optimizers, scaler, stage: Stage, *, desc: s
 def fit(method, data: RunData, stage: Stage) -> dict:
     """Train until early stopping, then evaluate the selected checkpoint on the report split.
 
-    Returns the report metrics plus `best_epoch`, `epochs_trained`, `selection_accuracy`.
-    A finished run (its `result.json` exists) is not redone when resuming.
+    Returns the report metrics (with the mask-quality columns for masking methods) plus
+    `best_epoch`, `epochs_trained`, `selection_accuracy`, `selection_evaluations` (how many
+    times the selection split was evaluated), `selection_mask_area` (the kept area on the
+    selection split at the selected checkpoint), `data_fingerprint` and `code_version`.
+    A finished run of the same identity (its `result.json` exists) is not redone when resuming.
     """
     config, run_dir, device = stage.config, stage.run_dir, stage.device
     result_file, last_file, best_file = run_dir / "result.json", run_dir / "last.pt", run_dir / "best.pt"
     config_file = run_dir / "config.json"
-    config_values = config_dict(config)
+    config_values = {**config_dict(config), "data_fingerprint": data.fingerprint, "inputs": stage.inputs}
+    fresh = not config.resume
     if config.resume and config_file.is_file():
         try:
             saved = json.loads(config_file.read_text())
         except json.JSONDecodeError:
             raise CheckpointError(f"{config_file} is corrupted; delete it, or pass --resume 0") from None
         check_same_config(config_file, saved, config_values, method.ignored_settings())
-        if result_file.is_file():
+        if saved.get("inputs", {}) != stage.inputs:
+            fresh = True
+            if stage.dist.is_main:
+                print(f"notice: {run_dir} started from other inputs ({_difference(saved.get('inputs', {}), stage.inputs)}); "
+                      f"training it anew")
+        elif result_file.is_file():
             return json.loads(result_file.read_text())  # finished: not redone
     main = stage.dist.is_main
     if main:
-        if not config.resume:
+        if fresh:
             for stale in (result_file, last_file, best_file, run_dir / "metrics.csv"):
                 stale.unlink(missing_ok=True)
             shutil.rmtree(run_dir / "gallery", ignore_errors=True)
@@ -226,17 +253,18 @@ def fit(method, data: RunData, stage: Stage) -> dict:
 
     optimizers = make_optimizers(method)
     scaler = stage.precision.scaler()
-    progress = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0.0, "epochs_since_best": 0}
+    progress = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0.0, "epochs_since_best": 0,
+                "selection_evaluations": 0, "selection_mask_area": math.nan}
     history: list[dict] = []
-    if config.resume and last_file.is_file():
+    if not fresh and last_file.is_file():
         state = load_checkpoint(last_file, device)
         check_same_config(last_file, state["config"], config_values, method.ignored_settings())
         _load_networks(method, state)
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         scaler.load_state_dict(state["scaler"])
-        progress, history = state["progress"], state["history"]
-        torch.set_rng_state(state["rng"]["torch"].cpu())
+        progress, history = {**progress, **state["progress"]}, state["history"]
+        restore_rng(state["rng"])
         if main:
             print(f"resuming {run_dir} after epoch {progress['epoch']}")
 
@@ -248,7 +276,7 @@ def fit(method, data: RunData, stage: Stage) -> dict:
                                                       shuffle=True, seed=derive_seed(stage.seed, method.name) % 2**31)
     loader = make_loader(data.train.dataset, config.batch_size, shuffle=True, num_workers=config.num_workers,
                          pin_memory=device.type == "cuda", sampler=sampler)
-    gallery_images = data.select.dataset.__getitems__(list(range(min(GALLERY_IMAGES, len(data.select.dataset)))))[0]
+    gallery_images = data.select.dataset.__getitems__(list(range(min(GALLERY_IMAGES, len(data.select.dataset)))))["image"]
     method.generator = torch.Generator(device)
 
     def validate(epoch_position: float) -> dict:
@@ -260,11 +288,14 @@ def fit(method, data: RunData, stage: Stage) -> dict:
             if metrics["accuracy"] > progress["best_accuracy"]:
                 metrics["improved"] = 1.0
                 save_checkpoint(best_file, {"classifier": _state_of(method.classifier), "agent": _state_of(method.agent),
-                                            "method": method.state_dict(), "epoch": epoch_position,
-                                            "config": config_values, "code_version": code_version()})
+                                            "method": method.state_dict(), "method_name": method.name,
+                                            "epoch": epoch_position, "config": config_values,
+                                            "code_version": code_version()})
         metrics = stage.dist.from_main(metrics)
+        progress["selection_evaluations"] += 1
         if metrics.get("improved"):
-            progress.update(best_accuracy=metrics["accuracy"], best_epoch=epoch_position)
+            progress.update(best_accuracy=metrics["accuracy"], best_epoch=epoch_position,
+                            selection_mask_area=metrics.get("mask_area", math.nan))
         return metrics
 
     max_epochs = config.finetune_epochs if method.fine_tuned and config.finetune_epochs else config.epochs
@@ -312,8 +343,18 @@ def fit(method, data: RunData, stage: Stage) -> dict:
         with plain_networks(method):
             if config.gallery != "off":
                 save_gallery(method, gallery_images, run_dir / "gallery" / "final.png", device)
-            result = evaluate(method, data.report, device, **eval_kwargs)
+            result = evaluate(method, data.report, device, mask_quality=True, seed=stage.seed, **eval_kwargs)
+        if history:
+            plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", title=f"{run_dir.parent.name}/{run_dir.name}")
         result.update(best_epoch=progress["best_epoch"], epochs_trained=progress["epoch"],
-                      selection_accuracy=progress["best_accuracy"], train_seconds=time.perf_counter() - start)
+                      selection_accuracy=progress["best_accuracy"],
+                      selection_evaluations=progress["selection_evaluations"],
+                      selection_mask_area=progress["selection_mask_area"], train_seconds=time.perf_counter() - start,
+                      data_fingerprint=data.fingerprint, code_version=code_version())
         atomic_write_json(result_file, result)
     return stage.dist.from_main(result)
+
+
+def _difference(old: dict, new: dict) -> str:
+    keys = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in keys)

@@ -54,6 +54,15 @@ def eval_mode(*models: torch.nn.Module):
             m.train(was_training)
 
 
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes (short hex): identifies the checkpoint a run started from."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same folder, fsync, then rename over `path`."""
     path = Path(path)

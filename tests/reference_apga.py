@@ -2,8 +2,8 @@
 
 Masks are thresholded in numpy per image (a host round trip each), each image is masked and its
 adversarial loss computed on its own, and the agent runs a fresh forward for the policy loss, as
-the published code did. Used
-by the equivalence test and, for timing, by benchmarks/bench_step.py.
+the published code did. Used by the equivalence test and, for timing, by benchmarks/bench_step.py.
+`reference_rloo_loss` does the same for the rloo estimator: one image and one sample at a time.
 """
 from __future__ import annotations
 
@@ -58,3 +58,43 @@ def reference_step(classifier, agent, classifier_optimizer, agent_optimizer, ima
     keep_loss.backward()
     classifier_optimizer.step()
     return baseline
+
+
+def reference_rloo_loss(classifier, logits, images, labels, uniform, cell: int, area: float, area_weight: float,
+                        prior_weight: float):
+    """The rloo estimator's loss (apga/estimators.py, METHOD.md section 8) one image and one sample
+    at a time, from the same uniform draws (K, B, 1, h, w) as the batched step."""
+    k_samples, b = uniform.shape[:2]
+    h, w = images.shape[-2] // cell, images.shape[-1] // cell
+    per_image_cells = []
+    for i in range(b):
+        per_image_cells.append(torch.stack([torch.stack([logits[i, 0, r * cell:(r + 1) * cell, c * cell:(c + 1) * cell].mean()
+                                                         for c in range(w)]) for r in range(h)]))  # (h, w)
+    classifier.eval()
+    rewards = torch.zeros(k_samples, b)
+    with torch.no_grad():
+        for i in range(b):
+            clean = F.cross_entropy(classifier(images[i:i + 1]), labels[i:i + 1]).item()
+            p = torch.sigmoid(per_image_cells[i])
+            for k in range(k_samples):
+                action = (uniform[k, i, 0] < p).float()  # (h, w)
+                marked = action.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
+                adversarial = (images[i] * (1 - marked)).unsqueeze(0)
+                rewards[k, i] = F.cross_entropy(classifier(adversarial), labels[i:i + 1]).item() - clean
+    classifier.train()
+    advantages = torch.zeros(k_samples, b)
+    for i in range(b):
+        for k in range(k_samples):
+            others = [rewards[j, i] for j in range(k_samples) if j != k]
+            advantages[k, i] = rewards[k, i] - sum(others) / len(others)
+    advantages = advantages / (advantages.square().mean().sqrt() + 1e-8)
+    policy, budget, prior = 0.0, 0.0, 0.0
+    for i in range(b):
+        p = torch.sigmoid(per_image_cells[i])
+        for k in range(k_samples):
+            action = (uniform[k, i, 0] < p.detach()).float()
+            log_prob = (action * torch.log(p) + (1 - action) * torch.log(1 - p)).mean()
+            policy = policy - advantages[k, i] * log_prob / (k_samples * b)
+        budget = budget + area_weight * (p.mean() - area) ** 2 / b
+        prior = prior - prior_weight * (area * torch.log(p) + (1 - area) * torch.log(1 - p)).mean() / b
+    return policy + budget + prior, rewards

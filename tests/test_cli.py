@@ -2,46 +2,63 @@
 from __future__ import annotations
 
 import pandas as pd
+import pytest
 from PIL import Image
 
 from cli_helpers import run_cli
 
 ALL_METHODS = {"baseline", "cutout", "gradcam", "end2end", "apga", "random"}
+FLOORS = {"random-pixels", "random-boxes", "brightest", "gradcam"}
 
 
 def test_cli_runs_every_method_and_collects_seeds(tiny_data, tmp_path):
     out = tmp_path / "runs"
     done = run_cli(tiny_data, out)
     assert done.returncode == 0, done.stderr[-2000:]
-    table = pd.read_csv(out / "results.csv")
-    assert set(table["method"]) == ALL_METHODS and len(table) == 6
+    table = pd.read_csv(out / "results.csv", keep_default_na=False, na_values=[""])
+    floors, table = table[table["method"] == "floor"], table[table["method"] != "floor"]
+    assert set(table["method"]) == ALL_METHODS and len(table) == 6 and set(floors["variant"]) == FLOORS
     assert set(table["seed"]) == {89} and set(table["body_part"]) == {"elbow"}
     assert table["accuracy"].between(0, 1).all() and table["best_epoch"].notna().all()
+    assert floors["accuracy"].isna().all() and floors["bone_precision_10"].between(0, 1).all()
     apga = table.set_index("method").loc["apga"]
     assert 0 <= apga["accuracy_tta"] <= 1 and 0 <= apga["mask_iou"] <= 1 and apga["estimator"] == "greedy"
     assert {"auroc", "kappa", "study_accuracy", "study_auroc", "study_kappa", "model_selection"} <= set(table.columns)
+    masking = table[table["method"].isin(["gradcam", "end2end", "apga", "random"])]
+    for column in ("bone_precision_10", "bone_precision_30", "finding_cover_10", "pointing_hit", "bone_auroc",
+                   "finding_auroc", "location_gap_10", "mask_sd", "occlusion_agreement_10", "collapsed"):
+        assert masking[column].notna().all(), column
+    assert table[table["method"].isin(["baseline", "cutout"])]["location_gap_10"].isna().all()
+    assert table["selection_evaluations"].ge(1).all() and table["data_fingerprint"].nunique() == 1
     gallery = out / "elbow-all-val" / "seed89" / "apga" / "gallery" / "final.png"
     assert Image.open(gallery).size[0] == 4 * 96
     assert (out / "elbow-all-val" / "seed89" / "baseline" / "metrics.csv").is_file()
     assert "| elbow | all | val | apga |" in done.stdout and (out / "summary.md").is_file()
+    assert "| elbow | all | val | floor[random-boxes] |" in (out / "summary.md").read_text()
+    for picture in ("accuracy_vs_shots-elbow.png", "paired_differences-elbow.png", "mask_quality-elbow-val.png",
+                    "elbow-all-val/seed89/apga/curves.png", "elbow-all-val/seed89/baseline/curves.png"):
+        assert Image.open(out / picture).size[0] > 300, picture
 
     again = run_cli(tiny_data, out, "--n-runs", "2", "--train-cutout", "0", "--train-gradcam", "0",
                     "--train-end2end", "0", "--train-random", "0")
     assert again.returncode == 0, again.stderr[-2000:]
     table = pd.read_csv(out / "results.csv")
-    assert len(table) == 8  # seed 89 was finished and is not redone; seed 90 adds baseline and apga
-    assert sorted(table[table["seed"] == 90]["method"]) == ["apga", "baseline"]
+    assert len(table) == 6 + 4 + 2 + 4  # seed 89 was finished and is not redone; seed 90 adds baseline, apga, floors
+    assert sorted(table[table["seed"] == 90]["method"]) == ["apga", "baseline"] + ["floor"] * 4
 
 
-def test_k_shot_holdout_and_sampled_estimator(tiny_data, tmp_path):
+def test_k_shot_holdout_and_rloo_estimator(tiny_data, tmp_path):
     out = tmp_path / "runs"
-    done = run_cli(tiny_data, out, "--n-shot", "4", "--model-selection", "holdout", "--estimator", "sample",
-                   "--train-cutout", "0", "--train-gradcam", "0", "--train-end2end", "0", "--train-random", "0")
+    done = run_cli(tiny_data, out, "--n-shot", "4", "--model-selection", "holdout", "--estimator", "rloo",
+                   "--fill", "blur", "--train-cutout", "0", "--train-gradcam", "0", "--train-end2end", "0")
     assert done.returncode == 0, done.stderr[-2000:]
     table = pd.read_csv(out / "results.csv", dtype={"n_shot": str})
     assert set(table["n_shot"]) == {"4"} and set(table["model_selection"]) == {"holdout"}
-    assert table.set_index("method").loc["apga", "variant"] == "sample"
-    assert (out / "elbow-4-holdout" / "seed89" / "apga-sample" / "result.json").is_file()
+    rows = table.set_index("method")
+    assert rows.loc["apga", "variant"] == rows.loc["random", "variant"] == "rloo-blurfill"
+    assert rows.loc["apga", "mask_area"] == pytest.approx(round(0.1 * 64) / 64)  # the top-rho cells of an 8 x 8 grid
+    assert rows.loc["random", "keep_area"] == rows.loc["apga", "selection_mask_area"]
+    assert (out / "elbow-4-holdout" / "seed89" / "apga-rloo-blurfill" / "result.json").is_file()
 
 
 def test_help_lists_every_flag():

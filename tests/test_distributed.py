@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pandas as pd
+import torch
 
 from cli_helpers import ROOT, TINY_FLAGS, environment
 
@@ -21,7 +22,67 @@ def test_torchrun_two_processes_write_one_set_of_results(tiny_data, tmp_path):
     assert "x 2 ranks" in done.stdout
     assert done.stdout.count("APGA on elbow") == 1  # only rank 0 prints
     table = pd.read_csv(out / "results.csv")
-    assert sorted(table["method"]) == ["apga", "baseline", "end2end"]  # one row each, not one per rank
-    assert table["accuracy"].between(0, 1).all()
+    assert sorted(table["method"]) == ["apga", "baseline", "end2end"] + ["floor"] * 4  # one row each, not one per rank
+    assert table[table["method"] != "floor"]["accuracy"].between(0, 1).all()
     history = pd.read_csv(out / "elbow-all-val" / "seed89" / "apga" / "metrics.csv")
     assert history["train_reward"].notna().all()
+
+
+class _Classifier(torch.nn.Module):
+    """Small and without batch norm, so that two half batches are one full batch."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(),
+                                            torch.nn.AdaptiveAvgPool2d(4))
+        self.classifier = torch.nn.Linear(64, 2)
+
+    def forward(self, images):
+        return self.classifier(self.features(images).flatten(1))
+
+
+def _apga_after_one_step(rank: int, world_size: int, store: str, out: str) -> None:
+    """One APGA step (greedy estimator) of rank `rank`'s share of a fixed batch, under DDP with
+    `world_size` processes (1: no process group); the trained parameters are saved to `out`."""
+    from apga.config import make_config
+    from apga.distributed import Dist, wrap
+    from apga.methods.apga import APGA
+    from apga.models import build_agent
+    from apga.train import Precision, make_optimizers, run_step
+
+    torch.set_num_threads(1)
+    if world_size > 1:
+        torch.distributed.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world_size)
+    torch.manual_seed(0)
+    images, labels = torch.rand(8, 3, 32, 32), torch.tensor([0, 1, 1, 0, 1, 0, 0, 1])
+    classifier, agent = _Classifier(), build_agent(width=2)
+    dist = Dist(rank, world_size)
+    method = APGA(make_config(preset="cpu", image_size=32, finetune_lr=1e-2, agent_lr=1e-2), classifier, agent)
+    cpu = torch.device("cpu")
+    method.classifier, method.agent, method.dist = wrap(classifier, dist, cpu), wrap(agent, dist, cpu), dist
+    method.estimator.reward_baseline = torch.tensor(0.0)
+    share = slice(rank * 8 // world_size, (rank + 1) * 8 // world_size)
+    optimizers = make_optimizers(method)
+    logs = list(run_step(method, images[share], labels[share], optimizers, torch.amp.GradScaler("cpu", enabled=False),
+                         Precision("cpu", None)))
+    torch.save({"classifier": classifier.state_dict(), "agent": agent.state_dict(), "reward": logs[1]["reward"]}, out)
+    if world_size > 1:
+        torch.distributed.destroy_process_group()
+
+
+def _spawned(rank, store, folder):
+    _apga_after_one_step(rank, 2, store, f"{folder}/rank{rank}.pt")
+
+
+def test_two_processes_take_the_step_of_one_process_on_the_whole_batch(tmp_path):
+    """DDP averages gradients and APGA averages its reward over ranks: with equal shares and no
+    batch norm, two processes on half a batch each end where one process on the whole batch does."""
+    _apga_after_one_step(0, 1, "", str(tmp_path / "single.pt"))
+    torch.multiprocessing.spawn(_spawned, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=2)
+    single = torch.load(tmp_path / "single.pt")
+    for rank in (0, 1):
+        ranked = torch.load(tmp_path / f"rank{rank}.pt")
+        assert torch.allclose(ranked["reward"], single["reward"], atol=1e-6)
+        for network in ("classifier", "agent"):
+            for name, value in single[network].items():
+                torch.testing.assert_close(ranked[network][name], value, rtol=1e-4, atol=1e-6, msg=name)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from apga.checkpoint import save_checkpoint
 from apga.config import make_config
 from apga.data import make_loader, prepare_run_data, to_model_input
+from apga.masks import kept_images
 from apga.methods import METHODS
 from apga.models import build_agent, build_classifier
 from apga.runner import build_method
@@ -43,7 +44,7 @@ def test_method_runs_real_steps(name, tiny_config, tmp_path):
     torch.manual_seed(0)
     method = build_method(name, config, torch.device("cpu"), _untrained_baseline(config, tmp_path))
     if name == "apga":
-        method.reward_baseline = torch.tensor(0.0)  # so the first advantage is not 0 by definition
+        method.estimator.reward_baseline = torch.tensor(0.0)  # so the first advantage is not 0 by definition
     classifier_before = copy.deepcopy(method.classifier.state_dict())
     agent_before = copy.deepcopy(method.agent.state_dict()) if method.agent is not None else None
     reference_before = copy.deepcopy(method.reference.state_dict()) if hasattr(method, "reference") else None
@@ -134,7 +135,8 @@ def test_mixed_precision_step_follows_full_precision(name, dtype, tiny_config, t
     losses of the full-precision step from the same state, and trains the same networks."""
     config = tiny_config(body_part="elbow")
     data = prepare_run_data(config, seed=1)
-    images_u8, labels, _, _ = data.train.dataset.__getitems__(list(range(8)))
+    batch = data.train.dataset.__getitems__(list(range(8)))
+    images_u8, labels = batch["image"], batch["label"]
     images = to_model_input(images_u8)
     torch.manual_seed(0)
     baseline_checkpoint = _untrained_baseline(config, tmp_path)
@@ -144,12 +146,14 @@ def test_mixed_precision_step_follows_full_precision(name, dtype, tiny_config, t
         method = build_method(name, config, torch.device("cpu"), baseline_checkpoint)
         method.generator = torch.Generator().manual_seed(0)
         if name == "apga":
-            method.reward_baseline = torch.tensor(0.0)
+            method.estimator.reward_baseline = torch.tensor(0.0)
         before = copy.deepcopy({n: net.state_dict() for n, (net, _) in method.networks().items()})
-        scaler = precision.scaler()
+        scaler, optimizers = precision.scaler(), make_optimizers(method)
         logs = {}
-        for phase_logs in run_step(method, images, labels, make_optimizers(method), scaler, precision):
+        for phase_logs in run_step(method, images, labels, optimizers, scaler, precision):
             logs.update({k: v.item() for k, v in phase_logs.items()})
+        for _ in range(2):  # fp16's scaler may skip the first steps (an overflow at its initial scale) by design
+            list(run_step(method, images, labels, optimizers, scaler, precision))
         moved = {n: _changed(before[n], net) for n, (net, _) in method.networks().items()}
         runs[precision.dtype] = logs, moved, scaler
     (full, full_moved, _), (mixed, mixed_moved, scaler) = runs[None], runs[dtype]
@@ -202,3 +206,99 @@ def test_host_sync_guard_catches_the_per_image_reference():
     optimizers = (torch.optim.Adam(classifier.parameters()), torch.optim.Adam(agent.parameters()))
     with host_syncs_forbidden(), pytest.raises(AssertionError, match="host sync"):
         reference_step(classifier, agent, *optimizers, torch.rand(2, 3, 32, 32), torch.tensor([0, 1]), None)
+
+
+def _inputs_of_classifier_calls(classifier) -> list[torch.Tensor]:
+    """Records the input of every forward call of `classifier` (hook kept for the test's life)."""
+    calls = []
+    classifier.register_forward_pre_hook(lambda module, inputs: calls.append(inputs[0].detach().clone()))
+    return calls
+
+
+@pytest.mark.parametrize("estimator", ["greedy", "rloo"])
+def test_apga_kept_region_step_uses_the_updated_agents_mask(estimator, tiny_config, tmp_path):
+    config = tiny_config(estimator=estimator, agent_lr=0.5)
+    method = build_method("apga", config, torch.device("cpu"), _untrained_baseline(config, tmp_path))
+    method.generator = torch.Generator().manual_seed(0)
+    method.estimator.reward_baseline = torch.tensor(0.0) if estimator == "greedy" else None
+    torch.manual_seed(3)
+    images, labels = torch.rand(8, 3, 32, 32), torch.tensor([0, 1] * 4)
+    keep_before = method.keep_mask(method.mask_probabilities(images))
+    calls = _inputs_of_classifier_calls(method.classifier)
+    list(run_step(method, images, labels, make_optimizers(method), torch.amp.GradScaler("cpu", enabled=False),
+                  Precision("cpu", None)))
+    keep_after = method.keep_mask(method.mask_probabilities(images))
+    assert not torch.equal(keep_before, keep_after)  # the agent's step changed the mask
+    assert torch.equal(calls[-1], kept_images(images, keep_after))  # and the kept-region step saw the new one
+
+
+def test_end2end_loss_weights_and_gradient_through_the_soft_mask(tiny_config, tmp_path):
+    config = tiny_config()
+    method = build_method("end2end", config, torch.device("cpu"), _untrained_baseline(config, tmp_path))
+    with torch.no_grad():
+        method.agent.final.bias.fill_(0.8)  # p near 0.69, so BCE(p, 0) != BCE(p, 1)
+    torch.manual_seed(0)
+    images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 1, 0])
+    phases = method.phases(images, labels)
+    next(phases)
+    masked = next(phases)
+    assert masked.networks == ("classifier", "agent")
+    p = torch.sigmoid(method.agent(images).float())
+    expected = (F.cross_entropy(method.classifier(images * p), labels)
+                + 0.5 * F.binary_cross_entropy(p, torch.zeros_like(p)) + 0.6 * F.binary_cross_entropy(p, torch.ones_like(p)))
+    torch.testing.assert_close(masked.loss, expected, rtol=1e-5, atol=1e-6)
+    ours = torch.autograd.grad(masked.loss, list(method.agent.parameters()))
+    theirs = torch.autograd.grad(expected, list(method.agent.parameters()))
+    for a, b in zip(ours, theirs):  # the classification loss reaches the agent through x * p
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-8)
+
+
+def test_gradcam_keeps_where_the_frozen_baselines_cam_exceeds_one_half(tiny_config, tmp_path):
+    from apga.gradcam import grad_cam
+
+    config = tiny_config()
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "trained.pt"
+    trained = build_classifier(config.classifier)
+    with torch.no_grad():  # a baseline whose CAM is not flat
+        for parameter in trained.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    save_checkpoint(checkpoint, {"classifier": trained.state_dict()})
+    method = build_method("gradcam", config, torch.device("cpu"), checkpoint)
+    images, labels = torch.rand(6, 3, 64, 64), torch.tensor([0, 1, 1, 0, 1, 0])  # 64 px: a 2 x 2 CAM
+    cam = grad_cam(method.reference, images)
+    keep = (cam > 0.5).float()
+    assert 0.02 < keep.mean() < 0.98
+    calls = _inputs_of_classifier_calls(method.classifier)
+    phases = list(method.phases(images, labels))
+    assert torch.equal(calls[-1], images * keep) and phases[-1].logs["keep_area"].item() == pytest.approx(keep.mean().item())
+
+
+@pytest.mark.parametrize("area", [0.15, 0.6])
+def test_random_floor_keeps_boxes_of_its_area(area, tiny_config, tmp_path):
+    config = tiny_config()
+    method = build_method("random", config, torch.device("cpu"), _untrained_baseline(config, tmp_path), keep_area=area)
+    method.generator = torch.Generator().manual_seed(0)
+    images = torch.rand(64, 3, 32, 32) + 0.1  # no pixel is 0, so the kept region is where the input is not
+    calls = _inputs_of_classifier_calls(method.classifier)
+    list(method.phases(images, torch.zeros(64, dtype=torch.long)))
+    kept_area = (calls[-1][:, 0] != 0).float().flatten(1).mean(1)
+    assert abs(kept_area.mean().item() - area) < 0.02 and kept_area.std() < 0.05
+    assert method.inputs() == {"keep_area": area}
+
+
+def test_frozen_kept_norm_leaves_the_running_statistics_to_the_clean_images(tiny_config, tmp_path):
+    images, labels = torch.rand(8, 3, 32, 32), torch.tensor([0, 1] * 4)
+    for kept_norm, moved in (("batch", True), ("frozen", False)):
+        config = tiny_config(kept_norm=kept_norm)
+        method = build_method("random", config, torch.device("cpu"), _untrained_baseline(config, tmp_path),
+                              keep_area=0.2)
+        method.generator = torch.Generator().manual_seed(0)
+        norm = method.classifier.features.norm0
+        phases = method.phases(images, labels)
+        next(phases)  # the clean step updates the running statistics
+        after_clean = norm.running_mean.clone(), norm.running_var.clone()
+        kept = next(phases)
+        assert torch.equal(norm.running_mean, after_clean[0]) != moved and kept.loss.requires_grad
+        assert torch.equal(norm.running_var, after_clean[1]) != moved and method.classifier.training
+        assert method.variant == ("" if kept_norm == "batch" else "frozenbn")

@@ -4,15 +4,16 @@ from __future__ import annotations
 import multiprocessing
 
 import pandas as pd
+import pytest
 
-from apga.report import summarize, to_markdown
-from apga.results import append_row, read_results
+from apga.report import summarize, summarize_masks, to_markdown
+from apga.results import upsert_row, read_results
 
 
 def _writer(args):
     path, worker = args
     for i in range(10):
-        append_row(path, {"body_part": "elbow", "seed": worker, "n_shot": "all", "method": f"m{i}",
+        upsert_row(path, {"body_part": "elbow", "seed": worker, "n_shot": "all", "method": f"m{i}",
                           "variant": "", "model_selection": "val", "accuracy": i / 10, "run_id": f"{worker}/{i}"})
 
 
@@ -27,23 +28,40 @@ def test_concurrent_writers_lose_no_row(tmp_path):
 
 def test_rows_are_appended_with_new_columns(tmp_path):
     path = tmp_path / "results.csv"
-    append_row(path, {"body_part": "hand", "seed": 89, "method": "baseline", "accuracy": 0.5})
-    append_row(path, {"body_part": "hand", "seed": 89, "method": "apga", "accuracy": 0.6, "accuracy_tta": 0.7})
+    upsert_row(path, {"body_part": "hand", "seed": 89, "method": "baseline", "accuracy": 0.5})
+    upsert_row(path, {"body_part": "hand", "seed": 89, "method": "apga", "accuracy": 0.6, "accuracy_tta": 0.7})
     table = read_results(path)
     assert table["method"].tolist() == ["baseline", "apga"]
     assert pd.isna(table["accuracy_tta"][0]) and table["accuracy_tta"][1] == 0.7
 
 
-def test_summary_means_deltas_and_wins():
+def test_summary_paired_differences_with_their_interval():
     rows = []
     for seed, base, apga in ((89, 0.70, 0.75), (90, 0.80, 0.78), (91, 0.60, 0.66)):
         for method, accuracy in (("baseline", base), ("apga", apga)):
             rows.append({"body_part": "elbow", "n_shot": "all", "model_selection": "val", "seed": seed,
-                         "method": method, "variant": "", "accuracy": accuracy})
+                         "method": method, "variant": "", "accuracy": accuracy, "selection_evaluations": 4})
+    rows.append({"body_part": "elbow", "n_shot": "all", "model_selection": "val", "seed": 92, "method": "apga",
+                 "variant": "", "accuracy": 0.99})  # a seed without a baseline: in the mean, not in the pairs
     summary = summarize(pd.DataFrame(rows)).set_index("method")
-    assert abs(summary.loc["apga", "accuracy_mean"] - 0.73) < 1e-9
-    assert abs(summary.loc["apga", "delta_vs_baseline"] - 0.03) < 1e-9
-    assert summary.loc["apga", "wins"] == "2/3"
+    apga = summary.loc["apga"]
+    assert abs(apga["accuracy_mean"] - (0.75 + 0.78 + 0.66 + 0.99) / 4) < 1e-9
+    # paired differences 0.05, -0.02, 0.06: mean 0.03, sd 0.04359, t(0.975, 2) = 4.3027
+    assert abs(apga["delta"] - 0.03) < 1e-9 and apga["pairs"] == 3 and apga["wins"] == 2
+    half = 4.302653 * 0.0435890 / 3 ** 0.5
+    assert abs(apga["delta_low"] - (0.03 - half)) < 1e-5 and abs(apga["delta_high"] - (0.03 + half)) < 1e-5
     assert abs(summary.loc["baseline", "accuracy_std"] - 0.1) < 1e-9
-    # std of 0.75, 0.78, 0.66 = sqrt(0.0078 / 2) = 0.062
-    assert "| elbow | all | val | apga | 3 | 0.730 ± 0.062 | +0.030 | 2/3 |" in to_markdown(summarize(pd.DataFrame(rows)))
+    table = to_markdown(summarize(pd.DataFrame(rows)))
+    assert "| elbow | all | val | apga | 4 | 0.795 ± 0.140 | +0.030 [-0.078, +0.138] | 2/3 |" in table
+
+
+def test_mask_quality_summary_counts_collapsed_seeds():
+    rows = [{"body_part": "elbow", "n_shot": "all", "model_selection": "val", "seed": seed, "method": "apga",
+             "variant": "rloo", "accuracy": 0.7, "location_gap_10": gap, "bone_precision_10": precision,
+             "collapsed": collapsed} for seed, gap, precision, collapsed in ((1, 5.0, 0.9, 0), (2, 7.0, 0.7, 1))]
+    rows.append({"body_part": "elbow", "n_shot": "all", "model_selection": "val", "seed": 1, "method": "floor",
+                 "variant": "random-boxes", "location_gap_10": 1.0, "bone_precision_10": 0.6})
+    summary = summarize_masks(pd.DataFrame(rows)).set_index("method")
+    assert summary.loc["apga[rloo]", "bone_precision_10"] == pytest.approx(0.8)
+    assert summary.loc["apga[rloo]", "collapsed"] == "1/2" and summary.loc["floor[random-boxes]", "collapsed"] == ""
+    assert list(summary.index) == ["apga[rloo]", "floor[random-boxes]"]

@@ -8,6 +8,7 @@ networks (APGA's step 8 uses the agent updated in step 7).
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import ClassVar, Iterator
 
@@ -16,7 +17,28 @@ import torch.nn.functional as F
 from torch import nn
 
 from apga.distributed import Dist
-from apga.masks import kept_images
+from apga.masks import greedy_action, kept_images
+
+
+def blanking_variant(config, kept_step: bool = True) -> str:
+    """The non-paper settings of how pixels are blanked and kept: the fill, the kept-region norm."""
+    parts = [f"{config.fill}fill"] if config.fill != "zero" else []
+    if kept_step and config.kept_norm != "batch":
+        parts.append(f"{config.kept_norm}bn")
+    return "-".join(parts)
+
+
+@contextlib.contextmanager
+def batch_norm_frozen(network: nn.Module):
+    """Batch-norm layers in eval mode for the block (running statistics used, not updated)."""
+    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    for norm in norms:
+        norm.eval()
+    try:
+        yield
+    finally:
+        for norm in norms:
+            norm.train()
 
 
 @dataclass
@@ -31,13 +53,14 @@ class Method:
 
     name: ClassVar[str] = "baseline"
     uses_agent: ClassVar[bool] = False          # the runner builds the UNet11 agent for it
-    validates_mid_epoch: ClassVar[bool] = False  # also validate every `val_every` iterations
+    mid_epoch_validation: ClassVar[bool] = False  # the paper's: also validate every `val_every` iterations
     fine_tuned: ClassVar[bool] = True            # starts from the best baseline checkpoint
 
     def __init__(self, config, classifier: nn.Module, agent: nn.Module | None = None):
         self.config = config
         self.classifier = classifier
         self.agent = agent
+        self.fill = config.fill  # what blanked pixels become (masks.fill_values)
         self.generator: torch.Generator | None = None  # on the batch's device; reseeded each epoch by the loop
         self.dist = Dist()  # set by the runner under torchrun
 
@@ -45,15 +68,27 @@ class Method:
         """Config fields that cannot change this method's run: a finished or interrupted run of it
         is resumed even when they differ (e.g. APGA's estimator does not touch the baseline)."""
         ignored = set()
+        if self.name != "apga":
+            ignored |= {"estimator"}
+        if self.name != "apga" or self.config.estimator != "rloo":
+            ignored |= {"mask_cell", "policy_samples", "mask_area", "area_weight", "prior_weight"}
         if not self.uses_agent:
             ignored |= {"agent_scale", "agent_width", "agent_lr"}
         if not self.fine_tuned:
-            ignored |= {"finetune_lr", "finetune_epochs"}
-        if not self.validates_mid_epoch:
+            ignored |= {"finetune_lr", "finetune_epochs", "fill"}
+        if self.name in ("baseline", "cutout"):
+            ignored.add("kept_norm")  # no kept-region step
+        if self.mid_epoch_validation:
+            ignored.add("val_cadence")  # it validates every --val-every iterations under either cadence
+        elif not self.validates_mid_epoch:
             ignored.add("val_every")
-        if self.name != "apga":
-            ignored.add("estimator")
         return ignored
+
+    @property
+    def validates_mid_epoch(self) -> bool:
+        """Also validate every `val_every` iterations: APGA and end-to-end (the paper), or every
+        method under `--val-cadence equal`."""
+        return self.mid_epoch_validation or self.config.val_cadence == "equal"
 
     def networks(self) -> dict[str, tuple[nn.Module, float]]:
         """Name -> (network, learning rate) of everything this method trains."""
@@ -64,14 +99,18 @@ class Method:
 
     @property
     def variant(self) -> str:
-        """Distinguishes settings of one method in results ('' for the default)."""
-        return ""
+        """Distinguishes settings of one method in results ('' for the paper's)."""
+        return blanking_variant(self.config, kept_step=self.name not in ("baseline", "cutout")) if self.fine_tuned else ""
+
+    def inputs(self) -> dict:
+        """What this run starts from beyond its settings and data (part of its identity)."""
+        return {}
 
     def phases(self, images: torch.Tensor, labels: torch.Tensor) -> Iterator[Phase]:
         yield self.classifier_phase(images, labels, "loss")
 
     def mask_probabilities(self, images: torch.Tensor) -> torch.Tensor | None:
-        """(B, 1, H, W) in [0, 1] for masking methods (keep where > 0.5), else None.
+        """(B, 1, H, W) in [0, 1] for masking methods (their map: what evaluation ranks), else None.
 
         Methods with an agent: its probabilities p = sigmoid(agent(x))."""
         if self.agent is None:
@@ -79,14 +118,33 @@ class Method:
         with torch.no_grad():
             return torch.sigmoid(self.agent(images).float())
 
+    def keep_mask(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """The deterministic (B, 1, H, W) mask of the kept-region step and of evaluation: p > 0.5."""
+        return greedy_action(probabilities)
+
+    def policy_area(self, probabilities: torch.Tensor) -> torch.Tensor:
+        """The expected fraction of pixels the method marks, per image (B,): its keep mask's area,
+        unless its policy samples (then the mean of p). A collapsed mask has this near 0 or 1."""
+        return self.keep_mask(probabilities).flatten(1).mean(1)
+
     # --- helpers shared by the methods ------------------------------------------------
     def classifier_phase(self, images: torch.Tensor, labels: torch.Tensor, log_name: str) -> Phase:
         loss = F.cross_entropy(self.classifier(images), labels)
         return Phase(loss, ("classifier",), {log_name: loss.detach()})
 
     def kept_region_phase(self, images: torch.Tensor, labels: torch.Tensor, keep: torch.Tensor) -> Phase:
-        """Classifier step on x * keep, the image with only the kept region (APGA's step 8)."""
-        phase = self.classifier_phase(kept_images(images, keep), labels, "keep_loss")
+        """Classifier step on the image with only the kept region (APGA's step 8).
+
+        `--kept-norm batch` (the paper): batch norm normalises the kept images with their own
+        statistics and folds them into its running averages, which evaluation then applies to
+        clean images. `frozen`: the step normalises with the running statistics of the clean
+        images and leaves them as they are (auxiliary batches kept out of BN, as AdvProp does)."""
+        kept = kept_images(images, keep, self.fill)
+        if self.config.kept_norm == "frozen":
+            with batch_norm_frozen(self.classifier):
+                phase = self.classifier_phase(kept, labels, "keep_loss")
+        else:
+            phase = self.classifier_phase(kept, labels, "keep_loss")
         phase.logs["keep_area"] = keep.mean()
         return phase
 

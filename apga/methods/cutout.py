@@ -11,4 +11,4 @@ class Cutout(Method):
     def phases(self, images, labels):
         yield self.classifier_phase(images, labels, "clean_loss")
         erased = cutout_masks(images, self.generator)  # (B, 1, H, W), a different box per image
-        yield self.classifier_phase(adversarial_images(images, erased), labels, "cutout_loss")
+        yield self.classifier_phase(adversarial_images(images, erased, self.fill), labels, "cutout_loss")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from apga.masks import area_penalty, greedy_action
+from apga.masks import area_penalty
 from apga.methods.base import Method, Phase
 
 EMPTY_PENALTY, FULL_PENALTY = 0.5, 0.6
@@ -17,7 +17,7 @@ EMPTY_PENALTY, FULL_PENALTY = 0.5, 0.6
 class EndToEnd(Method):
     name = "end2end"
     uses_agent = True
-    validates_mid_epoch = True
+    mid_epoch_validation = True
 
     def phases(self, images, labels):
         yield self.classifier_phase(images, labels, "clean_loss")
@@ -27,4 +27,4 @@ class EndToEnd(Method):
         penalty = area_penalty(logits, EMPTY_PENALTY, FULL_PENALTY)
         yield Phase(masked_loss + penalty, ("classifier", "agent"),
                     {"masked_loss": masked_loss.detach(), "mask_area": soft_mask.detach().mean()})
-        yield self.kept_region_phase(images, labels, greedy_action(self.mask_probabilities(images)))
+        yield self.kept_region_phase(images, labels, self.keep_mask(self.mask_probabilities(images)))

@@ -6,7 +6,6 @@ import copy
 import torch
 
 from apga.gradcam import grad_cam
-from apga.masks import greedy_action
 from apga.methods.base import Method
 
 
@@ -20,7 +19,7 @@ class GradCamMasking(Method):
 
     def phases(self, images, labels):
         yield self.classifier_phase(images, labels, "clean_loss")
-        yield self.kept_region_phase(images, labels, greedy_action(self.mask_probabilities(images)))
+        yield self.kept_region_phase(images, labels, self.keep_mask(self.mask_probabilities(images)))
 
     def mask_probabilities(self, images):
         with torch.autocast(images.device.type, enabled=False):

@@ -1,14 +1,16 @@
 """The random-mask floor: keep one random box per image, of the same area as APGA's masks.
 
 If masking anything at all helps, this method shows it; gains of APGA over it are gains of
-*where* the agent masks. The kept area is APGA's mean kept area on the validation split of the
-same run (0.5 when APGA was not run).
+*where* the agent masks. The kept area is APGA's mean kept area on the selection split at APGA's
+selected checkpoint, for the same seed and APGA variant (0.5 when APGA has not run): the runner
+passes it in, it is part of the run's identity (`inputs`), and the variant is APGA's.
 """
 from __future__ import annotations
 
 import torch
 
 from apga.masks import random_boxes
+from apga.methods.apga import apga_variant
 from apga.methods.base import Method
 from apga.utils import derive_seed
 
@@ -21,6 +23,13 @@ class RandomMasking(Method):
     def __init__(self, config, classifier, agent=None, keep_area: float = DEFAULT_KEEP_AREA):
         super().__init__(config, classifier, agent)
         self.keep_area = float(keep_area)
+
+    @property
+    def variant(self) -> str:
+        return apga_variant(self.config)
+
+    def inputs(self) -> dict:
+        return {"keep_area": self.keep_area}
 
     def phases(self, images, labels):
         yield self.classifier_phase(images, labels, "clean_loss")

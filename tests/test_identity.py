@@ -1,0 +1,100 @@
+"""A results row is true for the run and the data it names: reruns, other data, other inputs."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from apga.checkpoint import load_checkpoint, save_checkpoint
+from apga.errors import CheckpointError
+from apga.results import read_results
+from apga.runner import run
+from apga.synthetic import generate
+from apga.utils import file_digest
+
+ONLY = dict(train_cutout=0, train_gradcam=0, train_end2end=0, train_apga=0, train_random=0)
+
+
+def _row(out, method):
+    table = read_results(out)
+    rows = table[table["method"] == method]
+    assert len(rows) == 1, rows
+    return rows.iloc[0]
+
+
+def _saved(out, run_id, name="result.json"):
+    return json.loads((Path(out) / run_id / name).read_text())
+
+
+def test_a_rerun_with_resume_0_replaces_the_row(tiny_config):
+    config = tiny_config(**ONLY)
+    run(config)
+    first = _row(config.out_dir, "baseline")
+    run(tiny_config(**ONLY, lr=0.3, resume=False))
+    row = _row(config.out_dir, "baseline")  # still one row for the run id, now the new run's
+    assert json.loads(row["config"])["lr"] == 0.3 and json.loads(first["config"])["lr"] != 0.3
+    result = _saved(config.out_dir, row["run_id"])
+    assert row["accuracy"] == result["accuracy"] and row["auroc"] == result["auroc"]
+    assert _saved(config.out_dir, row["run_id"], "config.json")["lr"] == 0.3
+
+
+def test_a_finished_run_is_not_reused_on_other_data(tiny_config, tmp_path, capsys):
+    other = tmp_path / "other"
+    generate(other, seed=4, train_patients=10, valid_patients=5, parts=("elbow",), min_side=40, max_side=56)
+    config = tiny_config(**ONLY)
+    run(config)
+    before = _row(config.out_dir, "baseline")
+    with pytest.raises(CheckpointError, match="trained on other data"):
+        run(tiny_config(**ONLY, data_root=str(other)))
+    run(tiny_config(**ONLY, data_root=str(other), resume=False))
+    after = _row(config.out_dir, "baseline")
+    assert after["data_fingerprint"] != before["data_fingerprint"]
+    assert after["accuracy"] == _saved(config.out_dir, after["run_id"])["accuracy"]
+
+
+def test_skipping_an_unreadable_image_changes_the_data_fingerprint(tiny_data, tiny_config, tmp_path):
+    from apga.data import prepare_run_data
+
+    copy = tmp_path / "data"
+    shutil.copytree(tiny_data, copy)
+    before = prepare_run_data(tiny_config(data_root=str(copy)), seed=1).fingerprint
+    assert prepare_run_data(tiny_config(data_root=str(copy)), seed=1).fingerprint == before  # stable
+    paths = (copy / "MURA-v1.1" / "train_image_paths.csv").read_text().split()
+    (copy / next(p for p in paths if "XR_ELBOW" in p)).write_bytes(b"\x89PNG broken")
+    after = prepare_run_data(tiny_config(data_root=str(copy), skip_bad_images=True), seed=1).fingerprint
+    assert after != before
+
+
+def test_random_floor_takes_apgas_selection_area_and_is_retrained_when_it_changes(tiny_config, capsys):
+    config = tiny_config(model_selection="holdout", holdout_fraction=0.3, train_cutout=0, train_gradcam=0,
+                         train_end2end=0, train_apga=0)
+    run(config)  # APGA off: the floor keeps half the image
+    assert _row(config.out_dir, "random")["keep_area"] == 0.5
+    capsys.readouterr()
+    run(tiny_config(model_selection="holdout", holdout_fraction=0.3, train_cutout=0, train_gradcam=0, train_end2end=0))
+    apga, floor = _row(config.out_dir, "apga"), _row(config.out_dir, "random")
+    assert "training it anew" in capsys.readouterr().out
+    assert floor["keep_area"] == apga["selection_mask_area"] != 0.5  # from the selection split, not the report
+    assert _saved(config.out_dir, floor["run_id"], "config.json")["inputs"]["keep_area"] == floor["keep_area"]
+
+
+def test_a_fine_tuned_run_is_retrained_when_its_baseline_changed(tiny_config, capsys):
+    config = tiny_config(train_gradcam=0, train_end2end=0, train_apga=0, train_random=0)
+    run(config)
+    out = Path(config.out_dir)
+    cutout_before = _row(out, "cutout")
+    inputs_before = _saved(out, cutout_before["run_id"], "config.json")["inputs"]
+    best = out / _row(out, "baseline")["run_id"] / "best.pt"
+    state = load_checkpoint(best)
+    state["classifier"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in state["classifier"].items()}
+    save_checkpoint(best, state)  # as if the baseline had been trained again
+    capsys.readouterr()
+    run(config)
+    assert "training it anew" in capsys.readouterr().out
+    cutout_after = _row(out, "cutout")
+    assert cutout_after["run_id"] == cutout_before["run_id"]
+    assert cutout_after["accuracy"] == _saved(out, cutout_after["run_id"])["accuracy"]
+    assert _saved(out, cutout_after["run_id"], "config.json")["inputs"] == {"baseline": file_digest(best)}
+    assert inputs_before != {"baseline": file_digest(best)}

@@ -1,0 +1,99 @@
+"""`python -m apga.predict`: a trained run applied to a study folder, a folder of PNGs and a CSV."""
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from apga import mura
+from apga.checkpoint import load_checkpoint, save_checkpoint
+from apga.data import prepare_run_data
+from apga.evaluation import predict
+from apga.predict import load_run, run_prediction
+from apga.runner import run
+from cli_helpers import ROOT, environment
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_data, tmp_path_factory):
+    from apga.config import make_config
+    from conftest import TINY
+
+    folder = tmp_path_factory.mktemp("trained")
+    config = make_config(**{**TINY, "data_root": str(tiny_data), "out_dir": str(folder / "runs"),
+                            "cache_dir": str(folder / "cache"), "estimator": "rloo", "train_cutout": 0,
+                            "train_end2end": 0, "train_random": 0})
+    run(config)
+    return config, folder / "runs" / "elbow-all-val" / "seed89"
+
+
+def test_predictions_on_a_csv_equal_the_runs_own_evaluation(trained, tiny_data, tmp_path):
+    config, seed_dir = trained
+    data = prepare_run_data(config, seed=89)
+    csv = tmp_path / "valid.csv"
+    pd.DataFrame({"path": [str(tiny_data / p) for p in data.report.index["path"]],
+                  "study": data.report.index["study"], "label": data.report.index["label"]}).to_csv(csv, index=False)
+    path = run_prediction(str(seed_dir / "apga-rloo"), str(csv), out=str(tmp_path / "out"), max_overlays=3)
+    predictions = pd.read_csv(path, keep_default_na=False, na_values=[""])
+    method, _ = load_run(seed_dir / "apga-rloo", torch.device("cpu"))
+    expected, _ = predict(method, data.report, torch.device("cpu"), batch_size=8, autocast=contextlib.nullcontext,
+                          channels_last=config.channels_last)
+    np.testing.assert_allclose(predictions["probability"], expected["p"], rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(predictions["probability_tta"], expected["p_tta"], rtol=1e-4, atol=1e-6)
+    studies = predictions.groupby("study")["probability"].mean()
+    np.testing.assert_allclose(predictions["study_probability"], predictions["study"].map(studies))
+    assert predictions["kept_area"].round(4).eq(round(round(0.1 * 64) / 64, 4)).all()
+    overlays = sorted((tmp_path / "out" / "overlays").glob("*.png"))
+    assert len(overlays) == 3 and Image.open(overlays[0]).size[0] == 4 * 96
+
+
+def test_a_study_folder_and_a_plain_folder_in_a_real_process(trained, tiny_data, tmp_path):
+    _, seed_dir = trained
+    valid = mura.select_body_part(mura.load_split(tiny_data, "valid"), "elbow")
+    study = tiny_data / valid["study"].iloc[0]
+    done = subprocess.run([sys.executable, "-m", "apga.predict", str(seed_dir / "gradcam"), str(study),
+                           "--out", str(tmp_path / "study")], capture_output=True, text=True, env=environment(),
+                          cwd=ROOT, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    predictions = pd.read_csv(tmp_path / "study" / "predictions.csv")
+    assert len(predictions) == (valid["study"] == valid["study"].iloc[0]).sum()
+    assert predictions["study"].nunique() == 1 and predictions["study_probability"].nunique() == 1
+    assert predictions["label"].eq(valid["label"].iloc[0]).all() and predictions["probability"].between(0, 1).all()
+
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    for i, file in enumerate(sorted(study.glob("*.png"))):
+        (plain / f"x{i}.png").write_bytes(file.read_bytes())
+    run_prediction(str(seed_dir / "baseline"), str(plain), out=str(tmp_path / "plain-out"))
+    predictions = pd.read_csv(tmp_path / "plain-out" / "predictions.csv", keep_default_na=False, na_values=[""])
+    assert predictions["study_probability"].isna().all() and "probability_tta" not in predictions.columns
+    assert not (tmp_path / "plain-out" / "overlays").exists()  # the baseline has no masks
+
+
+def test_refuses_another_version_and_a_corrupted_checkpoint(trained, tmp_path, capsys):
+    from apga.predict import main
+
+    _, seed_dir = trained
+    copy = tmp_path / "seed" / "baseline"
+    copy.mkdir(parents=True)
+    state = load_checkpoint(seed_dir / "baseline" / "best.pt")
+    state["format"] = 1
+    torch.save(state, copy / "best.pt")
+    for broken, message in ((False, "another version of apga"), (True, "corrupted or unreadable")):
+        if broken:
+            (copy / "best.pt").write_bytes((copy / "best.pt").read_bytes()[:200])
+        with pytest.raises(SystemExit) as exit_:
+            main(str(copy), str(tmp_path))
+        assert exit_.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()  # (a notice that CUDA is absent may come first)
+        assert lines[-1].startswith("error: ") and message in lines[-1] and "Traceback" not in "".join(lines)
+    save_checkpoint(copy / "best.pt", {"nothing": torch.zeros(1)})
+    with pytest.raises(SystemExit):
+        main(str(copy), str(tmp_path))
+    assert "another version" in capsys.readouterr().err
