@@ -1,5 +1,5 @@
 """Where the time of a training step goes: every method, APGA's waste, the per-image reference,
-the cheaper agent and the data path. Prints measured figures and ratios (not a test).
+the rloo estimator, the cheaper agent and the data path. Prints measured figures and ratios (not a test).
 
     python benchmarks/bench_step.py                       # CPU preset (64 px, small nets), batch 25
     python benchmarks/bench_step.py --preset paper        # 224 px, DenseNet-169, UNet11 width 32
@@ -84,8 +84,8 @@ def flops(fn) -> float:
 def _method_and_step(name, config, device, precision, checkpoint):
     method = build_method(name, config, device, checkpoint)
     method.generator = torch.Generator(device).manual_seed(0)
-    if name == "apga":
-        method.reward_baseline = torch.zeros((), device=device)
+    if name == "apga" and config.estimator == "greedy":
+        method.estimator.reward_baseline = torch.zeros((), device=device)
     optimizers = make_optimizers(method)
     scaler = precision.scaler()
 
@@ -125,6 +125,9 @@ def main(preset: str = "cpu", device: str | None = None, batch_size: int = 25, r
     half = make_config(preset=preset, batch_size=batch_size, amp=amp, channels_last=channels_last, agent_scale=0.5)
     steps["apga[scale0.5]"] = functools.partial(
         _method_and_step("apga", half, device, precision, checkpoint)[2], images, labels)
+    rloo = make_config(preset=preset, batch_size=batch_size, amp=amp, channels_last=channels_last, estimator="rloo")
+    steps["apga[rloo]"] = functools.partial(
+        _method_and_step("apga", rloo, device, precision, checkpoint)[2], images, labels)
 
     # APGA's required passes, each on its own: classifier forward+backward+step (twice in a
     # step), agent forward+backward+step, classifier eval forward, agent forward.
@@ -225,17 +228,19 @@ def main(preset: str = "cpu", device: str | None = None, batch_size: int = 25, r
 
     # --- summary ------------------------------------------------------------------------------
     half_ratio = round_ratio(timings["apga[scale0.5]"][1], timings["baseline"][1])
+    rloo_ratio = round_ratio(timings["apga[rloo]"][1], timings["apga"][1])
     apga_ratio = round_ratio(timings["apga"][1], timings["baseline"][1])
     print("\n| measure | value | target |\n|---|---|---|")
     print(f"| APGA step / sum of its required passes | {waste:.2f}x | <= 1.15x |")
     print(f"| APGA step vs per-image reference (speed-up) | {speedup:.2f}x "
           f"({reference_time * 1e3:.1f} ms vs {step_time['apga'] * 1e3:.1f} ms) | >= 1.5x on the CPU preset |")
     print(f"| half-size-agent APGA step / baseline step | {half_ratio:.2f}x | <= 4.5x at the paper's size |")
+    print(f"| rloo APGA step ({rloo.policy_samples} samples) / greedy APGA step | {rloo_ratio:.2f}x | <= 1.3x at the CPU preset |")
     print(f"| data loader: cache vs PNG (images/s) | {len(files) / cached_seconds:.0f} vs {len(files) / png_seconds:.0f}"
           f" = {png_seconds / cached_seconds:.1f}x | >= 10x |")
     print(f"\nsummary: APGA {batch_size / step_time['apga']:.1f} images/s ({apga_ratio:.2f}x "
           f"a baseline step, {waste:.2f}x its required passes, {speedup:.2f}x faster than "
-          f"the per-image reference); half-size agent {half_ratio:.2f}x baseline; cached loader "
+          f"the per-image reference); rloo {rloo_ratio:.2f}x greedy; half-size agent {half_ratio:.2f}x baseline; cached loader "
           f"{png_seconds / cached_seconds:.1f}x the PNG loader")
 
 

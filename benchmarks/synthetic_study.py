@@ -1,13 +1,15 @@
-"""The whole comparison on the generated data, over seeds and shot counts, on the CPU.
+"""The whole comparison on the generated data, over seeds, shot counts and both protocols, on the CPU.
 
-    python benchmarks/synthetic_study.py                     # elbow, k in {25, 100, all}, 3 seeds
-    python benchmarks/synthetic_study.py --shots 25,all --seeds 5 --out-dir runs/study
+    python benchmarks/synthetic_study.py                     # elbow, k in {25, 100, all}, 5 seeds, val and holdout
+    python benchmarks/synthetic_study.py --shots all --seeds 3 --selections val --out-dir runs/study-small
 
-For every (k, seed): the baseline and every method with `--preset cpu`, then two APGA variants
-(Bernoulli-sampled REINFORCE, and the half-size agent). Everything collects into
-<out-dir>/results.csv; the summary (means, standard deviations, wins over the baseline, TTA,
-study kappa, mask IoU) is printed and written to <out-dir>/summary.md. Resumable: rerunning
-skips what is finished.
+For every (protocol, k, seed): the baseline and every method with `--preset cpu` (APGA with the
+paper's greedy estimator, and the random floor at its area), then APGA with each extra variant
+(`--variants`, default the rloo estimator; e.g. `rloo,sample,scale0.5`) with the random floor at
+that variant's area. The mask-quality floors come with each baseline. Everything collects into
+<out-dir>/results.csv; the summary (accuracy with paired differences from the baseline and their
+95 % intervals, and mask quality beside the floors) is printed and written to <out-dir>/summary.md.
+Resumable: rerunning skips what is finished.
 """
 from __future__ import annotations
 
@@ -22,25 +24,32 @@ from apga.config import make_config  # noqa: E402
 from apga.results import read_results  # noqa: E402
 from apga.runner import run  # noqa: E402
 
-APGA_VARIANTS = ({"estimator": "sample"}, {"agent_scale": 0.5})
-ONLY_APGA = dict(train_cutout=0, train_gradcam=0, train_end2end=0, train_random=0)
+VARIANTS = {"rloo": {"estimator": "rloo"}, "sample": {"estimator": "sample"}, "scale0.5": {"agent_scale": 0.5}}
+APGA_AND_FLOOR = dict(train_cutout=0, train_gradcam=0, train_end2end=0)
 
 
-def main(body_part: str = "elbow", shots: str = "25,100,all", seeds: int = 3, out_dir: str = "runs/study",
-         model_selection: str = "val", data_root: str = "datasets") -> None:
-    """Run the study and print its summary table."""
+def _list(value) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value).split(",")
+
+
+def main(body_part: str = "elbow", shots: str = "25,100,all", seeds: int = 5, out_dir: str = "runs/study",
+         selections: str = "val,holdout", variants: str = "rloo", data_root: str = "datasets") -> None:
+    """Run the study and print its summary tables."""
     start = time.perf_counter()
-    shot_list = str(shots).split(",") if isinstance(shots, (str, int)) else list(shots)  # fire: "a,b" -> tuple
-    shot_values = [None if str(s) == "all" else int(s) for s in shot_list]
-    common = dict(demo=True, body_part=body_part, n_runs=seeds, out_dir=out_dir, data_root=data_root,
-                  model_selection=model_selection, gallery="end")
-    for n_shot in shot_values:
-        run(make_config(**common, n_shot=n_shot))
-        for variant in APGA_VARIANTS:
-            run(make_config(**common, n_shot=n_shot, **ONLY_APGA, **variant))
-    summary = report.summarize(read_results(Path(out_dir)))
-    report.write(summary, out_dir)
-    print(f"\n{report.to_markdown(summary)}\n\nstudy took {(time.perf_counter() - start) / 60:.1f} min")
+    unknown = sorted(set(_list(variants)) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"error: unknown --variants {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    for selection in _list(selections):
+        for shot in _list(shots):
+            n_shot = None if shot == "all" else int(shot)
+            common = dict(demo=True, body_part=body_part, n_runs=seeds, out_dir=out_dir, data_root=data_root,
+                          model_selection=selection, gallery="end", n_shot=n_shot)
+            run(make_config(**common))
+            for variant in _list(variants):
+                run(make_config(**common, **APGA_AND_FLOOR, **VARIANTS[variant]))
+    table = read_results(Path(out_dir))
+    report.write(table, out_dir)
+    print(f"\n{report.render(table)}\nstudy took {(time.perf_counter() - start) / 60:.1f} min")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,208 @@
+"""Does APGA's agent learn where the classifier looks? Train only the agent, against a frozen classifier.
+
+    python benchmarks/agent_probe.py                              # elbow, seeds 0-4, greedy, sample, rloo
+    python benchmarks/agent_probe.py --estimators rloo --seeds 0,1 --steps 300 --prior-weight 0
+
+Trains (or, when it is already there, loads) the demo's baseline on the generated data
+(`--preset cpu`, the paper's protocol: the classifier under study, as the full loop starts from
+it), freezes it, and for each estimator and agent seed trains a fresh agent alone for `--steps`
+steps: each step is APGA's policy phase (METHOD.md steps 2-7, or the estimator's) on a batch of
+`--batch-size` training images, with the classifier in eval mode. 10 % of the training patients are held out
+from the agent: every `--select-every` steps the agent is scored on them by its location gap
+(apga/mask_quality.py), which needs no ground truth, and the best-scoring checkpoint is then
+measured on the report split (MURA's validation split) with every mask-quality column, beside
+the floors (apga/floors.py) at the same areas. Writes one row per (estimator or floor, seed) to
+`--out` and prints the table, with the targets of the agent issue.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from apga.checkpoint import load_checkpoint  # noqa: E402
+from apga.config import make_config  # noqa: E402
+from apga.data import make_loader, prepare_run_data, to_model_input  # noqa: E402
+from apga.evaluation import evaluate, occlusion_maps  # noqa: E402
+from apga.floors import FLOORS, Floor  # noqa: E402
+from apga.mask_quality import COLUMNS, location_gap, region_precision  # noqa: E402
+from apga.masks import top_fraction  # noqa: E402
+from apga.methods.apga import APGA  # noqa: E402
+from apga.models import build_agent, build_classifier  # noqa: E402
+from apga.runner import DEMO_DATA, memory_format, run_stage  # noqa: E402
+from apga.synthetic import ensure_generated  # noqa: E402
+from apga.train import Precision  # noqa: E402
+from apga.utils import derive_seed, eval_mode, resolve_device, seed_everything  # noqa: E402
+
+BASELINE_SEED = 89  # the CLI's first run seed
+
+
+def _list(value) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value).split(",")
+
+
+@torch.no_grad()
+def selection_score(method, split, device, batch_size: int) -> tuple[float, float]:
+    """Mean location gap of the agent's top-10 % mask on `split` (needs no ground truth: it selects),
+    and its bone precision there (a diagnostic of drift, never used to select)."""
+    gaps, precisions = [], []
+    for batch in make_loader(split.dataset, batch_size, shuffle=False):
+        images = to_model_input(batch["image"].to(device), method.config.channels_last)
+        maps = method.mask_probabilities(images)
+        top = top_fraction(maps, 0.1, torch.Generator(device).manual_seed(0))
+        gaps.append(location_gap(method.classifier, images, batch["label"].to(device), top, method.fill))
+        if "bone" in batch:
+            precisions.append(region_precision(top, batch["bone"].to(device).unsqueeze(1).float()))
+    precision = torch.cat(precisions).mean().item() if precisions else float("nan")
+    return torch.cat(gaps).mean().item(), precision
+
+
+def train_agent(config, classifier, data, device, seed: int, steps: int, select_every: int, batch_size: int):
+    """A fresh agent trained alone against the frozen classifier; returns the method at the
+    selected checkpoint, that checkpoint's step, and per checkpoint the selection score and the
+    bone precision on the selection split (the drift diagnostic)."""
+    seed_everything(derive_seed(seed, "probe-agent", config.estimator))
+    agent = build_agent(config.agent_width, False, config.agent_scale).to(device, memory_format=memory_format(config))
+    method = APGA(config, classifier, agent)
+    method.generator = torch.Generator(device).manual_seed(derive_seed(seed, "probe-masks"))
+    optimizer = torch.optim.Adam(method.agent.parameters(), lr=config.agent_lr)
+    loader = make_loader(data.train.dataset, batch_size, shuffle=True)
+    loader.generator.manual_seed(derive_seed(seed, "probe-order"))
+    best = (-float("inf"), 0, copy.deepcopy(method.agent.state_dict()))
+    scores, precisions, step = {}, {}, 0
+    while step < steps:
+        for batch in loader:
+            images = to_model_input(batch["image"].to(device), config.channels_last)
+            labels = batch["label"].to(device)
+            with torch.no_grad():
+                clean_loss = F.cross_entropy(classifier(images), labels)
+            phase = method.estimator.policy_phase(method, images, labels, clean_loss)
+            optimizer.zero_grad(set_to_none=True)
+            phase.loss.backward()
+            optimizer.step()
+            step += 1
+            if step % select_every == 0 or step == steps:
+                scores[step], precisions[step] = selection_score(method, data.select, device, config.batch_size)
+                if scores[step] > best[0]:
+                    best = (scores[step], step, copy.deepcopy(method.agent.state_dict()))
+            if step == steps:
+                break
+    method.agent.load_state_dict(best[2])
+    return method, best[1], scores, precisions
+
+
+def main(body_part: str = "elbow", seeds: str = "0,1,2,3,4", estimators: str = "greedy,sample,rloo",
+         steps: int = 200, batch_size: int = 16, select_every: int = 25, out: str = "runs/probe/probe.csv", data_root: str = "datasets",
+         agent_lr: float | None = None, prior_weight: float | None = None, area_weight: float | None = None,
+         mask_area: float | None = None, mask_cell: int | None = None, policy_samples: int | None = None,
+         fill: str | None = None, gpu_id: int = 0) -> None:
+    """Train agents against a frozen baseline, write one row per (estimator or floor, seed), print the table."""
+    start = time.perf_counter()
+    overrides = {k: v for k, v in dict(agent_lr=agent_lr, prior_weight=prior_weight, area_weight=area_weight,
+                                       mask_area=mask_area, mask_cell=mask_cell, policy_samples=policy_samples,
+                                       fill=fill).items() if v is not None}
+    root = ensure_generated(Path(data_root) / DEMO_DATA, seed=0)
+    out_path = Path(out)
+    config = make_config(preset="cpu", body_part=body_part, data_root=str(root), out_dir=str(out_path.parent),
+                         gallery="off", **overrides)
+    device = resolve_device(gpu_id)
+    precision = Precision.for_device(device, config.amp)
+    seed_dir = out_path.parent / f"{body_part}-baseline" / f"seed{BASELINE_SEED}"
+    baseline = run_stage("baseline", config, prepare_run_data(config, BASELINE_SEED), BASELINE_SEED, seed_dir, device,
+                         precision, progress=False)
+    data = prepare_run_data(dataclasses.replace(config, model_selection="holdout"), BASELINE_SEED)
+    print(f"frozen baseline: accuracy {baseline['accuracy']:.3f}, AUROC {baseline['auroc']:.3f} on "
+          f"{len(data.report.index)} report images; agents train on {len(data.train.index)} images, "
+          f"select on {len(data.select.index)} of held-out patients")
+    classifier = build_classifier(config.classifier)
+    classifier.load_state_dict(load_checkpoint(seed_dir / "baseline" / "best.pt", "cpu")["classifier"])
+    classifier = classifier.to(device, memory_format=memory_format(config)).eval().requires_grad_(False)
+    eval_kwargs = dict(batch_size=config.batch_size, autocast=precision.autocast, channels_last=config.channels_last)
+    occlusion = occlusion_maps(classifier, data.report, device, fill=config.fill, **eval_kwargs)
+
+    rows = []
+    for seed in (int(s) for s in _list(seeds)):
+        for kind in FLOORS:
+            quality = evaluate(Floor(kind, classifier, config.fill, seed), data.report, device, mask_quality=True,
+                               seed=seed, occlusion=occlusion, **eval_kwargs)
+            rows.append({"name": f"floor[{kind}]", "seed": seed, **{c: quality[c] for c in COLUMNS}})
+        for estimator in _list(estimators):
+            began = time.perf_counter()
+            estimator_config = dataclasses.replace(config, estimator=estimator)
+            method, chosen, scores, precisions = train_agent(estimator_config, classifier, data, device, seed, steps,
+                                                             select_every, batch_size)
+            with eval_mode(method.agent):
+                quality = evaluate(method, data.report, device, mask_quality=True, seed=seed, occlusion=occlusion,
+                                   **eval_kwargs)
+            rows.append({"name": estimator, "seed": seed, **{c: quality[c] for c in COLUMNS},
+                         "policy_area": quality["policy_area"], "selected_step": chosen,
+                         "selection_gaps": " ".join(f"{k}:{v:.2f}" for k, v in scores.items()),
+                         "selection_bone_precision": " ".join(f"{k}:{v:.3f}" for k, v in precisions.items()),
+                         "last_bone_precision": precisions[max(precisions)],
+                         "seconds": time.perf_counter() - began})
+            print(f"  seed {seed} {estimator}: bone precision {quality['bone_precision_10']:.3f}, location gap "
+                  f"{quality['location_gap_10']:.2f}, policy area {quality['policy_area']:.3f} "
+                  f"(step {chosen} of {steps}, {time.perf_counter() - began:.0f} s); on the selection split, bone "
+                  f"precision by step: {rows[-1]['selection_bone_precision']}")
+    table = pd.DataFrame(rows)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out_path, index=False)
+    print_summary(table, config, f"{steps} steps of {batch_size} images")
+    print(f"\nrows: {out_path}; probe took {(time.perf_counter() - start) / 60:.1f} min")
+
+
+def print_summary(table: pd.DataFrame, config, training: str) -> None:
+    """Mean ± sd over seeds of each estimator and floor, and the rloo targets."""
+    shown = ["bone_precision_10", "bone_precision_30", "finding_cover_10", "pointing_hit", "bone_auroc",
+             "location_gap_10", "occlusion_agreement_10", "mask_sd", "last_bone_precision"]
+    print(f"\nfrozen-classifier probe, {training}: {body_settings(config)}; mean ± sd over seeds "
+          f"(min for bone precision) at the selected step; last_bone_precision: on the selection split at the "
+          f"last step (drift)\n")
+    print("| estimator / floor | seeds | " + " | ".join(shown) + " | collapsed |")
+    print("|---|---|" + "---|" * len(shown) + "---|")
+    for name, runs in table.groupby("name", sort=False):
+        cells = []
+        for column in shown:
+            values = runs[column].dropna() if column in runs else pd.Series(dtype=float)
+            if values.empty:
+                cells.append("")
+                continue
+            cell = f"{values.mean():.3f} ± {values.std(ddof=1):.3f}" if len(values) > 1 else f"{values.mean():.3f}"
+            if column == "bone_precision_10":
+                cell += f" (min {values.min():.3f})"
+            cells.append(cell)
+        collapsed = runs["collapsed"].dropna()
+        print(f"| {name} | {len(runs)} | " + " | ".join(cells) + " | "
+              + (f"{int(collapsed.sum())}/{len(collapsed)}" if len(collapsed) else "") + " |")
+    if "rloo" in set(table["name"]):
+        rloo = table[table["name"] == "rloo"]
+        precision = rloo["bone_precision_10"]
+        floors = {name: table[table["name"] == f"floor[{name}]"]["bone_precision_10"].mean()
+                  for name in ("random-boxes", "gradcam")}
+        print("\ntargets (rloo):")
+        print(f"- bone_precision_10 mean {precision.mean():.3f} (>= 0.85), every seed {precision.min():.3f} (>= 0.75)")
+        for name, value in floors.items():
+            print(f"- above floor[{name}] by {precision.mean() - value:+.3f} (>= +0.15)")
+        print(f"- location_gap_10 mean {rloo['location_gap_10'].mean():.2f} (>= 3)")
+        print(f"- collapsed {int(rloo['collapsed'].sum())} of {len(rloo)} (0)")
+
+
+def body_settings(config) -> str:
+    return (f"{config.body_part}, {config.image_size} px, agent width {config.agent_width}, agent lr {config.agent_lr:g}, "
+            f"rloo: cells {config.mask_cell} px, K {config.policy_samples}, rho {config.mask_area:g}, "
+            f"lambda {config.area_weight:g}, w {config.prior_weight:g}, fill {config.fill}")
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)
