@@ -14,6 +14,7 @@ import sys
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -119,9 +120,16 @@ def _damage(data_file: Path, meta_file: Path, files: list[Path], size: int) -> s
     return None
 
 
+class Cached(NamedTuple):
+    array: np.ndarray   # (N, size, size) uint8, memory-mapped
+    usable: np.ndarray  # (N,) bool: readable rows
+    crcs: np.ndarray    # (N,) CRC-32 of each file's bytes when it was decoded (part of the data fingerprint)
+
+
 def cached_array(files: list[Path], size: int, cache_dir: Path, *, masks: bool = False,
-                 skip_bad: bool = False, num_workers: int = 0, desc: str = "decode") -> tuple[np.ndarray, np.ndarray]:
-    """(N, size, size) uint8 memory map of the decoded files, and a bool array of usable rows.
+                 skip_bad: bool = False, num_workers: int = 0, desc: str = "decode") -> Cached:
+    """(N, size, size) uint8 memory map of the decoded files, a bool array of usable rows, and the
+    files' CRC-32s.
 
     Built once (with a progress bar) and reused while the key (decoder version, size, each
     file's path, size, mtime and ctime) is the same and a content check passes: the bytes of
@@ -149,7 +157,8 @@ def cached_array(files: list[Path], size: int, cache_dir: Path, *, masks: bool =
                             f"or pass --skip-bad-images to leave it out ({len(meta['bad'])} unreadable in all)")
         print(f"warning: skipped {len(meta['bad'])} unreadable image(s) ({desc}), e.g. {files[meta['bad'][0]]}",
               file=sys.stderr)
-    return np.memmap(data_file, dtype=np.uint8, mode="r", shape=tuple(meta["shape"])), usable
+    array = np.memmap(data_file, dtype=np.uint8, mode="r", shape=tuple(meta["shape"]))
+    return Cached(array, usable, np.asarray(meta["crc32"], dtype=np.int64))
 
 
 def _build_cache(files, size, masks, data_file: Path, meta_file: Path, num_workers: int, desc: str) -> None:
@@ -232,13 +241,14 @@ TRUTH_DIRS = {"bone": mura.MASK_DIR, "finding": mura.FINDING_DIR}
 
 def _cached_split(config, root: Path, index: pd.DataFrame, cache_dir: Path, desc: str, truths: tuple[str, ...]):
     """Decoded images (and ground-truth masks) of every row of `index`, and which rows are readable."""
-    images, usable = cached_array([root / p for p in index["path"]], config.image_size, cache_dir,
-                                  skip_bad=config.skip_bad_images, num_workers=config.num_workers, desc=desc)
+    images, usable, crcs = cached_array([root / p for p in index["path"]], config.image_size, cache_dir,
+                                        skip_bad=config.skip_bad_images, num_workers=config.num_workers, desc=desc)
+    index["crc32"] = crcs  # the images' content, for the data fingerprint
     masks = {}
     for name in truths:
         files = [root / TRUTH_DIRS[name] / Path(p).relative_to(mura.MURA_DIR) for p in index["path"]]
-        masks[name], _ = cached_array(files, config.image_size, cache_dir, masks=True,
-                                      num_workers=config.num_workers, desc=f"{desc} {name} masks")
+        masks[name] = cached_array(files, config.image_size, cache_dir, masks=True, num_workers=config.num_workers,
+                                   desc=f"{desc} {name} masks").array
     return images, masks, usable
 
 
@@ -249,17 +259,19 @@ def _split(index: pd.DataFrame, images, masks: dict, rows: np.ndarray) -> Split:
 
 
 def data_fingerprint(root: Path, splits: dict[str, Split]) -> str:
-    """A short digest of what a run learns from and is measured on: every split's image paths and
-    labels (after k-shot, holdout and skipped unreadable images) and, for generated data, the
-    generator's parameters and version. Part of a run's identity: a finished run is reused only
-    on the same fingerprint."""
+    """A short digest of what a run learns from and is measured on: every split's image paths,
+    labels and file contents (their CRC-32s; after k-shot, holdout and skipped unreadable images)
+    and, for generated data, the generator's parameters and version. Part of a run's identity: a
+    finished run is reused only on the same fingerprint (an image replaced in place changes it; a
+    data set copied elsewhere does not)."""
     digest = hashlib.sha256()
     generated = Path(root) / "GENERATED.json"
     if generated.is_file():
         digest.update(generated.read_bytes())
     for name, split in splits.items():
         digest.update(f"[{name} {len(split.index)}]\n".encode())
-        digest.update("".join(f"{p},{y}\n" for p, y in zip(split.index["path"], split.index["label"])).encode())
+        rows = zip(split.index["path"], split.index["label"], split.index["crc32"])
+        digest.update("".join(f"{p},{y},{c}\n" for p, y, c in rows).encode())
     return digest.hexdigest()[:16]
 
 

@@ -114,10 +114,12 @@ class RLOO:
     """REINFORCE with a leave-one-out baseline on a coarse grid (METHOD.md section 8).
 
     Cells of `mask_cell` px: p_c = sigmoid(avgpool(agent(x))). K samples a^(k) ~ Bernoulli(p_c)
-    per image; all B K masked images go through the classifier as one batch (with the B clean
-    ones, for the logged reward). Per-image reward r_b^(k) = CE(f(x_b (1 - a^(k))), y_b) -
-    CE(f(x_b), y_b); advantage A_b^(k) = r_b^(k) - mean_{j != k} r_b^(j), divided by its root
-    mean square over the batch (its mean is 0 by construction). Loss:
+    per image; all B K masked images go through the classifier as one batch. Per-image reward
+    r_b^(k) = CE(f(x_b (1 - a^(k))), y_b) - CE(f(x_b), y_b); advantage A_b^(k) = r_b^(k) -
+    mean_{j != k} r_b^(j), divided by its root mean square over the batch (its mean is 0 by
+    construction). The clean term is the same for every sample of an image, so it cancels from
+    the advantage: it is not computed, and the logged reward uses the clean step's batch loss.
+    Loss:
 
         -mean_{b,k} [A_b^(k) mean_c log pi(a_c^(k))] + lambda mean_b (mean_c p_c - rho)^2
         + w mean_{b,c} BCE(p_c, rho)
@@ -158,11 +160,10 @@ class RLOO:
         marked = F.interpolate(actions.flatten(0, 1), size=images.shape[-2:], mode="nearest")  # (K B, 1, H, W)
         adversarial = adversarial_images(torch.cat([images] * k), marked, method.fill)
         with torch.no_grad(), eval_mode(method.classifier):
-            losses = F.cross_entropy(method.classifier(torch.cat([images, adversarial])), labels.repeat(k + 1),
-                                     reduction="none").float()  # (B + K B,)
-        rewards = losses[b:].view(k, b) - losses[:b]  # (K, B)
-        leave_one_out = (rewards.sum(0, keepdim=True) - rewards) / (k - 1)
-        advantage = rewards - leave_one_out
+            losses = F.cross_entropy(method.classifier(adversarial), labels.repeat(k),
+                                     reduction="none").float().view(k, b)  # (K, B): the rewards up to a per-image constant
+        leave_one_out = (losses.sum(0, keepdim=True) - losses) / (k - 1)
+        advantage = losses - leave_one_out
         advantage = advantage / (method.dist.mean(advantage.square().mean()).sqrt() + 1e-8)
         log_prob = -F.binary_cross_entropy_with_logits(cell_logits.expand_as(actions), actions,
                                                        reduction="none").flatten(2).mean(2)  # (K, B)
@@ -172,8 +173,10 @@ class RLOO:
         prior = self.config.prior_weight * F.binary_cross_entropy_with_logits(
             cell_logits, torch.full_like(cell_logits, self.area))
         loss = policy + budget + prior
+        adversarial_loss = losses.mean()
         return Phase(loss, ("agent",), {
-            "adversarial_loss": losses[b:].mean(), "reward": rewards.mean(), "reward_sd": rewards.std(),
+            "adversarial_loss": adversarial_loss, "reward": method.dist.mean(adversarial_loss - clean_loss.float()),
+            "reward_sd": losses.std(0).mean(),  # the spread of one image's samples: what the advantage sees
             "policy_loss": policy.detach(), "budget_loss": budget.detach(), "prior_loss": prior.detach(),
             "mask_area": area.detach().mean(),
         })

@@ -7,11 +7,14 @@ From a method's probability map (B, 1, H, W), at fixed areas rho (its top-rho pi
   share of the maximal pixels that do: a constant map scores the finding's area, not 1);
 - `bone_auroc`, `finding_auroc`: the pixel AUROC of the map against the bone / the finding, per image;
 - `location_gap_10`: CE increase from blanking the top-10 % mask minus the increase from blanking
-  the same mask rolled by half the image: near 0 for an image-independent pattern;
+  the same mask rolled by half the image (the issue's definition): near 0 for a pattern that
+  ignores the image and anatomy alike, but above 0 for one that sits where anatomy usually is;
+- `swap_gap_10`: the same against the previous image's mask blanked on this image: near 0 for
+  any mask that ignores the image, so it measures what is specific to each image;
 - `occlusion_agreement_10`: the share of the top-10 % mask inside the top-10 % pixels of the
   classifier's own occlusion map (apga/occlusion.py): needs no ground truth;
 - `mask_sd`: the across-image standard deviation of the map, averaged over pixels: near 0 for a
-  map that ignores the image;
+  map that ignores the image (on the map's own scale: rloo's p sits near rho, so its sd is small);
 - `collapsed`: 1 when the method's policy area (the fraction of pixels its policy marks) is
   outside [0.02, 0.98].
 Each per-image value is averaged over the images where it is defined. IoU with the bone region
@@ -30,7 +33,7 @@ from apga.masks import adversarial_images, top_fraction
 from apga.occlusion import occlusion_map
 
 COLUMNS = ("bone_precision_10", "bone_precision_30", "finding_cover_10", "pointing_hit", "bone_auroc",
-           "finding_auroc", "location_gap_10", "mask_sd", "occlusion_agreement_10", "collapsed")
+           "finding_auroc", "location_gap_10", "swap_gap_10", "mask_sd", "occlusion_agreement_10", "collapsed")
 COLLAPSE_BOUNDS = (0.02, 0.98)
 
 
@@ -81,17 +84,28 @@ def pixel_auroc(maps: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def location_gap(classifier, images: torch.Tensor, labels: torch.Tensor, top: torch.Tensor,
-                 fill: str = "zero") -> torch.Tensor:
-    """CE(f(x with `top` blanked)) - CE(f(x with `top` rolled by half the image blanked)), (B,).
+def location_gaps(classifier, images: torch.Tensor, labels: torch.Tensor, top: torch.Tensor,
+                  fill: str = "zero") -> tuple[torch.Tensor, torch.Tensor]:
+    """Two controls for where a mask is, per image (B,), from one classifier call on 3 B images:
 
-    Both are increases over the same clean loss, so their difference is the loss of where the
-    mask is, beyond the loss of blanking that much in that shape anywhere."""
+    - location gap: CE(f(x with `top` blanked)) - CE(f(x with `top` rolled by half the image
+      blanked)), the issue's definition. A mask that ignores the image but sits where anatomy
+      usually is (centre-biased boxes) still scores above 0 on it;
+    - swap gap: the same against the mask of the previous image of the batch, blanked on this
+      one: 0 in expectation for any mask that ignores the image (NaN for a batch of one).
+    Every term is an increase over the same clean loss, so the clean loss cancels."""
     h, w = images.shape[-2:]
     rolled = torch.roll(top, shifts=(h // 2, w // 2), dims=(2, 3))
-    masked = torch.cat([adversarial_images(images, top, fill), adversarial_images(images, rolled, fill)])
-    losses = F.cross_entropy(classifier(masked).float(), labels.repeat(2), reduction="none")
-    return losses[:len(images)] - losses[len(images):]
+    swapped = torch.roll(top, shifts=1, dims=0)
+    masked = torch.cat([adversarial_images(images, mask, fill) for mask in (top, rolled, swapped)])
+    losses = F.cross_entropy(classifier(masked).float(), labels.repeat(3), reduction="none").view(3, len(images))
+    swap_gap = losses[0] - losses[2] if len(images) > 1 else torch.full_like(losses[0], torch.nan)
+    return losses[0] - losses[1], swap_gap
+
+
+def location_gap(classifier, images, labels, top, fill: str = "zero") -> torch.Tensor:
+    """The location gap of `location_gaps` alone."""
+    return location_gaps(classifier, images, labels, top, fill)[0]
 
 
 class MapQuality:
@@ -115,7 +129,9 @@ class MapQuality:
         generator = torch.Generator(maps.device).manual_seed(self.seed + self.count)  # random tie-breaking
         top = {rho: top_fraction(maps, rho / 100, generator) for rho in (10, 30)}
         self._add("policy_area", policy_area)
-        self._add("location_gap_10", location_gap(classifier, images, labels, top[10], self.fill))
+        rolled_gap, swap_gap = location_gaps(classifier, images, labels, top[10], self.fill)
+        self._add("location_gap_10", rolled_gap)
+        self._add("swap_gap_10", swap_gap)
         if occlusion is None:
             occlusion = occlusion_map(classifier, images, labels, occlusion_cell(images), self.fill)
         occlusion = F.interpolate(occlusion.float(), size=maps.shape[-2:], mode="nearest")

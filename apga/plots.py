@@ -20,7 +20,7 @@ from apga.utils import atomic_write_bytes
 
 SHOT_ORDER_LAST = "all"
 QUALITY_PANELS = (("bone_precision_10", "bone precision, top 10 %"), ("finding_cover_10", "finding covered, top 10 %"),
-                  ("location_gap_10", "location gap, top 10 % (CE)"),
+                  ("location_gap_10", "location gap, top 10 % (CE)"), ("swap_gap_10", "swap gap, top 10 % (CE)"),
                   ("occlusion_agreement_10", "agreement with occlusion, top 10 %"))
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
 import sys
 from dataclasses import fields
 from pathlib import Path
@@ -32,7 +33,7 @@ from apga.evaluation import abnormal_probability
 from apga.gallery import mask_panels, write_panels
 from apga.masks import kept_images
 from apga.train import _load_networks
-from apga.utils import atomic_write_bytes, eval_mode, resolve_device
+from apga.utils import atomic_write_bytes, eval_mode, file_digest, resolve_device
 
 STUDY_FOLDER = re.compile(r"^study\d+_(positive|negative)$", re.IGNORECASE)
 PREDICTIONS_FILE = "predictions.csv"
@@ -86,9 +87,13 @@ def load_run(run_dir: str | Path, device):
         raise CheckpointError(f"{best} holds settings this version cannot use ({error})") from None
     name = state["method_name"]
     baseline = run_dir.parent / "baseline" / "best.pt"
-    if name == "gradcam" and not baseline.is_file():
-        raise CheckpointError(f"Grad-CAM masks come from the baseline: {baseline} is missing; keep the run's "
-                              f"baseline folder beside {run_dir.name}")
+    if name == "gradcam":
+        if not baseline.is_file():
+            raise CheckpointError(f"Grad-CAM masks come from the baseline: {baseline} is missing; keep the run's "
+                                  f"baseline folder beside {run_dir.name}")
+        if file_digest(baseline) != state["config"].get("inputs", {}).get("baseline"):
+            raise CheckpointError(f"{baseline} is not the baseline {run_dir.name} was fine-tuned from (it was trained "
+                                  f"again); its Grad-CAM masks would not be the run's")
     method = build_method(name, config, device, baseline if name == "gradcam" else None)
     _load_networks(method, _to_device(state, device))
     return method, config
@@ -158,6 +163,7 @@ def run_prediction(run_dir: str, images: str, out: str | None = None, batch_size
     table = image_table(images)
     out_dir = Path(out) if out else Path(run_dir) / "predictions"
     out_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(out_dir / "overlays", ignore_errors=True)  # no overlay of an earlier prediction stays beside these
     predictions = predict_images(method, config, table, device, batch_size or config.batch_size, out_dir, max_overlays)
     predictions["study_probability"] = study_probabilities(predictions)
     shown = ["image", "probability", "study", "study_probability", "label", "probability_tta", "kept_area"]

@@ -29,7 +29,7 @@ from apga.utils import atomic_write_bytes
 SUMMARY_FILE = "summary.md"
 GROUP = ["body_part", "n_shot", "model_selection"]
 QUALITY = ["bone_precision_10", "bone_precision_30", "finding_cover_10", "pointing_hit", "bone_auroc",
-           "finding_auroc", "location_gap_10", "occlusion_agreement_10", "mask_sd"]
+           "finding_auroc", "location_gap_10", "swap_gap_10", "occlusion_agreement_10", "mask_sd"]
 
 
 def label(method: str, variant) -> str:
@@ -54,7 +54,10 @@ def _numeric(frame: pd.DataFrame, column: str) -> pd.Series:
 
 
 def _prepared(table: pd.DataFrame) -> pd.DataFrame:
+    """Current rows only (superseded ones are history: apga/results.py), each labelled method[variant]."""
     table = table.copy()
+    if "superseded" in table.columns:
+        table = table[pd.to_numeric(table["superseded"], errors="coerce").fillna(0) == 0]
     table["label"] = [label(m, v) for m, v in zip(table["method"], table.get("variant", [""] * len(table)))]
     return table.drop_duplicates(subset=GROUP + ["seed", "label"], keep="last")
 
@@ -142,7 +145,7 @@ def to_markdown(summary: pd.DataFrame) -> str:
 def masks_to_markdown(summary: pd.DataFrame) -> str:
     headers = ["body part", "n_shot", "selection", "method", "seeds", "bone prec. 10%", "bone prec. 30%",
                "finding cover 10%", "pointing hit", "bone AUROC", "finding AUROC", "location gap 10%",
-               "occlusion agr. 10%", "mask sd", "collapsed"]
+               "swap gap 10%", "occlusion agr. 10%", "mask sd", "collapsed"]
     rows = [[row.body_part, row.n_shot, row.model_selection, row.method, row.seeds]
             + [_cell(getattr(row, column)) for column in QUALITY] + [row.collapsed] for row in summary.itertuples()]
     return _table(headers, rows)
@@ -156,6 +159,10 @@ def render(table: pd.DataFrame) -> str:
             "checkpoint chosen on the reported split (the paper's protocol; optimistic, the more so the more "
             "selection evaluations); 'holdout' = chosen on held-out training patients.\n\n"
             + to_markdown(summarize(table)) + "\n")
+    stale = int(pd.to_numeric(table.get("superseded", pd.Series(dtype=float)), errors="coerce").fillna(0).sum())
+    if stale:
+        text += (f"\n{stale} row(s) of results.csv are superseded (their baseline, data or the floor's area changed "
+                 f"since they ran) and are left out; rerun those methods to replace them.\n")
     masks = summarize_masks(table)
     if not masks.empty:
         text += ("\n## Mask quality\n\nFrom each method's map on the reported split, mean over seeds "

@@ -23,7 +23,8 @@ METHOD_ORDER = ["baseline", "cutout", "gradcam", "end2end", "apga", "random", "f
 IDENTITY = ["body_part", "seed", "n_shot", "method", "variant", "model_selection"]
 METRICS = ["accuracy", "accuracy_tta", "auroc", "kappa", "study_accuracy", "study_accuracy_tta",
            "study_auroc", "study_kappa", "bone_precision_10", "bone_precision_30", "finding_cover_10",
-           "pointing_hit", "bone_auroc", "finding_auroc", "location_gap_10", "mask_sd", "occlusion_agreement_10",
+           "pointing_hit", "bone_auroc", "finding_auroc", "location_gap_10", "swap_gap_10", "mask_sd",
+           "occlusion_agreement_10",
            "collapsed", "policy_area", "mask_area", "keep_area", "mask_iou", "mask_recall", "kept_accuracy",
            "removed_accuracy", "selection_accuracy", "selection_evaluations", "best_epoch", "epochs_trained"]
 
@@ -56,19 +57,68 @@ def read_results(path: Path) -> pd.DataFrame:
 
 def upsert_row(path: Path, row: dict) -> None:
     """Write one run's row under the lock, replacing the row of the same `run_id` if there is one;
-    columns of old and new rows are unioned."""
+    columns of old and new rows are unioned, and `superseded` is updated for the whole table."""
     path = Path(path)
     with locked(path):
         table = read_results(path)
         if "run_id" in table.columns and "run_id" in row:
             table = table[table["run_id"] != row["run_id"]]
         new = pd.DataFrame([row])
-        table = new if table.empty else pd.concat([table, new], ignore_index=True)
-        ordered = [c for c in IDENTITY + METRICS if c in table.columns]
-        table = table[ordered + [c for c in table.columns if c not in ordered]]
-        buffer = io.StringIO()
-        table.to_csv(buffer, index=False)
-        atomic_write_bytes(path, buffer.getvalue().encode())
+        _write(path, new if table.empty else pd.concat([table, new], ignore_index=True))
+
+
+def remove_row(path: Path, run_id: str) -> None:
+    """Drop a run's row (it is being trained anew, and its old numbers are no longer its own)."""
+    path = Path(path)
+    if not path.is_file():
+        return
+    with locked(path):
+        table = read_results(path)
+        if "run_id" in table.columns and (table["run_id"] == run_id).any():
+            _write(path, table[table["run_id"] != run_id])
+
+
+def mark_superseded(table: pd.DataFrame) -> pd.DataFrame:
+    """`superseded` = 1 for rows whose run no longer matches what it depends on, in the same seed
+    folder: a fine-tuned run or floor whose baseline digest or data fingerprint is not the current
+    baseline row's (the baseline was trained again), or a random floor whose kept area is not the
+    current area of its APGA variant. The report leaves them out; they stay in the file as history."""
+    table = table.copy()
+    if table.empty or "run_id" not in table.columns:
+        return table
+
+    def column(name: str) -> pd.Series:
+        return table[name].astype(str) if name in table.columns else pd.Series("nan", index=table.index)
+
+    seed_dir = table["run_id"].astype(str).map(lambda run_id: "/".join(run_id.split("/")[:2]))
+    is_baseline = table["method"] == "baseline"
+    baseline_of = dict(zip(seed_dir[is_baseline], zip(column("checkpoint_digest")[is_baseline],
+                                                      column("data_fingerprint")[is_baseline])))
+    key = seed_dir + "|" + table.get("variant", pd.Series("", index=table.index)).fillna("").astype(str)
+    is_apga = table["method"] == "apga"
+    area_of = dict(zip(key[is_apga], pd.to_numeric(table.get("selection_mask_area"), errors="coerce")[is_apga])) \
+        if "selection_mask_area" in table.columns else {}
+    keep_area = pd.to_numeric(table["keep_area"], errors="coerce") if "keep_area" in table.columns else None
+    started_from, fingerprint = column("baseline_digest"), column("data_fingerprint")
+    stale = []
+    for i in table.index:  # a loop over the rows of a results table (hundreds), not in any training step
+        baseline = baseline_of.get(seed_dir[i])
+        outdated = not is_baseline[i] and baseline is not None and (started_from[i], fingerprint[i]) != baseline
+        area = area_of.get(key[i])
+        if table["method"][i] == "random" and keep_area is not None and area is not None and area == area:
+            outdated = outdated or keep_area[i] != area
+        stale.append(int(outdated))
+    table["superseded"] = stale
+    return table
+
+
+def _write(path: Path, table: pd.DataFrame) -> None:
+    table = mark_superseded(table)
+    ordered = [c for c in IDENTITY + METRICS if c in table.columns]
+    table = table[ordered + [c for c in table.columns if c not in ordered]]
+    buffer = io.StringIO()
+    table.to_csv(buffer, index=False)
+    atomic_write_bytes(path, buffer.getvalue().encode())
 
 
 def writable_dir(path: Path) -> bool:

@@ -30,7 +30,7 @@ from apga.evaluation import evaluate, occlusion_maps
 from apga.floors import FLOORS, Floor
 from apga.mask_quality import COLUMNS as MASK_QUALITY_COLUMNS
 from apga.methods.apga import apga_variant
-from apga.results import RESULTS_FILE, read_results, upsert_row, writable_dir
+from apga.results import RESULTS_FILE, read_results, remove_row, upsert_row, writable_dir
 from apga.synthetic import ensure_generated
 from apga.train import Precision, Stage, fit
 from apga.utils import atomic_write_json, code_version, derive_seed, file_digest, seed_everything
@@ -71,7 +71,10 @@ def build_method(name: str, config: Config, device: torch.device, baseline_check
 
 def run_stage(name: str, config: Config, data: RunData, seed: int, seed_dir: Path, device, precision: Precision,
               progress: bool = True, dist: Dist = Dist(), **extra) -> dict:
-    """Train (or resume, or reuse) one method of one seed; its row in results.csv is replaced by this run's."""
+    """Train (or resume, or reuse) one method of one seed; its row in results.csv is replaced by this run's.
+
+    A run trained anew (`--resume 0`, or its inputs changed) loses its old row before it starts,
+    so a run killed half way never leaves the previous run's numbers in the table."""
     seed_everything(derive_seed(seed, name, "init"))  # the same initial networks on every rank
     baseline_checkpoint = seed_dir / "baseline" / "best.pt"
     method = build_method(name, config, device, baseline_checkpoint, **extra)
@@ -79,34 +82,45 @@ def run_stage(name: str, config: Config, data: RunData, seed: int, seed_dir: Pat
     inputs = {"baseline": file_digest(baseline_checkpoint)} if method.fine_tuned else {}
     inputs |= method.inputs()
     folder = name + (f"-{method.variant}" if method.variant else "")
-    stage = Stage(seed_dir / folder, seed, device, precision, config, progress and dist.is_main, dist, inputs)
+    results_file, run_dir = Path(config.out_dir) / RESULTS_FILE, seed_dir / folder
+    run_id = str(run_dir.relative_to(Path(config.out_dir)))
+    stage = Stage(run_dir, seed, device, precision, config, progress and dist.is_main, dist, inputs,
+                  on_fresh=lambda: remove_row(results_file, run_id))
     result = fit(method, data, stage)
     if dist.is_main:
-        upsert_row(Path(config.out_dir) / RESULTS_FILE, _row(config, name, method.variant, seed, stage.run_dir, result,
-                                                             device, method.uses_agent, inputs))
+        saved = json.loads((run_dir / "config.json").read_text())  # the settings this run was trained with
+        row = _row(config, name, method.variant, seed, run_dir, result, saved, inputs)
+        if name == "baseline":
+            row["checkpoint_digest"] = file_digest(baseline_checkpoint)
+        upsert_row(results_file, row)
     return result
 
 
-def _row(config: Config, name: str, variant: str, seed: int, run_dir: Path, result: dict, device, uses_agent: bool,
+def _row(config: Config, name: str, variant: str, seed: int, run_dir: Path, result: dict, trained_with: dict,
          inputs: dict) -> dict:
+    """A results row: the run's identity and result. Settings come from what the run was trained
+    with (`trained_with`, its config.json), not from this command, which may differ in ignored ones."""
+    settings = {k: v for k, v in trained_with.items() if k not in ("data_fingerprint", "inputs")}
     return {
         "body_part": data_source(config)[1], "seed": seed, "n_shot": shot_label(config), "method": name,
         "variant": variant, "model_selection": config.model_selection, **result,
-        "estimator": config.estimator if uses_agent else "", "classifier": config.classifier,
-        "image_size": config.image_size, "run_id": str(run_dir.relative_to(Path(config.out_dir))),
-        "device": str(device), "code_version": result.get("code_version", code_version()),
-        "keep_area": inputs.get("keep_area", math.nan),
-        "config": json.dumps(config_dict(config), sort_keys=True),
+        "estimator": settings["estimator"] if name in ("apga", "random") else "",
+        "classifier": settings["classifier"], "image_size": settings["image_size"],
+        "run_id": str(run_dir.relative_to(Path(config.out_dir))), "device": result.get("device", ""),
+        "code_version": result.get("code_version", ""), "keep_area": inputs.get("keep_area", math.nan),
+        "baseline_digest": inputs.get("baseline", ""), "config": json.dumps(settings, sort_keys=True),
     }
 
 
 def apga_kept_area(config: Config, seed_dir: Path) -> float:
     """APGA's kept area on the selection split at its selected checkpoint (the random floor's area),
-    from APGA's finished run of this seed and variant; 0.5 when there is none."""
-    result_file = seed_dir / ("apga" + (f"-{apga_variant(config)}" if apga_variant(config) else "")) / "result.json"
-    if result_file.is_file():
-        area = json.loads(result_file.read_text()).get("selection_mask_area", math.nan)
-        if area is not None and math.isfinite(area):
+    from APGA's finished run of this seed and variant, if it started from the current baseline;
+    0.5 when there is none."""
+    run_dir = seed_dir / ("apga" + (f"-{apga_variant(config)}" if apga_variant(config) else ""))
+    if (run_dir / "result.json").is_file() and (run_dir / "config.json").is_file():
+        started_from = json.loads((run_dir / "config.json").read_text()).get("inputs", {}).get("baseline")
+        area = json.loads((run_dir / "result.json").read_text()).get("selection_mask_area", math.nan)
+        if started_from == file_digest(seed_dir / "baseline" / "best.pt") and area is not None and math.isfinite(area):
             return float(area)
     return DEFAULT_KEEP_AREA
 
@@ -133,11 +147,11 @@ def run_floors(config: Config, data: RunData, seed: int, seed_dir: Path, device,
             quality = evaluate(floor, data.report, device, mask_quality=True, seed=seed, occlusion=occlusion,
                                **eval_kwargs)
             result = {k: quality[k] for k in MASK_QUALITY_COLUMNS} | {
-                "data_fingerprint": data.fingerprint, "code_version": code_version()}
-            saved = {"inputs": inputs, "result": result}
+                "data_fingerprint": data.fingerprint, "code_version": code_version(), "device": str(device)}
+            saved = {"inputs": inputs, "result": result, "config": config_dict(config)}
             atomic_write_json(path, saved)
-        upsert_row(Path(config.out_dir) / RESULTS_FILE,
-                   _row(config, "floor", kind, seed, path.with_suffix(""), saved["result"], device, False, {}))
+        upsert_row(Path(config.out_dir) / RESULTS_FILE, _row(config, "floor", kind, seed, path.with_suffix(""),
+                                                             saved["result"], saved["config"], inputs))
 
 
 def run(config: Config) -> None:

@@ -26,6 +26,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 import torch
@@ -80,6 +81,7 @@ class Stage:
     progress: bool = True
     dist: Dist = Dist()
     inputs: dict = field(default_factory=dict)  # what the run starts from: part of its identity
+    on_fresh: Callable[[], None] | None = None  # called (rank 0) when the run is trained anew
 
 
 class _Logs:
@@ -244,9 +246,11 @@ def fit(method, data: RunData, stage: Stage) -> dict:
     main = stage.dist.is_main
     if main:
         if fresh:
-            for stale in (result_file, last_file, best_file, run_dir / "metrics.csv"):
+            for stale in (result_file, last_file, best_file, run_dir / "metrics.csv", run_dir / "curves.png"):
                 stale.unlink(missing_ok=True)
             shutil.rmtree(run_dir / "gallery", ignore_errors=True)
+            if stage.on_fresh is not None:
+                stage.on_fresh()
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(config_file, config_values)
     stage.dist.barrier()
@@ -265,6 +269,10 @@ def fit(method, data: RunData, stage: Stage) -> dict:
         scaler.load_state_dict(state["scaler"])
         progress, history = {**progress, **state["progress"]}, state["history"]
         restore_rng(state["rng"])
+        if best_file.is_file():  # a best.pt written by mid-epoch validations of a killed epoch is still the best
+            selection = load_checkpoint(best_file, "cpu").get("selection", {})
+            if selection.get("best_accuracy", -1.0) > progress["best_accuracy"]:
+                progress.update(selection)
         if main:
             print(f"resuming {run_dir} after epoch {progress['epoch']}")
 
@@ -289,13 +297,12 @@ def fit(method, data: RunData, stage: Stage) -> dict:
                 metrics["improved"] = 1.0
                 save_checkpoint(best_file, {"classifier": _state_of(method.classifier), "agent": _state_of(method.agent),
                                             "method": method.state_dict(), "method_name": method.name,
-                                            "epoch": epoch_position, "config": config_values,
-                                            "code_version": code_version()})
+                                            "epoch": epoch_position, "selection": _selection_of(metrics, epoch_position),
+                                            "config": config_values, "code_version": code_version()})
         metrics = stage.dist.from_main(metrics)
         progress["selection_evaluations"] += 1
         if metrics.get("improved"):
-            progress.update(best_accuracy=metrics["accuracy"], best_epoch=epoch_position,
-                            selection_mask_area=metrics.get("mask_area", math.nan))
+            progress.update(_selection_of(metrics, epoch_position))
         return metrics
 
     max_epochs = config.finetune_epochs if method.fine_tuned and config.finetune_epochs else config.epochs
@@ -307,7 +314,8 @@ def fit(method, data: RunData, stage: Stage) -> dict:
             sampler.set_epoch(epoch)
         else:
             loader.generator.manual_seed(derive_seed(stage.seed, method.name, epoch, "order"))
-        method.generator.manual_seed(derive_seed(stage.seed, method.name, epoch, "masks"))
+        ranks = (stage.dist.rank,) if stage.dist.enabled else ()  # each rank its own draws for its own images
+        method.generator.manual_seed(derive_seed(stage.seed, method.name, epoch, "masks", *ranks))
         best_before = progress["best_accuracy"]
         steps = len(loader) if config.steps_per_epoch is None else min(config.steps_per_epoch, len(loader))
 
@@ -350,9 +358,15 @@ def fit(method, data: RunData, stage: Stage) -> dict:
                       selection_accuracy=progress["best_accuracy"],
                       selection_evaluations=progress["selection_evaluations"],
                       selection_mask_area=progress["selection_mask_area"], train_seconds=time.perf_counter() - start,
-                      data_fingerprint=data.fingerprint, code_version=code_version())
+                      data_fingerprint=data.fingerprint, code_version=code_version(), device=str(device))
         atomic_write_json(result_file, result)
     return stage.dist.from_main(result)
+
+
+def _selection_of(metrics: dict, epoch_position: float) -> dict:
+    """What `progress` (and best.pt) record of a selected checkpoint's evaluation."""
+    return {"best_accuracy": metrics["accuracy"], "best_epoch": epoch_position,
+            "selection_mask_area": metrics.get("mask_area", math.nan)}
 
 
 def _difference(old: dict, new: dict) -> str:

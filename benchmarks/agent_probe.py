@@ -163,7 +163,7 @@ def main(body_part: str = "elbow", seeds: str = "0,1,2,3,4", estimators: str = "
 def print_summary(table: pd.DataFrame, config, training: str) -> None:
     """Mean ± sd over seeds of each estimator and floor, and the rloo targets."""
     shown = ["bone_precision_10", "bone_precision_30", "finding_cover_10", "pointing_hit", "bone_auroc",
-             "location_gap_10", "occlusion_agreement_10", "mask_sd", "last_bone_precision"]
+             "location_gap_10", "swap_gap_10", "occlusion_agreement_10", "mask_sd", "last_bone_precision"]
     print(f"\nfrozen-classifier probe, {training}: {body_settings(config)}; mean ± sd over seeds "
           f"(min for bone precision) at the selected step; last_bone_precision: on the selection split at the "
           f"last step (drift)\n")

@@ -71,7 +71,7 @@ def reference_rloo_loss(classifier, logits, images, labels, uniform, cell: int, 
         per_image_cells.append(torch.stack([torch.stack([logits[i, 0, r * cell:(r + 1) * cell, c * cell:(c + 1) * cell].mean()
                                                          for c in range(w)]) for r in range(h)]))  # (h, w)
     classifier.eval()
-    rewards = torch.zeros(k_samples, b)
+    rewards, adversarial_losses = torch.zeros(k_samples, b), torch.zeros(k_samples, b)
     with torch.no_grad():
         for i in range(b):
             clean = F.cross_entropy(classifier(images[i:i + 1]), labels[i:i + 1]).item()
@@ -80,7 +80,8 @@ def reference_rloo_loss(classifier, logits, images, labels, uniform, cell: int, 
                 action = (uniform[k, i, 0] < p).float()  # (h, w)
                 marked = action.repeat_interleave(cell, 0).repeat_interleave(cell, 1)
                 adversarial = (images[i] * (1 - marked)).unsqueeze(0)
-                rewards[k, i] = F.cross_entropy(classifier(adversarial), labels[i:i + 1]).item() - clean
+                adversarial_losses[k, i] = F.cross_entropy(classifier(adversarial), labels[i:i + 1]).item()
+                rewards[k, i] = adversarial_losses[k, i] - clean
     classifier.train()
     advantages = torch.zeros(k_samples, b)
     for i in range(b):
@@ -97,4 +98,4 @@ def reference_rloo_loss(classifier, logits, images, labels, uniform, cell: int, 
             policy = policy - advantages[k, i] * log_prob / (k_samples * b)
         budget = budget + area_weight * (p.mean() - area) ** 2 / b
         prior = prior - prior_weight * (area * torch.log(p) + (1 - area) * torch.log(1 - p)).mean() / b
-    return policy + budget + prior, rewards
+    return policy + budget + prior, adversarial_losses

@@ -132,10 +132,11 @@ def test_rloo_step_equals_a_per_image_reference():
     method.generator = torch.Generator().manual_seed(5)
     phase = method.estimator.policy_phase(method, images, labels, clean_loss=torch.tensor(0.0))
     uniform = torch.rand((4, 3, 1, 4, 4), generator=torch.Generator().manual_seed(5))  # the same draws
-    expected, rewards = reference_rloo_loss(copy.deepcopy(classifier), agent(images), images, labels, uniform,
-                                            cell=8, area=0.1, area_weight=1.0, prior_weight=0.3)
+    expected, adversarial_losses = reference_rloo_loss(copy.deepcopy(classifier), agent(images), images, labels,
+                                                       uniform, cell=8, area=0.1, area_weight=1.0, prior_weight=0.3)
     assert np.isclose(phase.loss.item(), expected.item(), rtol=1e-4, atol=1e-6)
-    assert np.isclose(phase.logs["reward"].item(), rewards.mean().item(), atol=1e-5)
+    assert np.isclose(phase.logs["adversarial_loss"].item(), adversarial_losses.mean().item(), atol=1e-5)
+    assert np.isclose(phase.logs["reward"].item(), adversarial_losses.mean().item(), atol=1e-5)  # clean loss 0 here
     # and the gradients agree too
     grads = torch.autograd.grad(phase.loss, list(agent.parameters()))
     expected_grads = torch.autograd.grad(expected, list(agent.parameters()))
@@ -151,7 +152,7 @@ def test_rloo_sends_all_masked_images_through_the_classifier_as_one_batch():
     method = APGA(config, classifier, build_agent(width=2))
     method.generator = torch.Generator().manual_seed(0)
     method.estimator.policy_phase(method, torch.rand(5, 3, 32, 32), torch.tensor([0, 1, 0, 1, 1]), torch.tensor(0.0))
-    assert batches == [5 + 4 * 5]  # the clean images (for the logged reward) and B x K masked ones
+    assert batches == [4 * 5]  # the B x K masked images, in one call
 
 
 def test_rloo_starts_sparse_and_keeps_the_top_rho_cells():

@@ -5,7 +5,9 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 
 from apga.checkpoint import load_checkpoint, save_checkpoint
 from apga.errors import CheckpointError
@@ -67,6 +69,21 @@ def test_skipping_an_unreadable_image_changes_the_data_fingerprint(tiny_data, ti
     assert after != before
 
 
+def test_an_image_replaced_in_place_changes_the_data_fingerprint_and_a_copy_does_not(tiny_data, tiny_config, tmp_path):
+    from PIL import Image
+
+    from apga.data import prepare_run_data
+
+    copy = tmp_path / "data"
+    shutil.copytree(tiny_data, copy)
+    before = prepare_run_data(tiny_config(data_root=str(copy)), seed=1).fingerprint
+    assert prepare_run_data(tiny_config(data_root=str(tiny_data)), seed=1).fingerprint == before  # another folder
+    paths = (copy / "MURA-v1.1" / "valid_image_paths.csv").read_text().split()
+    image = copy / next(p for p in paths if "XR_ELBOW" in p)
+    Image.fromarray(255 - np.asarray(Image.open(image).convert("L"))).save(image)  # the same path, other pixels
+    assert prepare_run_data(tiny_config(data_root=str(copy)), seed=1).fingerprint != before
+
+
 def test_random_floor_takes_apgas_selection_area_and_is_retrained_when_it_changes(tiny_config, capsys):
     config = tiny_config(model_selection="holdout", holdout_fraction=0.3, train_cutout=0, train_gradcam=0,
                          train_end2end=0, train_apga=0)
@@ -98,3 +115,75 @@ def test_a_fine_tuned_run_is_retrained_when_its_baseline_changed(tiny_config, ca
     assert cutout_after["accuracy"] == _saved(out, cutout_after["run_id"])["accuracy"]
     assert _saved(out, cutout_after["run_id"], "config.json")["inputs"] == {"baseline": file_digest(best)}
     assert inputs_before != {"baseline": file_digest(best)}
+
+
+def test_rows_of_an_old_baseline_are_marked_superseded_and_left_out_of_the_report(tiny_config):
+    from apga.report import render
+
+    config = tiny_config(train_cutout=1, train_gradcam=0, train_end2end=0, train_apga=0, train_random=1)
+    run(config)
+    assert read_results(config.out_dir)["superseded"].eq(0).all()
+    run(tiny_config(**ONLY, lr=0.3, resume=False))  # only the baseline, trained again with other settings
+    table = read_results(config.out_dir).set_index("method")
+    assert table.loc["baseline", "superseded"] == 0
+    assert table.loc["cutout", "superseded"] == 1 and table.loc["random", "superseded"] == 1
+    assert table.loc["floor", "superseded"].eq(1).all()  # the floors came from the old baseline too
+    text = render(read_results(config.out_dir))
+    assert "| cutout |" not in text and "row(s) of results.csv are superseded" in text
+
+
+def test_a_run_trained_anew_loses_its_old_row_before_it_starts(tiny_config, monkeypatch):
+    from apga import train
+
+    config = tiny_config(**ONLY)
+    run(config)
+    assert len(read_results(config.out_dir)) == 1
+
+    def killed(*args, **kwargs):
+        raise KeyboardInterrupt  # as if the new run were killed in its first epoch
+    monkeypatch.setattr(train, "train_one_epoch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_config(**ONLY, lr=0.3, resume=False))
+    assert read_results(config.out_dir).empty  # the old numbers are not left as if they were this run's
+
+
+def test_floors_are_recomputed_when_their_baseline_changes(tiny_config):
+    config = tiny_config(train_cutout=0, train_gradcam=0, train_end2end=0, train_apga=0, train_random=1)
+    run(config)
+    out = Path(config.out_dir)
+    floor = out / "elbow-all-val" / "seed89" / "floors" / "random-boxes.json"
+    before = json.loads(floor.read_text())
+    best = out / "elbow-all-val" / "seed89" / "baseline" / "best.pt"
+    state = load_checkpoint(best)
+    state["classifier"] = {k: v * 1.5 if v.is_floating_point() else v for k, v in state["classifier"].items()}
+    save_checkpoint(best, state)
+    run(config)
+    after = json.loads(floor.read_text())
+    assert after["inputs"]["baseline"] == file_digest(best) != before["inputs"]["baseline"]
+    rows = read_results(out)
+    assert rows[rows["method"] == "floor"]["baseline_digest"].eq(file_digest(best)).all()
+
+
+def test_a_rerun_that_reuses_finished_runs_keeps_one_row_per_run(tiny_config):
+    config = tiny_config(train_cutout=1, train_gradcam=0, train_end2end=0, train_apga=0, train_random=0)
+    run(config)
+    first = read_results(config.out_dir)
+    run(config)  # everything is finished and reused
+    again = read_results(config.out_dir)
+    assert again["run_id"].is_unique and len(again) == len(first) == 2
+
+
+def test_the_floors_area_is_apgas_on_the_selection_split_and_only_from_the_current_baseline(tmp_path):
+    from apga.config import make_config
+    from apga.runner import apga_kept_area
+    from apga.utils import atomic_write_json
+
+    seed_dir = tmp_path / "seed89"
+    save_checkpoint(seed_dir / "baseline" / "best.pt", {"classifier": {}})
+    atomic_write_json(seed_dir / "apga" / "result.json", {"selection_mask_area": 0.37, "mask_area": 0.81})
+    atomic_write_json(seed_dir / "apga" / "config.json", {"inputs": {"baseline": file_digest(seed_dir / "baseline" / "best.pt")}})
+    config = make_config(preset="cpu")
+    assert apga_kept_area(config, seed_dir) == 0.37  # the selection split's area, never the report's 0.81
+    save_checkpoint(seed_dir / "baseline" / "best.pt", {"classifier": {"changed": torch.zeros(1)}})
+    assert apga_kept_area(config, seed_dir) == 0.5  # APGA's run started from another baseline: not used
+    assert apga_kept_area(make_config(preset="cpu", estimator="rloo"), seed_dir) == 0.5  # no apga-rloo run

@@ -122,11 +122,40 @@ def test_map_quality_summary_on_a_known_batch():
     # the top 10 % (26 of the left quarter's 64 pixels) blanked, against the same pixels rolled out of it
     expected_gap = math.log1p(math.exp(-(20 * 0.5 * 38 / 64 - 5))) - math.log1p(math.exp(-5))
     assert summary["location_gap_10"] == pytest.approx(expected_gap, rel=1e-4)
+    # both masks lie in the left quarter: the other image's mask hurts as much (a place, not this image)
+    assert summary["swap_gap_10"] == pytest.approx(0.0, abs=1e-6)
+    # image 0's finding (16 pixels) is its map's maximum: AUROC 1; image 1 has none
+    assert summary["finding_auroc"] == 1.0
     assert summary["mask_sd"] == pytest.approx(16 * 0.05 / 256, rel=1e-5)  # 16 pixels differ (1.0 vs 0.9): sd 0.05
     assert summary["collapsed"] == 0.0 and summary["policy_area"] == pytest.approx(0.25)
     collapsed = MapQuality()
     collapsed.add(BrightLeft(), images, labels, maps, policy_area=torch.tensor([0.995, 1.0]))
     assert collapsed.summary()["collapsed"] == 1.0 and math.isnan(collapsed.summary()["bone_precision_10"])
+
+
+class CellReader(nn.Module):
+    """'Abnormal' score = sum of the first channel weighted by a distinct weight per 2 x 2 cell."""
+
+    def __init__(self):
+        super().__init__()
+        cells = torch.randperm(64, generator=torch.Generator().manual_seed(0)).float().view(1, 1, 8, 8) + 1
+        self.weights = torch.nn.functional.interpolate(cells, size=(16, 16), mode="nearest")[0, 0] / 200
+
+    def forward(self, images):
+        score = (images[:, 0] * self.weights).flatten(1).sum(1) - 10
+        return torch.stack([torch.zeros_like(score), score], dim=1)
+
+
+def test_occlusion_agreement_is_high_for_the_classifiers_own_ranking_and_zero_for_its_reverse():
+    reader = CellReader()
+    images, labels = torch.full((3, 3, 16, 16), 0.5), torch.ones(3, dtype=torch.long)
+    scores = {}
+    for name, maps in (("aligned", reader.weights), ("reversed", -reader.weights)):
+        quality = MapQuality()
+        quality.add(reader, images, labels, maps.expand(3, 1, 16, 16), policy_area=torch.full((3,), 0.1))
+        scores[name] = quality.summary()["occlusion_agreement_10"]
+    # the top 10 % (26 pixels) of both maps are the top 6 cells (24 pixels) and 2 pixels of the 7th
+    assert scores["aligned"] >= 24 / 26 and scores["reversed"] == 0.0
 
 
 def test_random_box_floor_is_a_box_of_the_asked_area_and_brightest_ranks_intensity():
@@ -140,3 +169,11 @@ def test_random_box_floor_is_a_box_of_the_asked_area_and_brightest_ranks_intensi
     floor = Floor("brightest", classifier=None)
     assert torch.equal(top_fraction(floor.mask_probabilities(images), 0.25).bool(),
                        top_fraction(images[:, :1], 0.25).bool())
+
+
+@pytest.mark.parametrize("area, collapsed", [(0.015, 1.0), (0.025, 0.0), (0.5, 0.0), (0.975, 0.0), (0.985, 1.0)])
+def test_collapse_is_a_policy_area_outside_two_and_ninety_eight_percent(area, collapsed):
+    quality = MapQuality()
+    maps = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    quality.add(BrightLeft(), torch.rand(2, 3, 8, 8), torch.tensor([0, 1]), maps, policy_area=torch.full((2,), area))
+    assert quality.summary()["collapsed"] == collapsed

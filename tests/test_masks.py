@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from apga.masks import adversarial_images, cutout_masks, greedy_action, kept_images, random_boxes
@@ -57,3 +58,22 @@ def test_cutout_boxes_differ_per_image_and_respect_the_area():
     assert area.min() > 0.005 and area.max() < 0.4
     again = cutout_masks(images, torch.Generator().manual_seed(1))
     assert torch.equal(masks, again)
+
+
+@pytest.mark.parametrize("fill", ["zero", "mean", "blur"])
+def test_blanked_pixels_take_the_fill_in_adversarial_and_kept_images(fill):
+    from apga.masks import fill_values
+
+    torch.manual_seed(0)
+    images = torch.rand(2, 3, 16, 16) + 0.1
+    marked = (torch.rand(2, 1, 16, 16) > 0.5).float()
+    values = torch.as_tensor(fill_values(images, fill)).expand_as(images)
+    on = marked.expand_as(images).bool()
+    adversarial, kept = adversarial_images(images, marked, fill), kept_images(images, marked, fill)
+    assert torch.allclose(adversarial[on], values[on]) and torch.equal(adversarial[~on], images[~on])
+    assert torch.allclose(kept[~on], values[~on]) and torch.equal(kept[on], images[on])
+    if fill == "mean":
+        assert torch.allclose(values[0], images[0].mean().expand(3, 16, 16))
+    if fill == "blur":  # a blurred copy: smoother than the image, same mean brightness
+        assert values.diff(dim=-1).abs().mean() < 0.5 * images.diff(dim=-1).abs().mean()
+        assert abs(values.mean() - images.mean()) < 0.02

@@ -184,11 +184,12 @@ def host_syncs_forbidden():
         yield
 
 
-@pytest.mark.parametrize("name", list(METHODS))
-def test_training_step_has_no_host_sync(name, tiny_config, tmp_path):
+@pytest.mark.parametrize("name, estimator", [(name, "greedy") for name in METHODS]
+                         + [("apga", "sample"), ("apga", "rloo")])
+def test_training_step_has_no_host_sync(name, estimator, tiny_config, tmp_path):
     """No .item(), tensor truth test or numpy conversion in any method's step (only the loop's
     logging, every --log-every steps, reads values back)."""
-    config = tiny_config(body_part="elbow")
+    config = tiny_config(body_part="elbow", estimator=estimator, fill="blur")
     method = build_method(name, config, torch.device("cpu"), _untrained_baseline(config, tmp_path))
     method.generator = torch.Generator().manual_seed(0)
     optimizers, scaler = make_optimizers(method), torch.amp.GradScaler("cpu", enabled=False)

@@ -97,3 +97,20 @@ def test_refuses_another_version_and_a_corrupted_checkpoint(trained, tmp_path, c
     with pytest.raises(SystemExit):
         main(str(copy), str(tmp_path))
     assert "another version" in capsys.readouterr().err
+
+
+def test_gradcam_refuses_a_baseline_that_was_trained_again(trained, tmp_path, capsys):
+    import shutil
+
+    from apga.predict import main
+
+    _, seed_dir = trained
+    copy = tmp_path / "seed"
+    shutil.copytree(seed_dir / "gradcam", copy / "gradcam")
+    shutil.copytree(seed_dir / "baseline", copy / "baseline")
+    state = load_checkpoint(copy / "baseline" / "best.pt")
+    state["classifier"] = {k: v * 2 if v.is_floating_point() else v for k, v in state["classifier"].items()}
+    save_checkpoint(copy / "baseline" / "best.pt", state)
+    with pytest.raises(SystemExit):
+        main(str(copy / "gradcam"), str(tmp_path))
+    assert "is not the baseline gradcam was fine-tuned from" in capsys.readouterr().err

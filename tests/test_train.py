@@ -6,7 +6,7 @@ import copy
 import torch
 
 from apga import train
-from apga.checkpoint import load_checkpoint
+from apga.checkpoint import load_checkpoint, save_checkpoint
 from apga.data import prepare_run_data
 from apga.methods import METHODS
 from apga.models import build_classifier
@@ -72,3 +72,23 @@ def test_cuda_rng_states_are_restored(monkeypatch):
     restore_rng({"torch": cpu_state, "cuda": cuda_states})
     assert torch.equal(torch.get_rng_state(), cpu_state)
     assert len(restored) == 1 and torch.equal(restored[0][0], cuda_states[0]) and restored[0][1] == 0
+
+
+def test_resume_agrees_with_a_best_checkpoint_written_by_a_killed_epoch(tiny_config, tmp_path, monkeypatch):
+    """A mid-epoch validation wrote best.pt, then the run was killed before its epoch ended: on
+    resume, the recorded best is that checkpoint's, so the report does not pair its weights with
+    an older epoch's selection accuracy."""
+    config = tiny_config(epochs=2, patience=5, gallery="off")
+    data = prepare_run_data(config, seed=1)
+    stage = Stage(tmp_path / "run", 1, torch.device("cpu"), Precision("cpu", None), config, progress=False)
+    monkeypatch.setattr(train, "evaluate", _scripted_evaluate([0.6, 0.8], [], []))
+    fit(METHODS["baseline"](config, build_classifier(config.classifier)), data, stage)
+    last = load_checkpoint(tmp_path / "run" / "last.pt")
+    last["progress"].update(epoch=1, best_accuracy=0.6, best_epoch=1.0, epochs_since_best=0)  # the state after epoch 1
+    save_checkpoint(tmp_path / "run" / "last.pt", last)
+    (tmp_path / "run" / "result.json").unlink()
+    reported = []
+    monkeypatch.setattr(train, "evaluate", _scripted_evaluate([0.5], [], reported))  # the rerun epoch does worse
+    result = fit(METHODS["baseline"](config, build_classifier(config.classifier)), data, stage)
+    assert (result["selection_accuracy"], result["best_epoch"]) == (0.8, 2.0)
+    assert _same(reported[0], load_checkpoint(tmp_path / "run" / "best.pt")["classifier"])

@@ -53,8 +53,17 @@ class APGA(Method):
 
 
 def apga_variant(config) -> str:
-    """'' for the paper's settings, else what differs: estimator, fill, kept-region norm, agent scale."""
+    """'' for the paper's settings, else what differs: estimator (with its settings that differ from
+    their defaults), fill, kept-region norm, agent scale. Variants sit side by side in one out-dir."""
+    from apga.config import defaults, default_mask_cell
+
     parts = [] if config.estimator == "greedy" else [config.estimator]
+    if config.estimator == "rloo":
+        standard = defaults() | {"mask_cell": default_mask_cell(config.image_size)}
+        for name, short in (("mask_cell", "cell"), ("policy_samples", "k"), ("mask_area", "rho"),
+                            ("area_weight", "lambda"), ("prior_weight", "w")):
+            if getattr(config, name) != standard[name]:
+                parts.append(f"{short}{getattr(config, name):g}")
     if blanking_variant(config):
         parts.append(blanking_variant(config))
     if config.agent_scale != 1:
