@@ -5,11 +5,12 @@
 
 For every (protocol, k, seed): the baseline and every method with `--preset cpu` (APGA with the
 paper's greedy estimator, and the random floor at its area), then APGA with each extra variant
-(`--variants`, default the rloo estimator; e.g. `rloo,sample,scale0.5`) with the random floor at
-that variant's area. The mask-quality floors come with each baseline. Everything collects into
-<out-dir>/results.csv; the summary (accuracy with paired differences from the baseline and their
-95 % intervals, and mask quality beside the floors) is printed and written to <out-dir>/summary.md.
-Resumable: rerunning skips what is finished.
+(`--variants`, default the rloo estimator with the paper's kept-region batch norm and with it
+frozen; also `sample`, `scale0.5`) with the random floor at that variant's area. The mask-quality
+floors come with each baseline. Everything collects into <out-dir>/results.csv; the summary
+(accuracy with paired differences from the baseline and their 95 % intervals, and mask quality
+beside the floors) is printed and written to <out-dir>/summary.md, with its plots. Resumable:
+rerunning skips what is finished.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from apga.config import make_config  # noqa: E402
 from apga.results import read_results  # noqa: E402
 from apga.runner import run  # noqa: E402
 
-VARIANTS = {"rloo": {"estimator": "rloo"}, "sample": {"estimator": "sample"}, "scale0.5": {"agent_scale": 0.5}}
+VARIANTS = {"rloo": {"estimator": "rloo"}, "rloo-frozenbn": {"estimator": "rloo", "kept_norm": "frozen"},
+            "sample": {"estimator": "sample"}, "scale0.5": {"agent_scale": 0.5}}
 APGA_AND_FLOOR = dict(train_cutout=0, train_gradcam=0, train_end2end=0)
 
 
@@ -33,7 +35,7 @@ def _list(value) -> list[str]:
 
 
 def main(body_part: str = "elbow", shots: str = "25,100,all", seeds: int = 5, out_dir: str = "runs/study",
-         selections: str = "val,holdout", variants: str = "rloo", data_root: str = "datasets") -> None:
+         selections: str = "val,holdout", variants: str = "rloo,rloo-frozenbn", data_root: str = "datasets") -> None:
     """Run the study and print its summary tables."""
     start = time.perf_counter()
     unknown = sorted(set(_list(variants)) - set(VARIANTS))
