@@ -32,7 +32,7 @@ from apga.errors import APGAError, CheckpointError, DataError
 from apga.evaluation import abnormal_probability
 from apga.gallery import mask_panels, write_panels
 from apga.masks import kept_images
-from apga.train import _load_networks
+from apga.train import load_networks
 from apga.utils import atomic_write_bytes, eval_mode, file_digest, resolve_device
 
 STUDY_FOLDER = re.compile(r"^study\d+_(positive|negative)$", re.IGNORECASE)
@@ -75,7 +75,7 @@ def load_run(run_dir: str | Path, device):
     if not best.is_file():
         raise CheckpointError(f"no best.pt in {run_dir}; pass a method's folder of a finished run, "
                               f"e.g. runs/elbow-all-val/seed89/apga")
-    state = load_checkpoint(best, "cpu", hint="train the run again to get a readable best.pt")
+    state = load_checkpoint(best, device, hint="train the run again to get a readable best.pt")
     if state.get("format") != CHECKPOINT_FORMAT or "method_name" not in state:
         raise CheckpointError(f"{best} was written by another version of apga (checkpoint format "
                               f"{state.get('format')}, this version reads {CHECKPOINT_FORMAT}); train the run again "
@@ -95,18 +95,8 @@ def load_run(run_dir: str | Path, device):
             raise CheckpointError(f"{baseline} is not the baseline {run_dir.name} was fine-tuned from (it was trained "
                                   f"again); its Grad-CAM masks would not be the run's")
     method = build_method(name, config, device, baseline if name == "gradcam" else None)
-    _load_networks(method, _to_device(state, device))
+    load_networks(method, state)
     return method, config
-
-
-def _to_device(state: dict, device) -> dict:
-    def move(value):
-        if torch.is_tensor(value):
-            return value.to(device)
-        if isinstance(value, dict):
-            return {k: move(v) for k, v in value.items()}
-        return value
-    return move(state)
 
 
 @torch.no_grad()

@@ -142,7 +142,7 @@ def restore_rng(state: dict) -> None:
             torch.cuda.set_rng_state(cuda_state.cpu(), index)
 
 
-def _load_networks(method, state: dict) -> None:
+def load_networks(method, state: dict) -> None:
     unwrap(method.classifier).load_state_dict(state["classifier"])
     if method.agent is not None and state.get("agent") is not None:
         unwrap(method.agent).load_state_dict(state["agent"])
@@ -263,7 +263,7 @@ def fit(method, data: RunData, stage: Stage) -> dict:
     if not fresh and last_file.is_file():
         state = load_checkpoint(last_file, device)
         check_same_config(last_file, state["config"], config_values, method.ignored_settings())
-        _load_networks(method, state)
+        load_networks(method, state)
         for name, opt in optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         scaler.load_state_dict(state["scaler"])
@@ -347,7 +347,7 @@ def fit(method, data: RunData, stage: Stage) -> dict:
         validate(float(progress["epoch"]))
     result = None
     if main:
-        _load_networks(method, load_checkpoint(best_file, device))
+        load_networks(method, load_checkpoint(best_file, device))
         with plain_networks(method):
             if config.gallery != "off":
                 save_gallery(method, gallery_images, run_dir / "gallery" / "final.png", device)
