@@ -29,7 +29,7 @@ def _f(default, help_text):
 class Config:
     # --- the original script's flags -------------------------------------------------------
     seed: int = _f(88, "base seed; incremented once before each run, so run 1 uses seed+1 (as the paper)")
-    body_part: str = _f("elbow", "MURA body part (elbow|finger|forearm|hand|humerus|shoulder|wrist) or 'all'")
+    body_part: str = _f("elbow", "MURA body part (elbow, finger, forearm, hand, humerus, shoulder, wrist) or 'all'")
     n_runs: int = _f(1, "number of runs (seeds) to train, one after another")
     gpu_id: int = _f(0, "CUDA device index; falls back to the CPU with a notice when CUDA is absent")
     n_shot: int | None = _f(None, "k-shot: k positive and k negative training images (default: all)")
@@ -41,13 +41,13 @@ class Config:
     # --- data ------------------------------------------------------------------------------
     data_root: str = _f("datasets", "folder that holds MURA-v1.1/ (and, for generated data, MURA-v1.1-masks/)")
     data_csv: str | None = _f(None, "your own binary task instead of MURA: a CSV with columns path,label,split[,study,patient] (paths relative to it)")
-    demo: bool = _f(False, "generate the synthetic MURA-layout data set (once) and run with --preset cpu on it")
+    demo: bool = _f(False, "generate the synthetic MURA-layout data set (once) and run with --preset cpu on it, into --out-dir runs/demo unless given")
     image_size: int = _f(224, "images are resized to this square side (the agent pads it to a multiple of 32)")
     num_workers: int = _f(2, "DataLoader worker processes")
     skip_bad_images: bool = _f(False, "skip unreadable PNGs (counted in the log) instead of stopping")
     cache_dir: str | None = _f(None, "where decoded, resized images are cached (default: <data-root>/.apga-cache)")
     # --- models ----------------------------------------------------------------------------
-    classifier: str = _f("densenet169", "classifier: densenet121|densenet161|densenet169|densenet201|densenet-small")
+    classifier: str = _f("densenet169", "classifier: densenet121, densenet161, densenet169, densenet201 or densenet-small")
     pretrained: bool = _f(False, "start the classifier and the agent's encoder from torchvision ImageNet weights (downloads)")
     agent_width: int = _f(32, "UNet11 base filters (32 is TernausNet's, VGG11-sized encoder)")
     agent_scale: float = _f(1.0, "the agent sees the image at this fraction of its side; its mask is upsampled (0.5 = cheaper agent)")
@@ -84,6 +84,8 @@ class Config:
     resume: bool = _f(True, "continue a killed run from its last checkpoint; finished runs are skipped (0: start fresh)")
     preset: str = _f("paper", "named settings: 'paper' (defaults) or 'cpu' (small images and models for a 2-core CPU)")
 
+
+DEMO_OUT_DIR = "runs/demo"
 
 PRESETS: dict[str, dict] = {
     "paper": {},
@@ -138,6 +140,8 @@ def make_config(**overrides) -> Config:
                 raise ConfigError(f"--{name.replace('_', '-')} does not go with --data-csv: the CSV's rows are the data "
                                   f"set; drop --{name.replace('_', '-')}")
     values = {**defaults(), **PRESETS[preset], **overrides, "preset": preset}
+    if overrides.get("demo") and "out_dir" not in overrides:
+        values["out_dir"] = DEMO_OUT_DIR  # generated-data runs never share folders with MURA runs
     config = Config(**values)
     validate(config)
     return config

@@ -51,29 +51,30 @@ def read_csv_index(csv_path: str | Path, check_files: bool = True) -> pd.DataFra
     table = table.apply(lambda column: column.str.strip())
     line = pd.Series(range(2, len(table) + 2), index=table.index)  # the header is line 1
 
-    def fail(rows: pd.Series, message: str):
+    def fail(rows: pd.Series, message):
+        """`message`: the text for the first offending row (a function of that row)."""
         first = rows[rows].index[0]
-        raise DataError(f"{csv_path} line {line[first]}: {message.format(**table.loc[first].to_dict())}")
+        raise DataError(f"{csv_path} line {line[first]}: {message(table.loc[first])}")
 
     if table.empty:
         raise DataError(f"{csv_path} has a header but no rows; list one image per row")
     bad = ~table["label"].isin(["0", "1"])
     if bad.any():
-        fail(bad, "label {label!r} must be 0 (normal) or 1 (abnormal)")
+        fail(bad, lambda row: f"label {row['label']!r} must be 0 (normal) or 1 (abnormal)")
     bad = ~table["split"].str.lower().isin(SPLITS)
     if bad.any():
-        fail(bad, "split {split!r} must be train or valid")
+        fail(bad, lambda row: f"split {row['split']!r} must be train or valid")
     bad = table["path"] == ""
     if bad.any():
-        fail(bad, "the path is empty")
+        fail(bad, lambda row: "the path is empty")
     bad = table["path"].duplicated()
     if bad.any():
-        fail(bad, "image {path!r} is listed twice")
+        fail(bad, lambda row: f"image {row['path']!r} is listed twice")
     if check_files:
         root = csv_path.parent
         exists = table["path"].map(lambda p: (root / p).is_file())
         if not exists.all():
-            fail(~exists, f"image {{path!r}} does not exist (paths are relative to {root})")
+            fail(~exists, lambda row: f"image {row['path']!r} does not exist (paths are relative to {root})")
     index = pd.DataFrame({
         "path": table["path"], "split": table["split"].str.lower(), "body_part": dataset_name(csv_path),
         "label": table["label"].astype(int),

@@ -20,12 +20,14 @@ COLUMNS = ("image", "mask p", "adversarial", "kept")
 
 
 @torch.no_grad()
-def mask_panels(method, images: torch.Tensor, tile: int = 96) -> np.ndarray | None:
-    """(N, tile, 4 tile) uint8 rows of the four columns for model inputs `images` (N, 3, S, S);
-    None for methods without masks."""
-    networks = [method.classifier] + ([method.agent] if method.agent is not None else [])
-    with eval_mode(*networks):
-        probabilities = method.mask_probabilities(images)
+def mask_panels(method, images: torch.Tensor, probabilities: torch.Tensor | None = None,
+                tile: int = 96) -> np.ndarray | None:
+    """(N, tile, 4 tile) uint8 rows of the four columns for model inputs `images` (N, 3, S, S), from
+    the method's maps (computed here unless given); None for methods without masks."""
+    if probabilities is None:
+        networks = [method.classifier] + ([method.agent] if method.agent is not None else [])
+        with eval_mode(*networks):
+            probabilities = method.mask_probabilities(images)
     if probabilities is None:
         return None
     keep = method.keep_mask(probabilities)
@@ -53,5 +55,5 @@ def write_panels(rows: np.ndarray, path: Path, title: str = "") -> Path:
 
 def save_gallery(method, images_u8: torch.Tensor, path: Path, device, tile: int = 96) -> Path | None:
     """Write the grid for `images_u8` (N, S, S) uint8; None for methods without masks."""
-    rows = mask_panels(method, to_model_input(images_u8.to(device)), tile)
+    rows = mask_panels(method, to_model_input(images_u8.to(device)), tile=tile)
     return None if rows is None else write_panels(rows, path)

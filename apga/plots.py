@@ -132,7 +132,8 @@ def plot_mask_quality(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     for (body_part, protocol), part in measured.groupby(["body_part", "model_selection"]):
         labels = sorted(set(part["label"]), key=method_rank)
         shots = sorted(part["n_shot"].astype(str).unique(), key=_shot_key)
-        panels = [(c, t) for c, t in QUALITY_PANELS if pd.to_numeric(part[c], errors="coerce").notna().any()]
+        panels = [(c, t) for c, t in QUALITY_PANELS
+                  if c in part.columns and pd.to_numeric(part[c], errors="coerce").notna().any()]
         figure, axes = plt.subplots(len(panels), 1, figsize=(max(7, 0.75 * len(labels) * len(shots) / 2 + 3),
                                                              2.6 * len(panels)), squeeze=False, layout="constrained")
         width = 0.8 / len(shots)

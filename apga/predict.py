@@ -47,6 +47,8 @@ def image_table(images: str | Path) -> pd.DataFrame:
         table.columns = [c.strip().lower() for c in table.columns]
         if "path" not in table.columns:
             raise DataError(f"{images} has no 'path' column; list one image path per row under a 'path' header")
+        if table.empty:
+            raise DataError(f"{images} lists no images; write one image path per row under the 'path' header")
         files = [images.parent / p.strip() for p in table["path"]]
         missing = [(i, f) for i, f in enumerate(files) if not f.is_file()]
         if missing:
@@ -81,8 +83,9 @@ def load_run(run_dir: str | Path, device):
                               f"{state.get('format')}, this version reads {CHECKPOINT_FORMAT}); train the run again "
                               f"with this version")
     known = {f.name for f in fields(Config)}
-    try:
-        config = make_config(**{k: v for k, v in state["config"].items() if k in known})
+    try:  # the weights come from the checkpoint: nothing to download, nothing to compile
+        config = make_config(**{k: v for k, v in state["config"].items() if k in known} | {"pretrained": False,
+                                                                                            "compile": False})
     except APGAError as error:
         raise CheckpointError(f"{best} holds settings this version cannot use ({error})") from None
     name = state["method_name"]
@@ -127,7 +130,8 @@ def predict_images(method, config, table: pd.DataFrame, device, batch_size: int,
             columns.setdefault(key, []).append(value.float().cpu())
         columns.setdefault("row", []).append(torch.tensor(order))
         if maps is not None and overlays < max_overlays:
-            rows = mask_panels(method, images[: max_overlays - overlays])
+            count = max_overlays - overlays
+            rows = mask_panels(method, images[:count], maps[:count])  # the maps these predictions used
             for position, panel in zip(order, rows):
                 name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(table["image"][position]).removesuffix(".png"))
                 write_panels(panel[None], out / "overlays" / f"{name}.png", title=str(table["image"][position]))

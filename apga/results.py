@@ -52,7 +52,9 @@ def read_results(path: Path) -> pd.DataFrame:
         path = path / RESULTS_FILE
     if not path.is_file():
         return pd.DataFrame(columns=IDENTITY + METRICS)
-    return pd.read_csv(path, dtype={"n_shot": str, "variant": str}, keep_default_na=False, na_values=[""])
+    text_columns = ("n_shot", "variant", "run_id", "data_fingerprint", "baseline_digest", "checkpoint_digest",
+                    "code_version")  # hex digests must not be read as numbers
+    return pd.read_csv(path, dtype={c: str for c in text_columns}, keep_default_na=False, na_values=[""])
 
 
 def upsert_row(path: Path, row: dict) -> None:

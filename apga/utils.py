@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -84,8 +85,12 @@ def atomic_write_json(path: Path, obj) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
-    """The git commit of the package's checkout (with '+dirty'), or the package version."""
+    """The git commit of the package's checkout (with '+dirty'), or the package version.
+
+    Read once per process, on first use (when it starts training): the code it runs, even if
+    the checkout changes while it runs."""
     from apga import __version__
 
     root = Path(__file__).resolve().parent.parent

@@ -97,3 +97,10 @@ def test_compiled_baseline_computes_what_the_eager_one_does(tiny_data, tmp_path)
     assert abs(compiled["train_loss"].item() - eager["train_loss"].item()) < 1e-4
     assert compiled["val_accuracy"].item() == eager["val_accuracy"].item()
     assert abs(compiled["val_auroc"].item() - eager["val_auroc"].item()) < 1e-6
+
+
+def test_the_demo_writes_to_its_own_out_dir():
+    from apga.config import make_config
+
+    assert make_config(demo=True).out_dir == "runs/demo" and make_config(demo=True).preset == "cpu"
+    assert make_config(demo=True, out_dir="elsewhere").out_dir == "elsewhere" and make_config().out_dir == "runs"

@@ -19,6 +19,11 @@ class EndToEnd(Method):
     uses_agent = True
     mid_epoch_validation = True
 
+    @property
+    def variant(self) -> str:
+        parts = [super().variant] + ([f"scale{self.config.agent_scale:g}"] if self.config.agent_scale != 1 else [])
+        return "-".join(p for p in parts if p)
+
     def phases(self, images, labels):
         yield self.classifier_phase(images, labels, "clean_loss")
         logits = self.agent(images).float()  # (B, 1, H, W)
