@@ -1,7 +1,8 @@
 """Pictures of what a masking method does: a grid per run (gallery/) and one overlay per image (predict).
 
-Columns: the image, the mask map (agent's p, Grad-CAM, or a random box), the adversarial image
-(marked pixels blanked) and the kept-region image.
+Columns: the image, the mask map (agent's p, Grad-CAM, or a random box; scaled to [0, 1] per image,
+so that rloo's p, which sits near rho, shows its structure), the adversarial image (marked pixels
+blanked) and the kept-region image.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from apga.data import to_model_input
 from apga.masks import adversarial_images, kept_images
 from apga.utils import atomic_write_bytes, eval_mode
 
-COLUMNS = ("image", "mask p", "adversarial", "kept")
+COLUMNS = ("image", "map (min-max)", "adversarial", "kept")
 
 
 @torch.no_grad()
@@ -31,7 +32,10 @@ def mask_panels(method, images: torch.Tensor, probabilities: torch.Tensor | None
     if probabilities is None:
         return None
     keep = method.keep_mask(probabilities)
-    panels = [images[:, :1], probabilities, adversarial_images(images, keep, method.fill)[:, :1],
+    flat = probabilities.flatten(1).float()
+    low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
+    scaled = ((flat - low) / (high - low).clamp(min=1e-6)).view_as(probabilities)  # (N, 1, S, S)
+    panels = [images[:, :1], scaled, adversarial_images(images, keep, method.fill)[:, :1],
               kept_images(images, keep, method.fill)[:, :1]]
     grid = torch.cat([torch.nn.functional.interpolate(p.float(), size=(tile, tile), mode="nearest") for p in panels], dim=3)
     return (grid.clamp(0, 1) * 255).round().byte().squeeze(1).cpu().numpy()

@@ -353,7 +353,8 @@ def fit(method, data: RunData, stage: Stage) -> dict:
                 save_gallery(method, gallery_images, run_dir / "gallery" / "final.png", device)
             result = evaluate(method, data.report, device, mask_quality=True, seed=stage.seed, **eval_kwargs)
         if history:
-            plot_curves(run_dir / "metrics.csv", run_dir / "curves.png", title=f"{run_dir.parent.name}/{run_dir.name}")
+            plot_curves(run_dir / "metrics.csv", run_dir / "curves.png",
+                        title="/".join(run_dir.parts[-3:]))  # e.g. elbow-all-val/seed89/apga
         result.update(best_epoch=progress["best_epoch"], epochs_trained=progress["epoch"],
                       selection_accuracy=progress["best_accuracy"],
                       selection_evaluations=progress["selection_evaluations"],
