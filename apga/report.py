@@ -62,6 +62,14 @@ def _prepared(table: pd.DataFrame) -> pd.DataFrame:
     return table.drop_duplicates(subset=GROUP + ["seed", "label"], keep="last")
 
 
+def _current_rows_with(table: pd.DataFrame, column: str) -> pd.DataFrame | None:
+    """The current (not superseded), labelled rows that have `column`; None if no row can."""
+    if table.empty or column not in table.columns:
+        return None
+    table = _prepared(table)
+    return table[_numeric(table, column).notna()]
+
+
 def _ordered(frame: pd.DataFrame) -> pd.DataFrame:
     frame = frame.assign(_order=frame["method"].map(method_rank))
     return frame.sort_values(GROUP + ["_order"]).drop(columns="_order").reset_index(drop=True)
@@ -71,10 +79,9 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Accuracy summary: one row per (body part, n_shot, protocol, method[variant])."""
     columns = GROUP + ["method", "seeds", "accuracy_mean", "accuracy_std", "delta", "delta_low", "delta_high",
                        "pairs", "wins", "auroc_mean", "accuracy_tta_mean", "study_kappa_mean", "selection_evaluations"]
-    if table.empty or "accuracy" not in table.columns:
+    table = _current_rows_with(table, "accuracy")
+    if table is None:
         return pd.DataFrame(columns=columns)
-    table = _prepared(table)
-    table = table[_numeric(table, "accuracy").notna()]
     rows = []
     for key, group in table.groupby(GROUP, sort=True):
         baseline = group[group["label"] == "baseline"].set_index("seed")["accuracy"].astype(float)
@@ -98,10 +105,9 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
 def summarize_masks(table: pd.DataFrame) -> pd.DataFrame:
     """Mask-quality summary: one row per masking method[variant] and floor, means over seeds."""
     columns = GROUP + ["method", "seeds"] + QUALITY + ["collapsed"]
-    if table.empty or "location_gap_10" not in table.columns:
+    table = _current_rows_with(table, "location_gap_10")
+    if table is None:
         return pd.DataFrame(columns=columns)
-    table = _prepared(table)
-    table = table[_numeric(table, "location_gap_10").notna()]
     rows = []
     for key, group in table.groupby(GROUP, sort=True):
         for name, runs in group.groupby("label", sort=False):
