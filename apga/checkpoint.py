@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from apga.config import training_fields
+from apga.config import defaults, training_fields
 from apga.errors import CheckpointError
 from apga.utils import atomic_write_bytes
 
@@ -37,7 +37,10 @@ def load_checkpoint(path: Path, device=None, hint: str = RESUME_HINT) -> dict:
 
 def check_same_config(path: Path, saved: dict, current: dict, ignored: set[str] = frozenset()) -> None:
     """A checkpoint may only be resumed by a run of the same training settings (but `ignored`)."""
-    old, new = training_fields(saved), training_fields(current)
+    # a setting added after the checkpoint was written counts as its default there: every setting's
+    # default must be what the code did before the setting existed (the paper's behaviour)
+    old = {**{k: v for k, v in training_fields(defaults()).items() if k in current}, **training_fields(saved)}
+    new = training_fields(current)
     differing = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in ignored)
     if "data_fingerprint" in differing:
         raise CheckpointError(f"{path} was trained on other data (fingerprint {old.get('data_fingerprint')} -> "

@@ -59,6 +59,7 @@ class Config:
     lr: float = _f(1e-4, "baseline classifier learning rate (Adam); not defined by the published script, 1e-4 as in the MURA paper")
     finetune_lr: float = _f(1e-5, "learning rate of every fine-tuning stage (Adam), as the paper")
     agent_lr: float = _f(1e-5, "agent learning rate (Adam), as the paper")
+    agent_warmup: int = _f(0, "APGA: steps that train the agent alone against the frozen baseline before fine-tuning starts (0: none, the paper)")
     estimator: str = _f("greedy", "APGA policy gradient: 'greedy' (the paper: threshold at 0.5), 'sample' (Bernoulli REINFORCE) or 'rloo' (per-image leave-one-out REINFORCE on a grid of cells)")
     mask_cell: int | None = _f(None, "rloo: side of the agent's action cells in pixels (default: about 1/8 of --image-size)")
     policy_samples: int = _f(4, "rloo: masks sampled per image; all of them go through the classifier as one batch")
@@ -114,6 +115,7 @@ NON_TRAINING_FIELDS = {
     "train_random", "data_root", "data_csv", "demo", "num_workers", "cache_dir", "out_dir", "resume",
     "log_every", "gallery", "preset", "skip_bad_images",
     "inputs",  # a run's inputs (baseline checkpoint, floor area) are checked on their own: apga/train.py
+    "seed",  # the first seed of a series; a run's own seed is its folder (seedN), whichever series it came from
 }
 
 
@@ -181,6 +183,8 @@ def validate(c: Config) -> None:
         value = getattr(c, name)
         _require(_is_int(value) and value > 0,
                  f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+    _require(_is_int(c.agent_warmup) and c.agent_warmup >= 0,
+             f"--agent-warmup must be an integer >= 0 (steps; 0: none), got {c.agent_warmup!r}")
     _require(_is_int(c.num_workers) and c.num_workers >= 0, f"--num-workers must be >= 0, got {c.num_workers!r}")
     _require(_is_int(c.val_every) and c.val_every >= 0, f"--val-every must be >= 0, got {c.val_every!r}")
     _require(c.finetune_epochs is None or (_is_int(c.finetune_epochs) and c.finetune_epochs > 0),

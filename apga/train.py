@@ -168,9 +168,10 @@ def _has_fused_adam(net) -> bool:
     return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in net.parameters())
 
 
-def run_step(method, images, labels, optimizers, scaler, precision: Precision):
-    """One training step: each of the method's phases, then its optimizers' steps. Yields their logs."""
-    phases = method.phases(images, labels)
+def run_step(method, images, labels, optimizers, scaler, precision: Precision, warmup: bool = False):
+    """One training step: each of the method's phases (its warm-up phases if `warmup`), then its
+    optimizers' steps. Yields their logs."""
+    phases = method.warmup_phases(images, labels) if warmup else method.phases(images, labels)
     while True:
         with precision.autocast():
             phase = next(phases, None)
@@ -186,12 +187,12 @@ def run_step(method, images, labels, optimizers, scaler, precision: Precision):
 
 
 def train_one_epoch(method, loader, optimizers, scaler, stage: Stage, *, desc: str, on_iteration=None,
-                    max_steps: int | None = None) -> dict[str, float]:
-    """Run the method's phases on every batch; return the epoch's mean logs."""
-    logs = _Logs()
-    networks = [net for net, _ in method.networks().values()]
-    for net in networks:
-        net.train()
+                    max_steps: int | None = None, warmup: bool = False, logs: _Logs | None = None) -> dict[str, float]:
+    """Run the method's phases (or its warm-up phases) on every batch; return the mean logs (of
+    this epoch, or of everything added to `logs`)."""
+    logs = _Logs() if logs is None else logs
+    for name, (net, _) in method.networks().items():
+        net.train(not (warmup and name == "classifier"))  # the warm-up does not train the classifier
     total = len(loader) if max_steps is None else min(max_steps, len(loader))
     bar = tqdm(total=total, desc=desc, leave=False, disable=None if stage.progress else True, dynamic_ncols=True)
     log_every = stage.config.log_every
@@ -200,7 +201,7 @@ def train_one_epoch(method, loader, optimizers, scaler, stage: Stage, *, desc: s
             break
         images = to_model_input(batch["image"].to(stage.device, non_blocking=True), stage.config.channels_last)
         labels = batch["label"].to(stage.device, non_blocking=True)
-        for phase_logs in run_step(method, images, labels, optimizers, scaler, stage.precision):
+        for phase_logs in run_step(method, images, labels, optimizers, scaler, stage.precision, warmup):
             logs.add(phase_logs)
         logs.count += 1
         bar.update(1)
@@ -258,7 +259,7 @@ def fit(method, data: RunData, stage: Stage) -> dict:
     optimizers = make_optimizers(method)
     scaler = stage.precision.scaler()
     progress = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0.0, "epochs_since_best": 0,
-                "selection_evaluations": 0, "selection_mask_area": math.nan}
+                "selection_evaluations": 0, "selection_mask_area": math.nan, "warmed_up": False}
     history: list[dict] = []
     if not fresh and last_file.is_file():
         state = load_checkpoint(last_file, device)
@@ -305,17 +306,26 @@ def fit(method, data: RunData, stage: Stage) -> dict:
             progress.update(_selection_of(metrics, epoch_position))
         return metrics
 
-    max_epochs = config.finetune_epochs if method.fine_tuned and config.finetune_epochs else config.epochs
-    start = time.perf_counter()
-    for epoch in range(progress["epoch"] + 1, max_epochs + 1):
-        if progress["epochs_since_best"] >= config.patience:
-            break
+    def seed_pass(epoch: int) -> None:
+        """The data order and the method's random draws of one pass over the training set."""
         if sampler is not None:
             sampler.set_epoch(epoch)
         else:
             loader.generator.manual_seed(derive_seed(stage.seed, method.name, epoch, "order"))
         ranks = (stage.dist.rank,) if stage.dist.enabled else ()  # each rank its own draws for its own images
         method.generator.manual_seed(derive_seed(stage.seed, method.name, epoch, "masks", *ranks))
+
+    max_epochs = config.finetune_epochs if method.fine_tuned and config.finetune_epochs else config.epochs
+    start = time.perf_counter()
+    if method.warmup_steps and not progress["warmed_up"] and progress["epoch"] == 0:
+        history.append(warm_up(method, loader, optimizers, scaler, stage, seed_pass))
+        progress["warmed_up"] = True
+        if main:  # a run killed in epoch 1 resumes after the warm-up
+            _save_state(last_file, method, optimizers, scaler, progress, config_values, history)
+    for epoch in range(progress["epoch"] + 1, max_epochs + 1):
+        if progress["epochs_since_best"] >= config.patience:
+            break
+        seed_pass(epoch)
         best_before = progress["best_accuracy"]
         steps = len(loader) if config.steps_per_epoch is None else min(config.steps_per_epoch, len(loader))
 
@@ -362,6 +372,25 @@ def fit(method, data: RunData, stage: Stage) -> dict:
                       data_fingerprint=data.fingerprint, code_version=code_version(), device=str(device))
         atomic_write_json(result_file, result)
     return stage.dist.from_main(result)
+
+
+def warm_up(method, loader, optimizers, scaler, stage: Stage, seed_pass) -> dict:
+    """`--agent-warmup`: `method.warmup_steps` steps of its warm-up phases (APGA: the agent alone)
+    before fine-tuning, in passes over the training set (seeded as epochs 0, -1, ...). The
+    classifier is not stepped and stays in eval mode, so its batch-norm statistics do not move
+    either. Returns the history row (epoch 0) of the warm-up's mean logs."""
+    logs, steps, number = _Logs(), method.warmup_steps, 0
+    while logs.count < steps:
+        if not len(loader):
+            raise ValueError(f"{method.name} warm-up: the training set has no batch")
+        seed_pass(-number)
+        means = train_one_epoch(method, loader, optimizers, scaler, stage, desc=f"{method.name} warm-up {number + 1}",
+                                max_steps=steps - logs.count, warmup=True, logs=logs)
+        number += 1
+    if stage.progress:
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in means.items() if k.endswith("loss"))
+        print(f"  {method.name} warm-up: {steps} agent steps against the frozen classifier; {shown}")
+    return {"epoch": 0.0, "iteration": steps, **{f"train_{k}": v for k, v in means.items()}}
 
 
 def _selection_of(metrics: dict, epoch_position: float) -> dict:

@@ -2,8 +2,9 @@
 
     python benchmarks/agent_probe.py                              # elbow, seeds 0-4, greedy, sample, rloo
     python benchmarks/agent_probe.py --estimators rloo --seeds 0,1 --steps 300 --prior-weight 0
+    python benchmarks/agent_probe.py --estimators rloo --baseline-seed 91 --out runs/probe/baseline91.csv
 
-Trains (or, when it is already there, loads) the demo's baseline on the generated data
+Trains (or, when it is already there, loads) the demo's baseline (seed `--baseline-seed`) on the generated data
 (`--preset cpu`, the paper's protocol: the classifier under study, as the full loop starts from
 it), freezes it, and for each estimator and agent seed trains a fresh agent alone for `--steps`
 steps: each step is APGA's policy phase (METHOD.md steps 2-7, or the estimator's) on a batch of
@@ -42,8 +43,6 @@ from apga.runner import DEMO_DATA, memory_format, run_stage  # noqa: E402
 from apga.synthetic import ensure_generated  # noqa: E402
 from apga.train import Precision  # noqa: E402
 from apga.utils import derive_seed, eval_mode, resolve_device, seed_everything  # noqa: E402
-
-BASELINE_SEED = 89  # the CLI's first run seed
 
 
 def _list(value) -> list[str]:
@@ -104,7 +103,7 @@ def main(body_part: str = "elbow", seeds: str = "0,1,2,3,4", estimators: str = "
          steps: int = 200, batch_size: int = 16, select_every: int = 25, out: str = "runs/probe/probe.csv", data_root: str = "datasets",
          agent_lr: float | None = None, prior_weight: float | None = None, area_weight: float | None = None,
          mask_area: float | None = None, mask_cell: int | None = None, policy_samples: int | None = None,
-         fill: str | None = None, gpu_id: int = 0) -> None:
+         fill: str | None = None, baseline_seed: int = 89, gpu_id: int = 0) -> None:
     """Train agents against a frozen baseline, write one row per (estimator or floor, seed), print the table."""
     start = time.perf_counter()
     overrides = {k: v for k, v in dict(agent_lr=agent_lr, prior_weight=prior_weight, area_weight=area_weight,
@@ -116,10 +115,10 @@ def main(body_part: str = "elbow", seeds: str = "0,1,2,3,4", estimators: str = "
                          gallery="off", **overrides)
     device = resolve_device(gpu_id)
     precision = Precision.for_device(device, config.amp)
-    seed_dir = out_path.parent / f"{body_part}-baseline" / f"seed{BASELINE_SEED}"
-    baseline = run_stage("baseline", config, prepare_run_data(config, BASELINE_SEED), BASELINE_SEED, seed_dir, device,
+    seed_dir = out_path.parent / f"{body_part}-baseline" / f"seed{baseline_seed}"
+    baseline = run_stage("baseline", config, prepare_run_data(config, baseline_seed), baseline_seed, seed_dir, device,
                          precision, progress=False)
-    data = prepare_run_data(dataclasses.replace(config, model_selection="holdout"), BASELINE_SEED)
+    data = prepare_run_data(dataclasses.replace(config, model_selection="holdout"), baseline_seed)
     print(f"frozen baseline: accuracy {baseline['accuracy']:.3f}, AUROC {baseline['auroc']:.3f} on "
           f"{len(data.report.index)} report images; agents train on {len(data.train.index)} images, "
           f"select on {len(data.select.index)} of held-out patients")
@@ -134,7 +133,7 @@ def main(body_part: str = "elbow", seeds: str = "0,1,2,3,4", estimators: str = "
         for kind in FLOORS:
             quality = evaluate(Floor(kind, classifier, config.fill, seed), data.report, device, mask_quality=True,
                                seed=seed, occlusion=occlusion, **eval_kwargs)
-            rows.append({"name": f"floor[{kind}]", "seed": seed, **{c: quality[c] for c in COLUMNS}})
+            rows.append({"name": f"floor[{kind}]", "seed": seed, "baseline_seed": baseline_seed, **{c: quality[c] for c in COLUMNS}})
         for estimator in _list(estimators):
             began = time.perf_counter()
             estimator_config = dataclasses.replace(config, estimator=estimator)
@@ -143,7 +142,7 @@ def main(body_part: str = "elbow", seeds: str = "0,1,2,3,4", estimators: str = "
             with eval_mode(method.agent):
                 quality = evaluate(method, data.report, device, mask_quality=True, seed=seed, occlusion=occlusion,
                                    **eval_kwargs)
-            rows.append({"name": estimator, "seed": seed, **{c: quality[c] for c in COLUMNS},
+            rows.append({"name": estimator, "seed": seed, "baseline_seed": baseline_seed, **{c: quality[c] for c in COLUMNS},
                          "policy_area": quality["policy_area"], "selected_step": chosen,
                          "selection_gaps": " ".join(f"{k}:{v:.2f}" for k, v in scores.items()),
                          "selection_bone_precision": " ".join(f"{k}:{v:.3f}" for k, v in precisions.items()),

@@ -6,7 +6,7 @@
 For every (protocol, k, seed): the baseline and every method with `--preset cpu` (APGA with the
 paper's greedy estimator, and the random floor at its area), then APGA with each extra variant
 (`--variants`, default the rloo estimator with the paper's kept-region batch norm and with it
-frozen; also `sample`, `scale0.5`) with the random floor at that variant's area. The mask-quality
+frozen; also `rloo-warmup300-frozenbn`, `sample`, `scale0.5`) with the random floor at that variant's area. The mask-quality
 floors come with each baseline. Everything collects into <out-dir>/results.csv; the summary
 (accuracy with paired differences from the baseline and their 95 % intervals, and mask quality
 beside the floors) is printed and written to <out-dir>/summary.md, with its plots. Resumable:
@@ -26,6 +26,7 @@ from apga.results import read_results  # noqa: E402
 from apga.runner import run  # noqa: E402
 
 VARIANTS = {"rloo": {"estimator": "rloo"}, "rloo-frozenbn": {"estimator": "rloo", "kept_norm": "frozen"},
+            "rloo-warmup300-frozenbn": {"estimator": "rloo", "kept_norm": "frozen", "agent_warmup": 300},
             "sample": {"estimator": "sample"}, "scale0.5": {"agent_scale": 0.5}}
 APGA_AND_FLOOR = dict(train_cutout=0, train_gradcam=0, train_end2end=0)
 

@@ -187,3 +187,28 @@ def test_the_floors_area_is_apgas_on_the_selection_split_and_only_from_the_curre
     save_checkpoint(seed_dir / "baseline" / "best.pt", {"classifier": {"changed": torch.zeros(1)}})
     assert apga_kept_area(config, seed_dir) == 0.5  # APGA's run started from another baseline: not used
     assert apga_kept_area(make_config(preset="cpu", estimator="rloo"), seed_dir) == 0.5  # no apga-rloo run
+
+
+def test_a_setting_added_later_counts_as_its_default_in_older_checkpoints(tmp_path):
+    from apga.checkpoint import check_same_config
+    from apga.config import config_dict, make_config
+
+    current = config_dict(make_config(preset="cpu"))
+    older = {k: v for k, v in current.items() if k != "agent_warmup"}  # written before the setting existed
+    check_same_config(tmp_path / "config.json", older, current)  # resumes
+    with pytest.raises(CheckpointError, match="agent_warmup: 0 -> 5"):
+        check_same_config(tmp_path / "config.json", older, {**current, "agent_warmup": 5})
+    with pytest.raises(CheckpointError, match="agent_warmup: 5 -> 0"):
+        check_same_config(tmp_path / "config.json", {**older, "agent_warmup": 5}, current)
+
+
+def test_a_run_is_the_same_whichever_seed_series_it_came_from(tiny_config, capsys):
+    """`--seed 88 --n-runs 2` trains seeds 89 and 90; `--seed 89 --n-runs 1` is seed 90 again: reused."""
+    run(tiny_config(**ONLY, seed=88, n_runs=2))
+    out = Path(tiny_config().out_dir)
+    before = read_results(out).set_index("seed")["accuracy"].to_dict()
+    mtime = (out / "elbow-all-val" / "seed90" / "baseline" / "result.json").stat().st_mtime_ns
+    capsys.readouterr()
+    run(tiny_config(**ONLY, seed=89, n_runs=1))
+    assert read_results(out).set_index("seed")["accuracy"].to_dict() == before
+    assert (out / "elbow-all-val" / "seed90" / "baseline" / "result.json").stat().st_mtime_ns == mtime  # not retrained

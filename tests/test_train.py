@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 
+import pandas as pd
+import pytest
 import torch
 
 from apga import train
 from apga.checkpoint import load_checkpoint, save_checkpoint
-from apga.data import prepare_run_data
+from apga.data import make_loader, prepare_run_data
 from apga.methods import METHODS
-from apga.models import build_classifier
-from apga.train import Precision, Stage, fit, restore_rng
+from apga.models import build_agent, build_classifier
+from apga.train import Precision, Stage, fit, make_optimizers, restore_rng
 
 
 def _scripted_evaluate(accuracies, snapshots, reported):
@@ -92,3 +95,70 @@ def test_resume_agrees_with_a_best_checkpoint_written_by_a_killed_epoch(tiny_con
     result = fit(METHODS["baseline"](config, build_classifier(config.classifier)), data, stage)
     assert (result["selection_accuracy"], result["best_epoch"]) == (0.8, 2.0)
     assert _same(reported[0], load_checkpoint(tmp_path / "run" / "best.pt")["classifier"])
+
+
+def test_agent_warmup_trains_only_the_agent(tiny_config, tmp_path):
+    """`--agent-warmup N`: N policy steps, over as many passes as they need, before fine-tuning; the
+    classifier's weights and batch-norm statistics do not move, the agent's weights do."""
+    config = tiny_config(estimator="rloo", gallery="off")
+    data = prepare_run_data(config, seed=1)
+    torch.manual_seed(0)
+    method = METHODS["apga"](config, build_classifier(config.classifier), build_agent(config.agent_width))
+    stage = Stage(tmp_path / "run", 1, torch.device("cpu"), Precision("cpu", None), config, progress=False)
+    loader = make_loader(data.train.dataset, config.batch_size, shuffle=True)
+    steps = len(loader) + 2  # a second pass over the training set
+    method.config = dataclasses.replace(config, agent_warmup=steps)
+    method.generator = torch.Generator()
+    classifier_before = copy.deepcopy(method.classifier.state_dict())
+    agent_before = copy.deepcopy(method.agent.state_dict())
+    optimizers = make_optimizers(method)
+    passes = []
+
+    def seed_pass(epoch):
+        passes.append(epoch)
+        loader.generator.manual_seed(epoch)
+
+    row = train.warm_up(method, loader, optimizers, torch.amp.GradScaler("cpu", enabled=False), stage, seed_pass)
+    assert passes == [0, -1] and row["epoch"] == 0.0 and row["iteration"] == steps
+    assert "train_policy_loss" in row and "train_clean_loss" not in row and "train_keep_loss" not in row
+    assert _same(method.classifier.state_dict(), classifier_before)  # weights and running statistics
+    assert not _same(method.agent.state_dict(), agent_before)
+    assert {state["step"].item() for state in optimizers["agent"].state.values()} == {steps}
+    assert not optimizers["classifier"].state  # never stepped
+
+
+def test_agent_warmup_runs_once_before_the_first_epoch(tiny_config, tmp_path, monkeypatch):
+    """A run killed in epoch 1 resumes after its warm-up, and ends as an uninterrupted run does."""
+    calls = []
+    original_warm_up, original_epoch = train.warm_up, train.train_one_epoch
+    monkeypatch.setattr(train, "warm_up", lambda *args: calls.append(1) or original_warm_up(*args))
+
+    def killed_in_epoch_1(*args, **kwargs):
+        if not kwargs.get("warmup"):
+            raise KeyboardInterrupt
+        return original_epoch(*args, **kwargs)
+
+    config = tiny_config(estimator="rloo", agent_warmup=2, finetune_epochs=2, gallery="off")
+    data = prepare_run_data(config, seed=1)
+
+    def fit_in(folder):
+        torch.manual_seed(0)
+        method = METHODS["apga"](config, build_classifier(config.classifier), build_agent(config.agent_width))
+        stage = Stage(tmp_path / folder, 1, torch.device("cpu"), Precision("cpu", None), config, progress=False)
+        return method, fit(method, data, stage)
+
+    monkeypatch.setattr(train, "train_one_epoch", killed_in_epoch_1)
+    with pytest.raises(KeyboardInterrupt):
+        fit_in("killed")
+    monkeypatch.setattr(train, "train_one_epoch", original_epoch)
+    method, resumed = fit_in("killed")
+    assert calls == [1]  # not again on resume
+    _, uninterrupted = fit_in("whole")
+    assert calls == [1, 1] and resumed["accuracy"] == uninterrupted["accuracy"]
+    assert _same(load_checkpoint(tmp_path / "killed" / "best.pt")["agent"],
+                 load_checkpoint(tmp_path / "whole" / "best.pt")["agent"])
+    history = pd.read_csv(tmp_path / "killed" / "metrics.csv")
+    assert history["epoch"].tolist() == [0.0, 1.0, 2.0] and history["train_policy_loss"].notna().all()
+    assert method.variant == "rloo-warmup2"
+    assert METHODS["random"](config, None).variant == "rloo-warmup2"  # the floor of that variant
+    assert "agent_warmup" in METHODS["cutout"](config, None).ignored_settings()

@@ -8,9 +8,11 @@ updated agent's mask.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from apga import estimators
 from apga.methods.base import Method, blanking_variant
+from apga.utils import eval_mode
 
 
 class APGA(Method):
@@ -35,6 +37,16 @@ class APGA(Method):
         # 8. a fresh mask from the updated agent; classifier step on the kept region
         yield self.kept_region_phase(images, labels, self.keep_mask(self.mask_probabilities(images)))
 
+    @property
+    def warmup_steps(self):
+        return self.config.agent_warmup
+
+    def warmup_phases(self, images, labels):
+        """Steps 2-7 alone, against the classifier as it is (`--agent-warmup`): no classifier step."""
+        with torch.no_grad(), eval_mode(self.classifier):
+            clean_loss = F.cross_entropy(self.classifier(images), labels)
+        yield self.estimator.policy_phase(self, images, labels, clean_loss)
+
     def mask_probabilities(self, images):
         with torch.no_grad():
             return self.estimator.probabilities(self.agent(images))
@@ -54,7 +66,7 @@ class APGA(Method):
 
 def apga_variant(config) -> str:
     """'' for the paper's settings, else what differs: estimator (with its settings that differ from
-    their defaults), fill, kept-region norm, agent scale. Variants sit side by side in one out-dir."""
+    their defaults), agent warm-up, fill, kept-region norm, agent scale. Variants sit side by side in one out-dir."""
     from apga.config import defaults, default_mask_cell
 
     parts = [] if config.estimator == "greedy" else [config.estimator]
@@ -64,6 +76,8 @@ def apga_variant(config) -> str:
                             ("area_weight", "lambda"), ("prior_weight", "w")):
             if getattr(config, name) != standard[name]:
                 parts.append(f"{short}{getattr(config, name):g}")
+    if config.agent_warmup:
+        parts.append(f"warmup{config.agent_warmup}")
     if blanking_variant(config):
         parts.append(blanking_variant(config))
     if config.agent_scale != 1:

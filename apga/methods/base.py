@@ -69,7 +69,7 @@ class Method:
         is resumed even when they differ (e.g. APGA's estimator does not touch the baseline)."""
         ignored = set()
         if self.name != "apga":
-            ignored |= {"estimator"}
+            ignored |= {"estimator", "agent_warmup"}
         if self.name != "apga" or self.config.estimator != "rloo":
             ignored |= {"mask_cell", "policy_samples", "mask_area", "area_weight", "prior_weight"}
         if not self.uses_agent:
@@ -108,6 +108,15 @@ class Method:
 
     def phases(self, images: torch.Tensor, labels: torch.Tensor) -> Iterator[Phase]:
         yield self.classifier_phase(images, labels, "loss")
+
+    @property
+    def warmup_steps(self) -> int:
+        """Steps of `warmup_phases` before the first epoch (APGA's `--agent-warmup`; others: none)."""
+        return 0
+
+    def warmup_phases(self, images: torch.Tensor, labels: torch.Tensor) -> Iterator[Phase]:
+        """A warm-up step's phases; they must not train the classifier (it is in eval mode)."""
+        return iter(())
 
     def mask_probabilities(self, images: torch.Tensor) -> torch.Tensor | None:
         """(B, 1, H, W) in [0, 1] for masking methods (their map: what evaluation ranks), else None.
