@@ -158,7 +158,7 @@ class RLOO:
         uniform = torch.rand((k, *p.shape), generator=method.generator, device=p.device)
         actions = (uniform < p.detach()).float()  # (K, B, 1, h, w)
         marked = F.interpolate(actions.flatten(0, 1), size=images.shape[-2:], mode="nearest")  # (K B, 1, H, W)
-        adversarial = adversarial_images(torch.cat([images] * k), marked, method.fill)
+        adversarial = adversarial_images(images, marked, method.fill)  # (K B, C, H, W)
         with torch.no_grad(), eval_mode(method.classifier):
             losses = F.cross_entropy(method.classifier(adversarial), labels.repeat(k),
                                      reduction="none").float().view(k, b)  # (K, B): the rewards up to a per-image constant

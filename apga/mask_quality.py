@@ -97,7 +97,7 @@ def location_gaps(classifier, images: torch.Tensor, labels: torch.Tensor, top: t
     h, w = images.shape[-2:]
     rolled = torch.roll(top, shifts=(h // 2, w // 2), dims=(2, 3))
     swapped = torch.roll(top, shifts=1, dims=0)
-    masked = torch.cat([adversarial_images(images, mask, fill) for mask in (top, rolled, swapped)])
+    masked = adversarial_images(images, torch.cat([top, rolled, swapped]), fill)  # (3 B, C, H, W)
     losses = F.cross_entropy(classifier(masked).float(), labels.repeat(3), reduction="none").view(3, len(images))
     swap_gap = losses[0] - losses[2] if len(images) > 1 else torch.full_like(losses[0], torch.nan)
     return losses[0] - losses[1], swap_gap

@@ -46,8 +46,16 @@ def gaussian_blur(images: torch.Tensor, sigma: float) -> torch.Tensor:
 
 
 def adversarial_images(images: torch.Tensor, marked: torch.Tensor, fill: str = "zero") -> torch.Tensor:
-    """x * (1 - a) + fill * a: the marked pixels are blanked (step 3)."""
-    return images * (1 - marked) + fill_values(images, fill) * marked  # zero fill: exactly x * (1 - a)
+    """x * (1 - a) + fill * a: the marked pixels are blanked (step 3).
+
+    `marked` may hold r masks per image, (r B, 1, H, W): block k (rows k B to (k + 1) B - 1) masks
+    the batch's k-th copy. The result is (r B, C, H, W), with the fill computed once per image."""
+    b = len(images)
+    if len(marked) % b:
+        raise ValueError(f"{len(marked)} masks for {b} images: need a multiple of the batch size")
+    marked = marked.view(len(marked) // b, b, *marked.shape[1:])  # (r, B, 1, H, W)
+    blanked = images * (1 - marked) + fill_values(images, fill) * marked  # zero fill: exactly x * (1 - a)
+    return blanked.flatten(0, 1)
 
 
 def kept_images(images: torch.Tensor, keep: torch.Tensor, fill: str = "zero") -> torch.Tensor:

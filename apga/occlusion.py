@@ -33,7 +33,7 @@ def occlusion_map(classifier, images: torch.Tensor, labels: torch.Tensor, cell: 
     for start in range(0, cells, per_chunk):
         marked = cell_masks[start:start + per_chunk]  # (c, 1, H, W)
         c = len(marked)
-        occluded = adversarial_images(torch.cat([images] * c), marked.repeat_interleave(b, 0), fill)  # (c B, ...)
+        occluded = adversarial_images(images, marked.repeat_interleave(b, 0), fill)  # (c B, C, H, W)
         losses = F.cross_entropy(classifier(occluded).float(), labels.repeat(c), reduction="none")
         increases.append(losses.view(c, b) - clean)
     return torch.cat(increases).T.reshape(b, 1, *grid)

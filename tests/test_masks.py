@@ -77,3 +77,16 @@ def test_blanked_pixels_take_the_fill_in_adversarial_and_kept_images(fill):
     if fill == "blur":  # a blurred copy: smoother than the image, same mean brightness
         assert values.diff(dim=-1).abs().mean() < 0.5 * images.diff(dim=-1).abs().mean()
         assert abs(values.mean() - images.mean()) < 0.02
+
+
+@pytest.mark.parametrize("fill", ["zero", "mean", "blur"])
+def test_several_masks_per_image_blank_copies_of_the_batch(fill):
+    """(r B) masks give the r copies of the batch, each blanked by its own block of masks."""
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(3, 3, 16, 16, generator=generator)
+    marked = (torch.rand(2 * 3, 1, 16, 16, generator=generator) > 0.5).float()
+    together = adversarial_images(images, marked, fill)
+    one_by_one = torch.cat([adversarial_images(images, marked[k * 3:(k + 1) * 3], fill) for k in range(2)])
+    assert together.shape == (6, 3, 16, 16) and torch.allclose(together, one_by_one)
+    with pytest.raises(ValueError, match="multiple of the batch size"):
+        adversarial_images(images, marked[:4], fill)
