@@ -117,6 +117,10 @@ def main(preset: str = "cpu", device: str | None = None, batch_size: int = 25, r
           f"{'channels_last' if config.channels_last else 'contiguous (NCHW)'}; {repeats} rounds")
     # --- every method's step, APGA's required passes and the per-image reference -------------
     chosen = methods.split(",") if isinstance(methods, str) else list(methods)  # fire gives "a,b" as a tuple
+    unknown = sorted(set(chosen) - set(METHODS) - {"all"})
+    if unknown:
+        raise SystemExit(f"error: unknown --methods {', '.join(unknown)}; choose from {', '.join(METHODS)} or all "
+                         f"(APGA's variants are always timed)")
     names = list(METHODS) if chosen == ["all"] else sorted({"baseline", "apga", *chosen}, key=list(METHODS).index)
     steps, built = {}, {}
     for name in names:
