@@ -1,5 +1,5 @@
 """APGA: Adversarial Policy Gradient Augmentation (Cheng, Iriondo et al., MICCAI 2019).
 
-Importing the package has no side effects; see `apga.runner.run` for the entry point.
+Importing the package has no side effects; see `apga.experiment.run` for the entry point.
 """
 __version__ = "0.1.0"

@@ -12,7 +12,7 @@ from apga.errors import APGAError
 def main(**flags) -> None:
     try:
         config = make_config(**flags)
-        from apga.runner import run  # heavy imports only once the flags are valid
+        from apga.experiment import run  # heavy imports only once the flags are valid
 
         run(config)
     except APGAError as error:

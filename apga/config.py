@@ -114,7 +114,7 @@ NON_TRAINING_FIELDS = {
     "n_runs", "gpu_id", "train_cutout", "train_apga", "train_gradcam", "train_end2end",
     "train_random", "data_root", "data_csv", "demo", "num_workers", "cache_dir", "out_dir", "resume",
     "log_every", "gallery", "preset", "skip_bad_images",
-    "inputs",  # a run's inputs (baseline checkpoint, floor area) are checked on their own: apga/train.py
+    "inputs",  # a run's inputs (baseline checkpoint, floor area) are checked on their own: apga/training/loop.py
     "seed",  # the first seed of a series; a run's own seed is its folder (seedN), whichever series it came from
 }
 

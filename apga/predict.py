@@ -25,14 +25,15 @@ import numpy as np
 import pandas as pd
 import torch
 
-from apga.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from apga.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from apga.config import Config, make_config
-from apga.data import PngImages, _collate_keep, to_model_input
+from apga.data import to_model_input
+from apga.data.cache import PngImages, _collate_keep
 from apga.errors import APGAError, CheckpointError, DataError
-from apga.evaluation import abnormal_probability
-from apga.gallery import mask_panels, write_panels
-from apga.masks import kept_images
-from apga.train import load_networks
+from apga.evaluation.evaluate import abnormal_probability
+from apga.reporting.gallery import mask_panels, write_panels
+from apga.methods.masks import kept_images
+from apga.training.loop import load_networks
 from apga.utils import atomic_write_bytes, eval_mode, file_digest, resolve_device
 
 STUDY_FOLDER = re.compile(r"^study\d+_(positive|negative)$", re.IGNORECASE)
@@ -70,7 +71,7 @@ def image_table(images: str | Path) -> pd.DataFrame:
 
 def load_run(run_dir: str | Path, device):
     """The method of a run folder at its selected checkpoint, and its config."""
-    from apga.runner import build_method  # the runner imports the methods; keep `--help` light
+    from apga.methods import build_method  # the methods import torchvision; keep `--help` light
 
     run_dir = Path(run_dir)
     best = run_dir / "best.pt"
@@ -97,7 +98,8 @@ def load_run(run_dir: str | Path, device):
         if file_digest(baseline) != state["config"].get("inputs", {}).get("baseline"):
             raise CheckpointError(f"{baseline} is not the baseline {run_dir.name} was fine-tuned from (it was trained "
                                   f"again); its Grad-CAM masks would not be the run's")
-    method = build_method(name, config, device, baseline if name == "gradcam" else None)
+    baseline_state = load_checkpoint(baseline, "cpu")["classifier"] if name == "gradcam" else None
+    method = build_method(name, config, device, baseline_state)
     load_networks(method, state)
     return method, config
 

@@ -42,6 +42,11 @@ def resolve_device(gpu_id: int) -> torch.device:
     return torch.device("cuda", gpu_id)
 
 
+def memory_format(channels_last: bool) -> torch.memory_format:
+    """The memory format of networks and batches: channels_last (NHWC) or the contiguous NCHW."""
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 @contextlib.contextmanager
 def eval_mode(*models: torch.nn.Module):
     """Put models in eval mode for the block, then restore each one's previous mode."""

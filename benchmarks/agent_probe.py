@@ -10,9 +10,9 @@ it), freezes it, and for each estimator and agent seed trains a fresh agent alon
 steps: each step is APGA's policy phase (METHOD.md steps 2-7, or the estimator's) on a batch of
 `--batch-size` training images, with the classifier in eval mode. 10 % of the training patients are held out
 from the agent: every `--select-every` steps the agent is scored on them by its location gap
-(apga/mask_quality.py), which needs no ground truth, and the best-scoring checkpoint is then
+(apga/evaluation/mask_quality.py), which needs no ground truth, and the best-scoring checkpoint is then
 measured on the report split (MURA's validation split) with every mask-quality column, beside
-the floors (apga/floors.py) at the same areas. Writes one row per (estimator or floor, seed) to
+the floors (apga/evaluation/floors.py) at the same areas. Writes one row per (estimator or floor, seed) to
 `--out` and prints the table, with the targets of the agent issue.
 """
 from __future__ import annotations
@@ -30,18 +30,18 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from apga.checkpoint import load_checkpoint  # noqa: E402
+from apga.training.checkpoint import load_checkpoint  # noqa: E402
 from apga.config import make_config  # noqa: E402
 from apga.data import make_loader, prepare_run_data, to_model_input  # noqa: E402
-from apga.evaluation import evaluate, occlusion_maps  # noqa: E402
-from apga.floors import FLOORS, Floor  # noqa: E402
-from apga.mask_quality import COLUMNS, location_gap, region_precision  # noqa: E402
-from apga.masks import top_fraction  # noqa: E402
+from apga.evaluation.evaluate import evaluate, occlusion_maps  # noqa: E402
+from apga.evaluation.floors import FLOORS, Floor  # noqa: E402
+from apga.evaluation.mask_quality import COLUMNS, location_gap, region_precision  # noqa: E402
+from apga.methods.masks import top_fraction  # noqa: E402
 from apga.methods.apga import APGA  # noqa: E402
 from apga.models import build_agent, build_classifier  # noqa: E402
-from apga.runner import DEMO_DATA, memory_format, run_stage  # noqa: E402
-from apga.synthetic import ensure_generated  # noqa: E402
-from apga.train import Precision  # noqa: E402
+from apga.experiment import DEMO_DATA, memory_format, run_stage  # noqa: E402
+from apga.data.synthetic import ensure_generated  # noqa: E402
+from apga.training.loop import Precision  # noqa: E402
 from apga.utils import derive_seed, eval_mode, resolve_device, seed_everything  # noqa: E402
 
 

@@ -22,8 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import pandas as pd  # noqa: E402
 
 from apga.config import make_config  # noqa: E402
-from apga.results import read_results  # noqa: E402
-from apga.runner import run  # noqa: E402
+from apga.reporting.results import read_results  # noqa: E402
+from apga.experiment import run  # noqa: E402
 
 METRICS = ("accuracy", "auroc")
 

@@ -27,15 +27,16 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
-from apga.checkpoint import save_checkpoint  # noqa: E402
+from apga.training.checkpoint import save_checkpoint  # noqa: E402
 from apga.config import make_config  # noqa: E402
-from apga.data import PngImages, _collate_keep, cached_array, CachedImages, make_loader  # noqa: E402
+from apga.data import CachedImages, cached_array, make_loader  # noqa: E402
+from apga.data.cache import PngImages, _collate_keep  # noqa: E402
 from apga.methods import METHODS  # noqa: E402
 from apga.models import build_classifier  # noqa: E402
-from apga.mura import load_split, select_body_part  # noqa: E402
-from apga.runner import build_method  # noqa: E402
-from apga.synthetic import generate  # noqa: E402
-from apga.train import Precision, make_optimizers, run_step  # noqa: E402
+from apga.data.mura import load_split, select_body_part  # noqa: E402
+from apga.experiment import build_method  # noqa: E402
+from apga.data.synthetic import generate  # noqa: E402
+from apga.training.loop import Precision, make_optimizers, run_step  # noqa: E402
 from reference_apga import reference_step  # noqa: E402
 
 

@@ -20,10 +20,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from apga import report  # noqa: E402
+from apga.reporting import summary as report  # noqa: E402
 from apga.config import make_config  # noqa: E402
-from apga.results import read_results  # noqa: E402
-from apga.runner import run  # noqa: E402
+from apga.reporting.results import read_results  # noqa: E402
+from apga.experiment import run  # noqa: E402
 
 VARIANTS = {"rloo": {"estimator": "rloo"}, "rloo-frozenbn": {"estimator": "rloo", "kept_norm": "frozen"},
             "rloo-warmup300-frozenbn": {"estimator": "rloo", "kept_norm": "frozen", "agent_warmup": 300},

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from apga.config import make_config
-from apga.synthetic import generate
+from apga.data.synthetic import generate
 
 torch.set_num_threads(2)
 

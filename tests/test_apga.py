@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from apga.config import make_config
-from apga.estimators import policy_loss, update_reward_baseline
+from apga.methods.estimators import policy_loss, update_reward_baseline
 from apga.methods.apga import APGA
 from apga.models import build_agent, build_classifier
-from apga.train import make_optimizers
+from apga.training.loop import make_optimizers
 from reference_apga import reference_policy_step, reference_rloo_loss
 
 

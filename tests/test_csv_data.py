@@ -4,12 +4,12 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from apga import mura
-from apga.csv_index import read_csv_index
+from apga.data import mura
+from apga.data.csv_index import read_csv_index
 from apga.data import prepare_run_data
 from apga.errors import DataError
-from apga.results import read_results
-from apga.runner import run
+from apga.reporting.results import read_results
+from apga.experiment import run
 from cli_helpers import run_cli_here
 
 COMPARED = ["accuracy", "auroc", "kappa", "study_accuracy", "study_kappa", "accuracy_tta", "bone_precision_10",

@@ -137,7 +137,7 @@ def test_cache_key_covers_the_decoding_settings(tmp_path):
 
 def test_cache_content_check_alone_catches_a_changed_file(tmp_path, monkeypatch, capsys):
     """Where ctime is not to be trusted (some network file systems), the CRC check still is."""
-    from apga import data
+    from apga.data import cache as data
 
     monkeypatch.setattr(data, "_cache_key", lambda files, size, masks: f"fixed-{size}-{masks}")
     files = [_save(tmp_path / f"{i}.png", "L") for i in range(3)]

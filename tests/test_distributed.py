@@ -48,7 +48,7 @@ def _apga_after_one_step(rank: int, world_size: int, store: str, out: str) -> No
     from apga.distributed import Dist, wrap
     from apga.methods.apga import APGA
     from apga.models import build_agent
-    from apga.train import Precision, make_optimizers, run_step
+    from apga.training.loop import Precision, make_optimizers, run_step
 
     torch.set_num_threads(1)
     if world_size > 1:

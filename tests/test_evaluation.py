@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from apga.data import CachedImages, Split
-from apga.evaluation import evaluate, predict
+from apga.evaluation.evaluate import evaluate, predict
 
 
 class TopHalfReader(nn.Module):
@@ -84,7 +84,7 @@ def test_mask_metrics_measure_the_kept_region():
 
 
 def test_study_probability_is_the_mean_of_its_images():
-    from apga.metrics import study_metrics
+    from apga.evaluation.metrics import study_metrics
 
     # study a: 0.9, 0.1, 0.1 -> mean 0.37 (normal), max 0.9 (abnormal); study b: 0.6 -> abnormal
     metrics = study_metrics(["a", "a", "a", "b"], [0, 0, 0, 1], [0.9, 0.1, 0.1, 0.6])

@@ -6,7 +6,7 @@ import pytest
 import torch
 from pytorch_grad_cam import GradCAM
 
-from apga.gradcam import grad_cam
+from apga.methods.gradcam import grad_cam
 from apga.models import build_classifier
 
 

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from apga.checkpoint import load_checkpoint, save_checkpoint
+from apga.training.checkpoint import load_checkpoint, save_checkpoint
 from apga.errors import CheckpointError
-from apga.results import read_results
-from apga.runner import run
-from apga.synthetic import generate
+from apga.reporting.results import read_results
+from apga.experiment import run
+from apga.data.synthetic import generate
 from apga.utils import file_digest
 
 ONLY = dict(train_cutout=0, train_gradcam=0, train_end2end=0, train_apga=0, train_random=0)
@@ -118,7 +118,7 @@ def test_a_fine_tuned_run_is_retrained_when_its_baseline_changed(tiny_config, ca
 
 
 def test_rows_of_an_old_baseline_are_marked_superseded_and_left_out_of_the_report(tiny_config):
-    from apga.report import render
+    from apga.reporting.summary import render
 
     config = tiny_config(train_cutout=1, train_gradcam=0, train_end2end=0, train_apga=0, train_random=1)
     run(config)
@@ -133,7 +133,7 @@ def test_rows_of_an_old_baseline_are_marked_superseded_and_left_out_of_the_repor
 
 
 def test_a_run_trained_anew_loses_its_old_row_before_it_starts(tiny_config, monkeypatch):
-    from apga import train
+    from apga.training import loop as train
 
     config = tiny_config(**ONLY)
     run(config)
@@ -175,7 +175,7 @@ def test_a_rerun_that_reuses_finished_runs_keeps_one_row_per_run(tiny_config):
 
 def test_the_floors_area_is_apgas_on_the_selection_split_and_only_from_the_current_baseline(tmp_path):
     from apga.config import make_config
-    from apga.runner import apga_kept_area
+    from apga.experiment import apga_kept_area
     from apga.utils import atomic_write_json
 
     seed_dir = tmp_path / "seed89"
@@ -190,7 +190,7 @@ def test_the_floors_area_is_apgas_on_the_selection_split_and_only_from_the_curre
 
 
 def test_a_setting_added_later_counts_as_its_default_in_older_checkpoints(tmp_path):
-    from apga.checkpoint import check_same_config
+    from apga.training.checkpoint import check_same_config
     from apga.config import config_dict, make_config
 
     current = config_dict(make_config(preset="cpu"))

@@ -10,10 +10,10 @@ from captum.attr import Occlusion
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from apga.floors import Floor, random_box_maps
-from apga.mask_quality import MapQuality, location_gap, pixel_auroc, pointing_hit, region_cover, region_precision
-from apga.masks import top_fraction
-from apga.occlusion import occlusion_map
+from apga.evaluation.floors import Floor, random_box_maps
+from apga.evaluation.mask_quality import MapQuality, location_gap, pixel_auroc, pointing_hit, region_cover, region_precision
+from apga.methods.masks import top_fraction
+from apga.evaluation.occlusion import occlusion_map
 
 
 class BrightLeft(nn.Module):

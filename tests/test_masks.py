@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from apga.masks import adversarial_images, cutout_masks, greedy_action, kept_images, random_boxes
+from apga.methods.masks import adversarial_images, cutout_masks, greedy_action, kept_images, random_boxes
 
 
 def test_adversarial_zeroes_exactly_the_marked_pixels_and_kept_keeps_them():
@@ -62,7 +62,7 @@ def test_cutout_boxes_differ_per_image_and_respect_the_area():
 
 @pytest.mark.parametrize("fill", ["zero", "mean", "blur"])
 def test_blanked_pixels_take_the_fill_in_adversarial_and_kept_images(fill):
-    from apga.masks import fill_values
+    from apga.methods.masks import fill_values
 
     torch.manual_seed(0)
     images = torch.rand(2, 3, 16, 16) + 0.1

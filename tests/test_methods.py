@@ -10,14 +10,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from apga.checkpoint import save_checkpoint
+from apga.training.checkpoint import save_checkpoint
 from apga.config import make_config
 from apga.data import make_loader, prepare_run_data, to_model_input
-from apga.masks import kept_images
+from apga.methods.masks import kept_images
 from apga.methods import METHODS
 from apga.models import build_agent, build_classifier
-from apga.runner import build_method
-from apga.train import Precision, Stage, make_optimizers, run_step, train_one_epoch
+from apga.experiment import build_method
+from apga.training.loop import Precision, Stage, make_optimizers, run_step, train_one_epoch
 
 CHANGES_AGENT = {"baseline": False, "cutout": False, "gradcam": False, "random": False, "end2end": True, "apga": True}
 
@@ -76,7 +76,7 @@ def test_method_runs_real_steps(name, tiny_config, tmp_path):
 def test_apga_also_validates_every_val_every_iterations(tiny_config, tmp_path):
     import pandas as pd
 
-    from apga.runner import run_stage
+    from apga.experiment import run_stage
 
     config = tiny_config(body_part="elbow", val_every=1, epochs=1, finetune_epochs=1, gallery="off")
     data = prepare_run_data(config, seed=1)
@@ -255,7 +255,7 @@ def test_end2end_loss_weights_and_gradient_through_the_soft_mask(tiny_config, tm
 
 
 def test_gradcam_keeps_where_the_frozen_baselines_cam_exceeds_one_half(tiny_config, tmp_path):
-    from apga.gradcam import grad_cam
+    from apga.methods.gradcam import grad_cam
 
     config = tiny_config()
     torch.manual_seed(0)

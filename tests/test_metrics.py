@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from apga.metrics import binary_metrics, study_metrics
+from apga.evaluation.metrics import binary_metrics, study_metrics
 
 
 def test_image_metrics_by_hand():

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from apga import mura
+from apga.data import mura
 from apga.errors import DataError
 
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 from PIL import Image
 
-from apga import mura
-from apga.checkpoint import load_checkpoint, save_checkpoint
+from apga.data import mura
+from apga.training.checkpoint import load_checkpoint, save_checkpoint
 from apga.data import prepare_run_data
-from apga.evaluation import predict
+from apga.evaluation.evaluate import predict
 from apga.predict import load_run, run_prediction
-from apga.runner import run
+from apga.experiment import run
 from cli_helpers import ROOT, environment
 
 

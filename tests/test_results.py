@@ -6,8 +6,8 @@ import multiprocessing
 import pandas as pd
 import pytest
 
-from apga.report import summarize, summarize_masks, to_markdown
-from apga.results import upsert_row, read_results
+from apga.reporting.summary import summarize, summarize_masks, to_markdown
+from apga.reporting.results import upsert_row, read_results
 
 
 def _writer(args):

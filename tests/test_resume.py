@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from apga.checkpoint import load_checkpoint
+from apga.training.checkpoint import load_checkpoint
 from apga.data import prepare_run_data
 from apga.errors import NonFiniteError
 from apga.methods.base import Method
 from apga.models import build_classifier
-from apga.train import Precision, Stage, fit
+from apga.training.loop import Precision, Stage, fit
 from cli_helpers import cli_command, environment, run_cli
 
 FLAGS = ["--train-cutout", "0", "--train-gradcam", "0", "--train-end2end", "0", "--train-random", "0",

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-from apga import mura
-from apga.synthetic import ensure_generated, generate, render_image
+from apga.data import mura
+from apga.data.synthetic import ensure_generated, generate, render_image
 
 
 def test_layout_labels_and_masks(tiny_data):

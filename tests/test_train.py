@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 import torch
 
-from apga import train
-from apga.checkpoint import load_checkpoint, save_checkpoint
+from apga.training import loop as train
+from apga.training.checkpoint import load_checkpoint, save_checkpoint
 from apga.data import make_loader, prepare_run_data
 from apga.methods import METHODS
 from apga.models import build_agent, build_classifier
-from apga.train import Precision, Stage, fit, make_optimizers, restore_rng
+from apga.training.loop import Precision, Stage, fit, make_optimizers, restore_rng
 
 
 def _scripted_evaluate(accuracies, snapshots, reported):

@@ -1,4 +1,8 @@
 """The method registry: name -> class. Adding a method is one file plus one line here."""
+from __future__ import annotations
+
+import torch
+
 from apga.methods.apga import APGA
 from apga.methods.base import Method, Phase
 from apga.methods.baseline import Baseline
@@ -6,6 +10,8 @@ from apga.methods.cutout import Cutout
 from apga.methods.end2end import EndToEnd
 from apga.methods.gradcam_masking import GradCamMasking
 from apga.methods.random_masks import RandomMasking
+from apga.models import build_agent, build_classifier
+from apga.utils import memory_format
 
 # In training order: the random floor comes after APGA, whose kept area it copies.
 METHODS: dict[str, type[Method]] = {
@@ -16,4 +22,23 @@ METHODS: dict[str, type[Method]] = {
 FLAGS = {"cutout": "train_cutout", "gradcam": "train_gradcam", "end2end": "train_end2end",
          "apga": "train_apga", "random": "train_random"}
 
-__all__ = ["METHODS", "FLAGS", "Method", "Phase"]
+
+def build_method(name: str, config, device: torch.device, classifier_state: dict | None = None, **extra) -> Method:
+    """Fresh networks for method `name` on `device`, the classifier from `classifier_state` (the
+    baseline's best weights, for fine-tuned methods) when given; `extra` goes to the method."""
+    cls = METHODS[name]
+    classifier = build_classifier(config.classifier, config.pretrained)
+    if cls.fine_tuned and classifier_state is not None:
+        classifier.load_state_dict(classifier_state)
+    agent = build_agent(config.agent_width, config.pretrained, config.agent_scale) if cls.uses_agent else None
+    classifier = classifier.to(device, memory_format=memory_format(config.channels_last))
+    agent = agent.to(device, memory_format=memory_format(config.channels_last)) if agent is not None else None
+    method = cls(config, classifier, agent, **extra)
+    if config.compile:
+        for net in (classifier, agent):
+            if net is not None:
+                net.compile()
+    return method
+
+
+__all__ = ["METHODS", "FLAGS", "Method", "Phase", "build_method"]

@@ -2,7 +2,7 @@
 
 Each step: (1) a classifier step on the clean batch; (2-7) the agent proposes masks and learns,
 by policy gradient, to mark the pixels whose blanking hurts the classifier most (how is the
-estimator's business: apga/estimators.py); (8) a classifier step on the image kept inside the
+estimator's business: apga/methods/estimators.py); (8) a classifier step on the image kept inside the
 updated agent's mask.
 """
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from apga import estimators
+from apga.methods import estimators
 from apga.methods.base import Method, blanking_variant
 from apga.utils import eval_mode
 

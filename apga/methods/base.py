@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from apga.distributed import Dist
-from apga.masks import greedy_action, kept_images
+from apga.methods.masks import greedy_action, kept_images
 
 
 def blanking_variant(config, kept_step: bool = True) -> str:

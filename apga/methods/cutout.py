@@ -1,7 +1,7 @@
 """Cutout (DeVries & Taylor 2017): an extra classifier step with one random box per image zeroed."""
 from __future__ import annotations
 
-from apga.masks import adversarial_images, cutout_masks
+from apga.methods.masks import adversarial_images, cutout_masks
 from apga.methods.base import Method
 
 

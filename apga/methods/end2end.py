@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from apga.masks import area_penalty
+from apga.methods.masks import area_penalty
 from apga.methods.base import Method, Phase
 
 EMPTY_PENALTY, FULL_PENALTY = 0.5, 0.6

@@ -5,7 +5,7 @@ import copy
 
 import torch
 
-from apga.gradcam import grad_cam
+from apga.methods.gradcam import grad_cam
 from apga.methods.base import Method
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from apga.masks import random_boxes
+from apga.methods.masks import random_boxes
 from apga.methods.apga import apga_variant
 from apga.methods.base import Method
 from apga.utils import derive_seed

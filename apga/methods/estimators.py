@@ -20,7 +20,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from apga.masks import adversarial_images, area_penalty, greedy_action, top_fraction
+from apga.methods.masks import adversarial_images, area_penalty, greedy_action, top_fraction
 from apga.methods.base import Phase
 from apga.utils import eval_mode
 

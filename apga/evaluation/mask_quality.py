@@ -12,7 +12,7 @@ From a method's probability map (B, 1, H, W), at fixed areas rho (its top-rho pi
 - `swap_gap_10`: the same against the previous image's mask blanked on this image: near 0 for
   any mask that ignores the image, so it measures what is specific to each image;
 - `occlusion_agreement_10`: the share of the top-10 % mask inside the top-10 % pixels of the
-  classifier's own occlusion map (apga/occlusion.py): needs no ground truth;
+  classifier's own occlusion map (apga/evaluation/occlusion.py): needs no ground truth;
 - `mask_sd`: the across-image standard deviation of the map, averaged over pixels: near 0 for a
   map that ignores the image (on the map's own scale: rloo's p sits near rho, so its sd is small);
 - `collapsed`: 1 when the method's policy area (the fraction of pixels its policy marks) is
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from apga.config import default_mask_cell
-from apga.masks import adversarial_images, top_fraction
-from apga.occlusion import occlusion_map
+from apga.methods.masks import adversarial_images, top_fraction
+from apga.evaluation.occlusion import occlusion_map
 
 COLUMNS = ("bone_precision_10", "bone_precision_30", "finding_cover_10", "pointing_hit", "bone_auroc",
            "finding_auroc", "location_gap_10", "swap_gap_10", "mask_sd", "occlusion_agreement_10", "collapsed")

@@ -9,7 +9,7 @@ Columns (a header row is required; order does not matter):
 - `patient` (optional): holdout selection and k-shot keep a patient's images together (default:
   the study).
 
-The result is the same index as MURA's (apga/mura.py): columns path, split, body_part, patient,
+The result is the same index as MURA's (apga/data/mura.py): columns path, split, body_part, patient,
 study, label, with paths relative to the CSV's folder. Every check names the CSV line (the header
 is line 1) and what to fix.
 """

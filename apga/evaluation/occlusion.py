@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from apga.masks import adversarial_images
+from apga.methods.masks import adversarial_images
 
 
 @torch.no_grad()

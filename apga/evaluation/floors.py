@@ -19,8 +19,8 @@ import math
 
 import torch
 
-from apga.gradcam import grad_cam
-from apga.masks import top_fraction
+from apga.methods.gradcam import grad_cam
+from apga.methods.masks import top_fraction
 
 FLOORS = ("random-pixels", "random-boxes", "brightest", "gradcam")
 

@@ -4,7 +4,7 @@
 - `plot_paired`: each method's paired difference from the baseline of the same seed, with its 95 % interval;
 - `plot_mask_quality`: the mask-quality measures of each masking method beside the floors;
 - `plot_curves`: one run's metrics.csv: losses, selection accuracy and, for APGA, reward, advantage and mask area.
-Each returns the paths it wrote. The report (apga/report.py) draws the first three next to
+Each returns the paths it wrote. The report (apga/reporting/summary.py) draws the first three next to
 summary.md; the training loop draws a run's curves next to its metrics.csv.
 """
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from apga.results import method_rank
+from apga.reporting.results import method_rank
 from apga.utils import atomic_write_bytes
 
 SHOT_ORDER_LAST = "all"

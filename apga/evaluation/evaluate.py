@@ -7,7 +7,7 @@ Everything is batched on the device and moved to the host once, at the end.
 - kept / removed: the classifier shown only the kept region, or the image with the kept
   region blanked (a deletion/insertion check that needs no ground truth);
 - mask quality (`mask_quality=True`, the final evaluation of masking methods and floors): the
-  measures of apga/mask_quality.py, from the method's map; `mask_iou` and `mask_recall` of the
+  measures of apga/evaluation/mask_quality.py, from the method's map; `mask_iou` and `mask_recall` of the
   kept region with the bone region are kept for comparison with earlier results, but keeping
   every pixel scores the bones' share of the image on them.
 """
@@ -19,10 +19,10 @@ import numpy as np
 import torch
 
 from apga.data import Split, make_loader, to_model_input
-from apga.mask_quality import MapQuality, occlusion_cell
-from apga.masks import adversarial_images, kept_images
-from apga.occlusion import occlusion_map
-from apga.metrics import binary_metrics, study_metrics
+from apga.evaluation.mask_quality import MapQuality, occlusion_cell
+from apga.methods.masks import adversarial_images, kept_images
+from apga.evaluation.occlusion import occlusion_map
+from apga.evaluation.metrics import binary_metrics, study_metrics
 from apga.utils import eval_mode
 
 

@@ -32,14 +32,14 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from apga.checkpoint import check_same_config, load_checkpoint, save_checkpoint
+from apga.training.checkpoint import check_same_config, load_checkpoint, save_checkpoint
 from apga.config import config_dict
 from apga.data import RunData, make_loader, to_model_input
 from apga.distributed import Dist, plain_networks, unwrap
 from apga.errors import CheckpointError, NonFiniteError
-from apga.evaluation import evaluate
-from apga.gallery import save_gallery
-from apga.plots import plot_curves
+from apga.evaluation.evaluate import evaluate
+from apga.reporting.gallery import save_gallery
+from apga.reporting.plots import plot_curves
 from apga.utils import atomic_write_bytes, atomic_write_json, code_version, derive_seed
 
 GALLERY_IMAGES = 8

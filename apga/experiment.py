@@ -4,7 +4,7 @@ Layout of `--out-dir`:
     results.csv                                   one row per run: (body part, seed, n_shot, protocol, method[variant])
     summary.md                                    the table of `python -m apga.report`
     <part>-<shot>-<selection>/seed<S>/<method>/   best.pt, last.pt, metrics.csv, config.json, result.json, gallery/
-    <part>-<shot>-<selection>/seed<S>/floors/     <floor>.json: mask-quality floors of that seed (apga/floors.py)
+    <part>-<shot>-<selection>/seed<S>/floors/     <floor>.json: mask-quality floors of that seed (apga/evaluation/floors.py)
 """
 from __future__ import annotations
 
@@ -15,24 +15,25 @@ from pathlib import Path
 
 import torch
 
-from apga import report
-from apga.checkpoint import load_checkpoint
+from apga.reporting import summary as report
+from apga.training.checkpoint import load_checkpoint
 from apga.config import Config, config_dict
 from apga import distributed
 from apga.data import RunData, data_source, prepare_run_data
 from apga.distributed import Dist, wrap
 from apga.errors import ConfigError, NonFiniteError
+from apga import methods, utils
 from apga.methods import FLAGS, METHODS
 from apga.methods.random_masks import DEFAULT_KEEP_AREA
 from apga.models import build_agent, build_classifier
-from apga.mura import require_mura
-from apga.evaluation import evaluate, occlusion_maps
-from apga.floors import FLOORS, Floor
-from apga.mask_quality import COLUMNS as MASK_QUALITY_COLUMNS
+from apga.data.mura import require_mura
+from apga.evaluation.evaluate import evaluate, occlusion_maps
+from apga.evaluation.floors import FLOORS, Floor
+from apga.evaluation.mask_quality import COLUMNS as MASK_QUALITY_COLUMNS
 from apga.methods.apga import apga_variant
-from apga.results import RESULTS_FILE, read_results, remove_row, upsert_row, writable_dir
-from apga.synthetic import ensure_generated
-from apga.train import Precision, Stage, fit
+from apga.reporting.results import RESULTS_FILE, read_results, remove_row, upsert_row, writable_dir
+from apga.data.synthetic import ensure_generated
+from apga.training.loop import Precision, Stage, fit
 from apga.utils import atomic_write_json, code_version, derive_seed, file_digest, seed_everything
 
 DEMO_DATA = "synthetic"
@@ -48,25 +49,16 @@ def shot_label(config: Config) -> str:
 
 
 def memory_format(config: Config) -> torch.memory_format:
-    return torch.channels_last if config.channels_last else torch.contiguous_format
+    return utils.memory_format(config.channels_last)
 
 
 def build_method(name: str, config: Config, device: torch.device, baseline_checkpoint: Path | None = None,
                  **extra):
     """Fresh networks for a method (the classifier from the baseline's best for fine-tuning, when given)."""
-    cls = METHODS[name]
-    classifier = build_classifier(config.classifier, config.pretrained)
-    if cls.fine_tuned and baseline_checkpoint is not None:
-        classifier.load_state_dict(load_checkpoint(baseline_checkpoint, "cpu")["classifier"])
-    agent = build_agent(config.agent_width, config.pretrained, config.agent_scale) if cls.uses_agent else None
-    classifier = classifier.to(device, memory_format=memory_format(config))
-    agent = agent.to(device, memory_format=memory_format(config)) if agent is not None else None
-    method = cls(config, classifier, agent, **extra)
-    if config.compile:
-        for net in (classifier, agent):
-            if net is not None:
-                net.compile()
-    return method
+    state = None
+    if METHODS[name].fine_tuned and baseline_checkpoint is not None:
+        state = load_checkpoint(baseline_checkpoint, "cpu")["classifier"]
+    return methods.build_method(name, config, device, state, **extra)
 
 
 def run_stage(name: str, config: Config, data: RunData, seed: int, seed_dir: Path, device, precision: Precision,
@@ -126,7 +118,7 @@ def apga_kept_area(config: Config, seed_dir: Path) -> float:
 
 
 def run_floors(config: Config, data: RunData, seed: int, seed_dir: Path, device, precision: Precision) -> None:
-    """Mask-quality rows of the floors (apga/floors.py) for this seed, from the baseline's classifier.
+    """Mask-quality rows of the floors (apga/evaluation/floors.py) for this seed, from the baseline's classifier.
 
     Stored in <seed_dir>/floors/<floor>.json with their inputs (the baseline checkpoint's digest,
     the data fingerprint, the fill): reused while those are the same, recomputed otherwise."""

@@ -13,7 +13,7 @@ the finding is not visible) in `MURA-v1.1-findings/`.
 An abnormal study shows its finding in each image with probability 0.85 (as in MURA, not
 every view shows the abnormality), so image labels carry some noise, like the real ones.
 
-    python -m apga.synthetic --out datasets/synthetic --seed 0
+    python -m apga.data.synthetic --out datasets/synthetic --seed 0
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from apga.config import BODY_PARTS
-from apga.mura import FINDING_DIR, MASK_DIR, MURA_DIR
+from apga.data.mura import FINDING_DIR, MASK_DIR, MURA_DIR
 
 VERSION = 8  # bump when the images change: ensure_generated then makes the data set anew
 FINDING_VISIBLE = 0.85

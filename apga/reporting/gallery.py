@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from apga.data import to_model_input
-from apga.masks import adversarial_images, kept_images
+from apga.methods.masks import adversarial_images, kept_images
 from apga.utils import atomic_write_bytes, eval_mode
 
 COLUMNS = ("image", "map (min-max)", "adversarial", "kept")

@@ -1,0 +1,129 @@
+"""The data of one run: train, selection and report splits of MURA's body part or a CSV task.
+
+Decoding happens once: every image of a selection is decoded, converted to grey and resized,
+then stored as uint8 in a memory-mapped file keyed by the file list and the image size
+(apga/data/cache.py). An epoch then reads whole batches from that array (`__getitems__`), and the
+float conversion (divide by 255, one grey channel copied to 3, as the paper) happens on the
+batch's device (apga/data/batches.py).
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from apga.data import csv_index, mura
+from apga.data.batches import CachedImages
+from apga.data.cache import cached_array
+from apga.errors import DataError
+
+@dataclass
+class Split:
+    """One split of a run: its index rows and its cached dataset."""
+    index: pd.DataFrame
+    dataset: CachedImages
+
+
+@dataclass
+class RunData:
+    train: Split
+    select: Split   # the split checkpoints are selected on (valid, or held-out training patients)
+    report: Split   # the split that is reported (always MURA's validation split)
+    truths: tuple[str, ...]  # ground-truth masks the selection and report splits carry ("bone", "finding")
+    fingerprint: str  # identifies the images and labels of every split (see data_fingerprint)
+
+
+TRUTH_DIRS = {"bone": mura.MASK_DIR, "finding": mura.FINDING_DIR}
+
+
+def _cached_split(config, root: Path, index: pd.DataFrame, cache_dir: Path, desc: str, truths: tuple[str, ...]):
+    """Decoded images (and ground-truth masks) of every row of `index`, and which rows are readable."""
+    images, usable, crcs = cached_array([root / p for p in index["path"]], config.image_size, cache_dir,
+                                        skip_bad=config.skip_bad_images, num_workers=config.num_workers, desc=desc)
+    index["crc32"] = crcs  # the images' content, for the data fingerprint
+    masks = {}
+    for name in truths:
+        files = [root / TRUTH_DIRS[name] / Path(p).relative_to(mura.MURA_DIR) for p in index["path"]]
+        masks[name] = cached_array(files, config.image_size, cache_dir, masks=True, num_workers=config.num_workers,
+                                   desc=f"{desc} {name} masks").array
+    return images, masks, usable
+
+
+def _split(index: pd.DataFrame, images, masks: dict, rows: np.ndarray) -> Split:
+    rows = np.asarray(rows)
+    sub = index.iloc[rows].reset_index(drop=True)
+    return Split(sub, CachedImages(images, rows, sub["label"].to_numpy(), masks))
+
+
+def data_fingerprint(root: Path, splits: dict[str, Split]) -> str:
+    """A short digest of what a run learns from and is measured on: every split's image paths,
+    labels and file contents (their CRC-32s; after k-shot, holdout and skipped unreadable images)
+    and, for generated data, the generator's parameters and version. Part of a run's identity: a
+    finished run is reused only on the same fingerprint (an image replaced in place changes it; a
+    data set copied elsewhere does not)."""
+    digest = hashlib.sha256()
+    generated = Path(root) / "GENERATED.json"
+    if generated.is_file():
+        digest.update(generated.read_bytes())
+    for name, split in splits.items():
+        digest.update(f"[{name} {len(split.index)}]\n".encode())
+        rows = zip(split.index["path"], split.index["label"], split.index["crc32"])
+        digest.update("".join(f"{p},{y},{c}\n" for p, y, c in rows).encode())
+    return digest.hexdigest()[:16]
+
+
+def data_source(config) -> tuple[Path, str]:
+    """The folder image paths are relative to, and what runs on it are called in results: the body
+    part on MURA, the CSV's name on `--data-csv` data."""
+    if config.data_csv:
+        return Path(config.data_csv).parent, csv_index.dataset_name(config.data_csv)
+    return Path(config.data_root), config.body_part
+
+
+def load_index(config) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The train and valid index (MURA's body part, or the CSV's rows), sorted by path: a run does
+    not depend on the order of the rows of an index file."""
+    if config.data_csv:
+        index = csv_index.read_csv_index(config.data_csv)
+        train, valid = index[index["split"] == "train"], index[index["split"] == "valid"]
+    else:
+        root = Path(config.data_root)
+        train = mura.select_body_part(mura.load_split(root, "train"), config.body_part)
+        valid = mura.select_body_part(mura.load_split(root, "valid"), config.body_part)
+    return tuple(split.sort_values("path", kind="stable").reset_index(drop=True) for split in (train, valid))
+
+
+def prepare_run_data(config, seed: int) -> RunData:
+    """Train/selection/report splits of one run: body part, holdout and k-shot applied.
+
+    The whole body part (or CSV) is decoded into the cache once; k-shot subsets and holdout
+    splits of any seed are rows of that array. Ground-truth masks are read where the generated
+    data's mask folders sit beside MURA-v1.1/.
+    """
+    root, name = data_source(config)
+    cache_dir = Path(config.cache_dir) if config.cache_dir else root / ".apga-cache"
+    train, valid = load_index(config)
+    in_mura_layout = pd.concat([train, valid])["path"].str.startswith(mura.MURA_DIR + "/").all()
+    truths = tuple(name for name, folder in TRUTH_DIRS.items() if in_mura_layout and (root / folder).is_dir())
+    holdout = config.model_selection == "holdout"  # only a held-out selection split needs training masks
+    train_images, train_masks, train_ok = _cached_split(config, root, train, cache_dir, "train",
+                                                        truths if holdout else ())
+    valid_images, valid_masks, valid_ok = _cached_split(config, root, valid, cache_dir, "valid", truths)
+
+    train_rows = np.flatnonzero(train_ok)
+    select = report = _split(valid, valid_images, valid_masks, np.flatnonzero(valid_ok))
+    if holdout:
+        held = mura.holdout_patients(train.iloc[train_rows], config.holdout_fraction, seed)
+        select = _split(train, train_images, train_masks, train_rows[held])
+        train_rows = train_rows[~held]
+    if config.n_shot is not None:
+        train_rows = train_rows[mura.k_shot_indices(train["label"].to_numpy()[train_rows], config.n_shot, seed)]
+    if train["label"].to_numpy()[train_rows].min() == train["label"].to_numpy()[train_rows].max():
+        raise DataError(f"the {name} training images hold only one class; check the data set")
+    # the training split carries no masks: the loop never reads them
+    splits = {"train": _split(train, train_images, {}, train_rows), "select": select, "report": report}
+    return RunData(**splits, truths=truths, fingerprint=data_fingerprint(root, splits))
+

@@ -1,0 +1,1 @@
+"""Evaluation: classification metrics, mask-quality measures, occlusion maps and their floors."""

@@ -1,0 +1,1 @@
+"""Results: the results table, its summary and plots, and mask galleries."""

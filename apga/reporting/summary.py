@@ -1,0 +1,207 @@
+"""The summary of results.csv: per body part, n_shot and protocol, each method over seeds.
+
+    python -m apga.report runs/
+
+prints two markdown tables and writes them to runs/summary.md, with plots beside it (apga/reporting/plots.py:
+accuracy and AUROC against n_shot, paired differences from the baseline, mask quality):
+- accuracy: mean and standard deviation over seeds, the paired difference from the baseline of
+  the same seed with its 95 % confidence interval (Student's t over the seeds that have both),
+  in how many seeds the method beat that baseline, AUROC, TTA accuracy, study kappa, and how
+  many selection evaluations chose the checkpoint (the `val` protocol takes the best of them on
+  the reported split, so more evaluations mean more optimism);
+- mask quality (masking methods and the floors, apga/evaluation/floors.py): the measures of
+  apga/evaluation/mask_quality.py, mean over seeds, and how many seeds collapsed.
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from apga.reporting import plots
+from apga.reporting.results import method_rank, read_results
+from apga.utils import atomic_write_bytes
+
+SUMMARY_FILE = "summary.md"
+GROUP = ["body_part", "n_shot", "model_selection"]
+QUALITY = ["bone_precision_10", "bone_precision_30", "finding_cover_10", "pointing_hit", "bone_auroc",
+           "finding_auroc", "location_gap_10", "swap_gap_10", "occlusion_agreement_10", "mask_sd"]
+
+
+def label(method: str, variant) -> str:
+    return method + (f"[{variant}]" if isinstance(variant, str) and variant else "")
+
+
+def paired_interval(differences, level: float = 0.95) -> tuple[float, float, float]:
+    """Mean of paired differences and its two-sided t confidence interval (NaN with < 2 pairs)."""
+    values = np.asarray(differences, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values) == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(values.mean())
+    if len(values) < 2:
+        return mean, math.nan, math.nan
+    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    return mean, mean - half, mean + half
+
+
+def _numeric(frame: pd.DataFrame, column: str) -> pd.Series:
+    return pd.to_numeric(frame[column], errors="coerce") if column in frame.columns else pd.Series(np.nan, frame.index)
+
+
+def _prepared(table: pd.DataFrame) -> pd.DataFrame:
+    """Current rows only (superseded ones are history: apga/reporting/results.py), each labelled method[variant]."""
+    table = table.copy()
+    if "superseded" in table.columns:
+        table = table[pd.to_numeric(table["superseded"], errors="coerce").fillna(0) == 0]
+    table["label"] = [label(m, v) for m, v in zip(table["method"], table.get("variant", [""] * len(table)))]
+    return table.drop_duplicates(subset=GROUP + ["seed", "label"], keep="last")
+
+
+def _current_rows_with(table: pd.DataFrame, column: str) -> pd.DataFrame | None:
+    """The current (not superseded), labelled rows that have `column`; None if no row can."""
+    if table.empty or column not in table.columns:
+        return None
+    table = _prepared(table)
+    return table[_numeric(table, column).notna()]
+
+
+def _ordered(frame: pd.DataFrame) -> pd.DataFrame:
+    frame = frame.assign(_order=frame["method"].map(method_rank))
+    return frame.sort_values(GROUP + ["_order"]).drop(columns="_order").reset_index(drop=True)
+
+
+def summarize(table: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy summary: one row per (body part, n_shot, protocol, method[variant])."""
+    columns = GROUP + ["method", "seeds", "accuracy_mean", "accuracy_std", "delta", "delta_low", "delta_high",
+                       "pairs", "wins", "auroc_mean", "accuracy_tta_mean", "study_kappa_mean", "selection_evaluations"]
+    table = _current_rows_with(table, "accuracy")
+    if table is None:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for key, group in table.groupby(GROUP, sort=True):
+        baseline = group[group["label"] == "baseline"].set_index("seed")["accuracy"].astype(float)
+        for name, runs in group.groupby("label", sort=False):
+            accuracy = runs.set_index("seed")["accuracy"].astype(float)
+            paired = accuracy.reindex(baseline.index).dropna()
+            differences = paired - baseline[paired.index]
+            delta, low, high = paired_interval(differences) if name != "baseline" else (math.nan,) * 3
+            rows.append(dict(zip(GROUP, key)) | {
+                "method": name, "seeds": len(runs), "accuracy_mean": accuracy.mean(),
+                "accuracy_std": accuracy.std(ddof=1), "delta": delta, "delta_low": low, "delta_high": high,
+                "pairs": len(paired), "wins": int((differences > 0).sum()),
+                "auroc_mean": _numeric(runs, "auroc").mean(),
+                "accuracy_tta_mean": _numeric(runs, "accuracy_tta").mean(),
+                "study_kappa_mean": _numeric(runs, "study_kappa").mean(),
+                "selection_evaluations": _numeric(runs, "selection_evaluations").mean(),
+            })
+    return _ordered(pd.DataFrame(rows, columns=columns))
+
+
+def summarize_masks(table: pd.DataFrame) -> pd.DataFrame:
+    """Mask-quality summary: one row per masking method[variant] and floor, means over seeds."""
+    columns = GROUP + ["method", "seeds"] + QUALITY + ["collapsed"]
+    table = _current_rows_with(table, "location_gap_10")
+    if table is None:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for key, group in table.groupby(GROUP, sort=True):
+        for name, runs in group.groupby("label", sort=False):
+            collapsed = _numeric(runs, "collapsed")
+            rows.append(dict(zip(GROUP, key)) | {"method": name, "seeds": len(runs)}
+                        | {column: _numeric(runs, column).mean() for column in QUALITY}
+                        | {"collapsed": f"{int(collapsed.sum())}/{collapsed.notna().sum()}" if collapsed.notna().any()
+                           else ""})
+    return _ordered(pd.DataFrame(rows, columns=columns))
+
+
+def _cell(value, digits: int = 3) -> str:
+    if isinstance(value, (float, np.floating)):
+        return "" if math.isnan(value) else f"{value:.{digits}f}"
+    return str(value)
+
+
+def _table(headers: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(str(c) for c in cells) + " |" for cells in rows]
+    return "\n".join(lines)
+
+
+def to_markdown(summary: pd.DataFrame) -> str:
+    headers = ["body part", "n_shot", "selection", "method", "seeds", "accuracy", "Δ vs baseline [95% CI]", "wins",
+               "AUROC", "accuracy (TTA)", "study κ", "selection evals"]
+    rows = []
+    for row in summary.itertuples():
+        accuracy = f"{row.accuracy_mean:.3f}" + ("" if math.isnan(row.accuracy_std) else f" ± {row.accuracy_std:.3f}")
+        if row.method == "baseline" or math.isnan(row.delta):
+            delta, wins = "", ""
+        else:
+            interval = "" if math.isnan(row.delta_low) else f" [{row.delta_low:+.3f}, {row.delta_high:+.3f}]"
+            delta, wins = f"{row.delta:+.3f}{interval}", f"{row.wins}/{row.pairs}"
+        rows.append([row.body_part, row.n_shot, row.model_selection, row.method, row.seeds, accuracy, delta, wins,
+                     _cell(row.auroc_mean), _cell(row.accuracy_tta_mean), _cell(row.study_kappa_mean),
+                     _cell(row.selection_evaluations, 1)])
+    return _table(headers, rows)
+
+
+def masks_to_markdown(summary: pd.DataFrame) -> str:
+    headers = ["body part", "n_shot", "selection", "method", "seeds", "bone prec. 10%", "bone prec. 30%",
+               "finding cover 10%", "pointing hit", "bone AUROC", "finding AUROC", "location gap 10%",
+               "swap gap 10%", "occlusion agr. 10%", "mask sd", "collapsed"]
+    rows = [[row.body_part, row.n_shot, row.model_selection, row.method, row.seeds]
+            + [_cell(getattr(row, column)) for column in QUALITY] + [row.collapsed] for row in summary.itertuples()]
+    return _table(headers, rows)
+
+
+def render(table: pd.DataFrame) -> str:
+    """Both tables of a results table, with the notes that say how to read them."""
+    text = ("## Accuracy\n\nImage-level accuracy on the reported split (MURA's validation split): mean ± standard "
+            "deviation over seeds. Δ: mean paired difference from the baseline of the same seed, with its 95 % "
+            "t confidence interval; wins: seeds in which the method beat that baseline. Selection 'val' = "
+            "checkpoint chosen on the reported split (the paper's protocol; optimistic, the more so the more "
+            "selection evaluations); 'holdout' = chosen on held-out training patients.\n\n"
+            + to_markdown(summarize(table)) + "\n")
+    stale = int(pd.to_numeric(table.get("superseded", pd.Series(dtype=float)), errors="coerce").fillna(0).sum())
+    if stale:
+        text += (f"\n{stale} row(s) of results.csv are superseded (their baseline, data or the floor's area changed "
+                 f"since they ran) and are left out; rerun those methods to replace them.\n")
+    masks = summarize_masks(table)
+    if not masks.empty:
+        text += ("\n## Mask quality\n\nFrom each method's map on the reported split, mean over seeds "
+                 "(apga/evaluation/mask_quality.py). floor[...] rows need no training (apga/evaluation/floors.py). Bone and finding "
+                 "columns need ground truth (generated data); location gap, occlusion agreement and mask sd do not. "
+                 "collapsed: seeds whose policy area left [0.02, 0.98].\n\n" + masks_to_markdown(masks) + "\n")
+    return text
+
+
+def write(table: pd.DataFrame, out_dir: str | Path) -> Path:
+    """summary.md and the plots (apga/reporting/plots.py) of a results table, in `out_dir`."""
+    path = Path(out_dir) / SUMMARY_FILE
+    atomic_write_bytes(path, render(table).encode())
+    if not table.empty:
+        prepared = _prepared(table)
+        plots.plot_shots(prepared, Path(out_dir))
+        plots.plot_paired(summarize(table), Path(out_dir))
+        plots.plot_mask_quality(prepared, Path(out_dir))
+    return path
+
+
+def main(out_dir: str = "runs") -> None:
+    """Print and write the summary tables of <out_dir>/results.csv."""
+    table = read_results(Path(out_dir))
+    if table.empty:
+        print(f"error: no results in {Path(out_dir) / 'results.csv'}; run apga_mura.py first", file=sys.stderr)
+        sys.exit(2)
+    path = write(table, out_dir)
+    print(render(table))
+    print(f"written to {path}, with the plots beside it")
+
+
+if __name__ == "__main__":
+    import fire
+
+    fire.Fire(main)

@@ -1,0 +1,1 @@
+"""The training loop every method runs on, its checkpoints and its precision."""
