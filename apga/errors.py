@@ -19,3 +19,11 @@ class CheckpointError(APGAError):
 
 class NonFiniteError(APGAError):
     """A loss or reward became NaN or infinite during training."""
+
+
+class ImageError(DataError):
+    """An image file cannot be read or decoded; the message names the file and the reason."""
+
+
+class StorageError(APGAError):
+    """A file could not be written (a full disk, a read-only or unwritable folder)."""

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import functools
 import hashlib
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -15,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apga.errors import ConfigError
+from apga.errors import ConfigError, StorageError
 
 
 def seed_everything(seed: int) -> None:
@@ -70,20 +72,80 @@ def file_digest(path: Path) -> str:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    """Write to a temporary file in the same folder, fsync it, rename it over `path`, fsync the folder.
+
+    A reader sees the old file or the new one, never half of one; after a crash or power cut the
+    new one is whole. Raises `StorageError` (one line: the file, the cause, the free space) when
+    the folder cannot be written; the old file is then left as it was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would outlive the rename
+    except OSError as error:
+        raise storage_error(path, error) from None
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except BaseException:
+        fsync_folder(path.parent)
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(error, OSError):
+            raise storage_error(path, error) from None
         raise
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def private_folder(parent: Path, prefix: str) -> Path:
+    """A new, uniquely named folder in `parent` (for work that is renamed into place), with the
+    permissions the umask gives new folders (mkdtemp's 0700 would outlive the rename)."""
+    folder = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    folder.chmod(0o777 & ~current_umask())
+    return folder
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable (a no-op where folders cannot be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def storage_error(path: Path, error: OSError) -> StorageError:
+    """The one-line error for a file that could not be written: which file, why, how much space is
+    left there, and what to do."""
+    cause = error.strerror or type(error).__name__
+    if error.errno in _FULL:
+        folder = next((p for p in Path(path).absolute().parents if p.exists()), Path("/"))
+        free = shutil.disk_usage(folder).free
+        return StorageError(f"cannot write {path} ({cause}; {human_bytes(free)} free on that disk); free some space, "
+                            f"or choose another folder (--out-dir, --cache-dir), then rerun the same command: "
+                            f"finished runs and the last checkpoints are kept")
+    return StorageError(f"cannot write {path} ({cause}); choose a writable folder (--out-dir, --cache-dir) and rerun "
+                        f"the same command")
+
+
+def human_bytes(count: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if count < 1024 or unit == "TiB":
+            return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
+        count /= 1024
+    return f"{count} B"
 
 
 def atomic_write_json(path: Path, obj) -> None:

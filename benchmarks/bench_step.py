@@ -30,7 +30,7 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from apga.training.checkpoint import save_checkpoint  # noqa: E402
 from apga.config import make_config  # noqa: E402
 from apga.data import CachedImages, cached_array, make_loader  # noqa: E402
-from apga.data.cache import PngImages, _collate_keep  # noqa: E402
+from apga.data.cache import ImageFiles, keep_as_list  # noqa: E402
 from apga.methods import METHODS  # noqa: E402
 from apga.models import build_classifier  # noqa: E402
 from apga.data.mura import load_split, select_body_part  # noqa: E402
@@ -217,8 +217,8 @@ def main(preset: str = "cpu", device: str | None = None, batch_size: int = 25, r
     workers = config.num_workers
 
     def png_epoch():
-        loader = torch.utils.data.DataLoader(PngImages(files, size), batch_size=batch_size, num_workers=workers,
-                                             collate_fn=_collate_keep)
+        loader = torch.utils.data.DataLoader(ImageFiles(files, size), batch_size=batch_size, num_workers=workers,
+                                             collate_fn=keep_as_list)
         for _ in loader:
             pass
     png_seconds = timed(png_epoch, torch.device("cpu"), 1, 0)

@@ -146,3 +146,50 @@ def test_cache_content_check_alone_catches_a_changed_file(tmp_path, monkeypatch,
     array, _, _ = cached_array(files, 16, tmp_path / "cache")
     assert "changed since it was cached" in capsys.readouterr().err
     assert np.array_equal(array[2], decode_image(files[2], 16))
+
+
+def test_cache_rebuilds_an_array_whose_bytes_were_lost(tmp_path, capsys):
+    """An array file of the right size whose bytes are zeros (delayed allocation after a power cut)
+    is caught by the row checksums when it is opened, and rebuilt."""
+    files = [_save(tmp_path / f"{i}.png", "L") for i in range(3)]
+    cached_array(files, 16, tmp_path / "cache")
+    (entry,) = (tmp_path / "cache").glob("*.u8")
+    entry.write_bytes(bytes(entry.stat().st_size))
+    array, ok, _ = cached_array(files, 16, tmp_path / "cache")
+    assert "3 of its 3 rows do not match their checksums" in capsys.readouterr().err
+    assert np.array_equal(array[1], decode_image(files[1], 16))
+    flipped = bytearray(entry.read_bytes())
+    flipped[16 * 16 + 5] ^= 1  # one bit of row 1
+    entry.write_bytes(bytes(flipped))
+    array, _, _ = cached_array(files, 16, tmp_path / "cache")
+    assert "1 of its 3 rows do not match their checksums (e.g. row 1" in capsys.readouterr().err
+    assert np.array_equal(array[1], decode_image(files[1], 16))
+
+
+def test_cache_key_covers_the_decoder_settings(tmp_path, monkeypatch):
+    from apga.data import cache
+
+    files = [_save(tmp_path / f"{i}.png", "L") for i in range(2)]
+    cached_array(files, 16, tmp_path / "cache")
+    settings = cache.decoder_settings()
+    monkeypatch.setattr(cache, "decoder_settings", lambda: {**settings, "pydicom": "another version"})
+    cached_array(files, 16, tmp_path / "cache")
+    assert len(list((tmp_path / "cache").glob("*.u8"))) == 2
+
+
+def test_an_unwritable_cache_folder_is_one_line(tmp_path):
+    from apga.errors import StorageError
+
+    files = [_save(tmp_path / f"{i}.png", "L") for i in range(2)]
+    (tmp_path / "blocker").write_text("a file where the cache folder should be")
+    with pytest.raises(StorageError, match=r"cannot write .*blocker.*choose a writable folder"):
+        cached_array(files, 16, tmp_path / "blocker" / "cache")
+
+
+def test_an_unreadable_image_is_named_with_its_reason(tmp_path):
+    files = [_save(tmp_path / f"{i}.png", "L") for i in range(3)]
+    files[2].write_bytes(b"not an image at all")
+    with pytest.raises(DataError) as error:
+        cached_array(files, 8, tmp_path / "cache")
+    assert str(error.value).startswith(f"cannot read image {files[2]}: it is truncated, corrupted or not an image")
+    assert "--skip-bad-images 1" in str(error.value) and "(1 unreadable in all)" in str(error.value)

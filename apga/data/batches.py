@@ -4,21 +4,23 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from apga.data.cache import _collate_keep
+from apga.data.cache import keep_as_list
+
 
 class CachedImages(torch.utils.data.Dataset):
     """Batches of uint8 images (and ground-truth masks, if any) read from rows of cached arrays.
 
     `__getitems__` lets the DataLoader fetch a whole batch with one fancy-indexing read. A batch
     is a dict: "image" (B, S, S) uint8, "label" (B,), "position" (B,) (positions index this
-    dataset, in the order of its index table), and for generated data "bone" and "finding"
-    (B, S, S) uint8 in {0, 1}.
+    dataset, in the order of its index table), "patient" (B,) int64 codes (equal codes: the same
+    patient) when given, and for generated data "bone" and "finding" (B, S, S) uint8 in {0, 1}.
     """
 
     def __init__(self, images: np.ndarray, rows: np.ndarray, labels: np.ndarray,
-                 truths: dict[str, np.ndarray] | None = None):
+                 truths: dict[str, np.ndarray] | None = None, patients: np.ndarray | None = None):
         self.images, self.rows, self.truths = images, np.asarray(rows), dict(truths or {})
         self.labels = np.asarray(labels, dtype=np.int64)
+        self.patients = None if patients is None else np.asarray(patients, dtype=np.int64)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -28,6 +30,8 @@ class CachedImages(torch.utils.data.Dataset):
         rows = self.rows[order]
         batch = {"image": torch.from_numpy(np.ascontiguousarray(self.images[rows])),
                  "label": torch.from_numpy(self.labels[order]), "position": torch.from_numpy(order)}
+        if self.patients is not None:
+            batch["patient"] = torch.from_numpy(self.patients[order])
         for name, array in self.truths.items():
             batch[name] = torch.from_numpy(np.ascontiguousarray(array[rows]))
         return batch
@@ -49,6 +53,6 @@ def make_loader(dataset: CachedImages, batch_size: int, *, shuffle: bool, num_wo
     before an epoch to fix its order."""
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle and sampler is None, sampler=sampler,
-        collate_fn=_collate_keep, generator=torch.Generator() if shuffle and sampler is None else None,
+        collate_fn=keep_as_list, generator=torch.Generator() if shuffle and sampler is None else None,
         num_workers=num_workers, pin_memory=pin_memory, persistent_workers=num_workers > 0,
     )

@@ -1,27 +1,246 @@
-"""Decoding image files into (size, size) uint8 grey arrays."""
+"""Decoding what radiology stores into (size, size) uint8 grey images, bone bright.
+
+One decoder serves MURA, `--data-csv` tasks and `apga.predict`:
+- **8-bit PNG** (grey, colour, palette, with alpha) and anything else Pillow opens with 8 bits
+  (JPEG, BMP, 8-bit TIFF): to grey with Pillow, alpha dropped, then resized: MURA's images decode
+  exactly as they always have. EXIF orientation is applied the way viewers show the picture.
+- **16-bit PNG and TIFF**: divided by 2**b - 1, where b is the PNG's sBIT (the bits the exporter
+  says are significant) when the file has one, and otherwise the fewest bits (8 to 16) that hold
+  the image's largest value: a radiograph exported with 10 or 12 bits in a 16-bit file decodes to
+  the full grey range, not to its bottom 2 %. sBIT with values that fill 16 bits (the PNG
+  standard's scaling) means b = 16. Colour and alpha 16-bit PNGs are read with pypng (Pillow keeps
+  only their top 8 bits).
+- **DICOM** (with pydicom): the modality LUT (rescale slope and intercept), then the VOI LUT, or
+  else the first window, or else the image's own range; MONOCHROME1 is inverted so that bone is
+  bright, as a viewer shows it; colour (RGB, YBR, palette) goes to grey. JPEG 2000 through
+  pylibjpeg-openjpeg; other compressed syntaxes decode when their pydicom plug-in is installed.
+  Multi-frame files and files without pixel data are refused.
+
+A DICOM file is recognised by its content ("DICM" after the 128-byte preamble, which some files
+use as a TIFF header: Pillow would otherwise open them as TIFFs of raw stored values) or by a
+.dcm/.dicom suffix. Everything that cannot be decoded raises `ImageError` naming the file and the
+reason. The grey value of every pixel is luma (ITU-R 601: 0.299 R + 0.587 G + 0.114 B), as
+Pillow's "L" conversion.
+"""
 from __future__ import annotations
 
-import numpy as np
-from PIL import Image
+import io
+from pathlib import Path
 
-_SIXTEEN_BIT_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I"}
+import numpy as np
+from PIL import Image, ImageOps
+
+from apga.errors import ImageError
+
+DECODER_VERSION = 3  # bump when decoding changes what an image decodes to (it keys the image cache)
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp") + DICOM_SUFFIXES
+LUMA = (0.299, 0.587, 0.114)
+_HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
+
+
+def decoder_settings() -> dict:
+    """What decoding depends on beyond a file's bytes: part of the image cache's key."""
+    import PIL
+    import png
+    import pydicom
+
+    return {"decoder": DECODER_VERSION, "pillow": PIL.__version__, "pydicom": pydicom.__version__,
+            "pypng": png.__version__, "voi": "lut, else first window, else range", "png16": "sBIT, else max bits"}
+
+
+def is_dicom(content: bytes, name: str = "") -> bool:
+    """A DICOM file: "DICM" after the 128-byte preamble, or (no preamble) a DICOM suffix."""
+    return content[128:132] == b"DICM" or Path(name).suffix.lower() in DICOM_SUFFIXES
 
 
 def decode_image(path, size: int) -> np.ndarray:
-    """Any PNG (grey, colour, palette, alpha, 16-bit; any size) -> (size, size) uint8 grey."""
-    with Image.open(path) as image:
-        image.load()
-        if image.mode in _SIXTEEN_BIT_MODES:
-            values = np.asarray(image, dtype=np.float32) / 65535.0
-            resized = Image.fromarray(values, mode="F").resize((size, size), Image.BILINEAR)
-            return np.clip(np.rint(np.asarray(resized) * 255.0), 0, 255).astype(np.uint8)
-        if image.mode in ("LA", "RGBA", "PA") or (image.mode == "P" and "transparency" in image.info):
-            image = image.convert("RGBA").convert("RGB")  # drop alpha, keep the intensities
-        grey = image.convert("L")
-        return np.asarray(grey.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    """Any supported image file -> (size, size) uint8 grey, bone bright.
+
+    Raises `ImageError` naming the file when it cannot be read or decoded."""
+    try:
+        content = Path(path).read_bytes()
+    except OSError as error:
+        raise ImageError(f"cannot read image {path} ({error.strerror or error})") from None
+    return decode_bytes(content, size, str(path))
 
 
 def decode_mask(path, size: int) -> np.ndarray:
-    """A ground-truth mask PNG -> (size, size) uint8 in {0, 1}."""
+    """A ground-truth mask image -> (size, size) uint8 in {0, 1}."""
     return (decode_image(path, size) >= 128).astype(np.uint8)
 
+
+def decode_bytes(content: bytes, size: int, name: str, mask: bool = False) -> np.ndarray:
+    """`decode_image` of a file's bytes (`name`: its path, for format hints and messages)."""
+    try:
+        grey = _grey(content, name)
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"cannot read image {name}: {_bomb_reason(error)}") from None
+    except Exception as error:  # noqa: BLE001 - any failure to decode a file makes that file unreadable
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ImageError(f"cannot read image {name}: it is truncated, corrupted or not an image "
+                         f"({type(error).__name__}: {reason[:160]})") from None
+    if isinstance(grey, Image.Image):  # 8-bit sources: resized as uint8, exactly as always
+        pixels = np.asarray(grey.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+    else:
+        resized = Image.fromarray(np.ascontiguousarray(grey, dtype=np.float32), mode="F")
+        resized = np.asarray(resized.resize((size, size), Image.BILINEAR))
+        pixels = np.clip(np.rint(resized * 255.0), 0, 255).astype(np.uint8)
+    return (pixels >= 128).astype(np.uint8) if mask else pixels
+
+
+def _bomb_reason(error: Exception) -> str:
+    limit = Image.MAX_IMAGE_PIXELS or 0
+    return (f"it is too large for Pillow ({error}); its limit against decompression bombs is "
+            f"{2 * limit / 1e6:.0f} Mpx: downscale the image")
+
+
+def _grey(content: bytes, name: str):
+    """An "L" image (8-bit sources) or a float32 (H, W) array in [0, 1] (everything else)."""
+    if is_dicom(content, name):
+        return _dicom_grey(content, name)
+    if content.startswith(PNG_SIGNATURE):
+        import png
+
+        header = png.Reader(bytes=content)
+        header.preamble()
+        if header.bitdepth == 16:
+            return _png16_grey(content, header)
+    with Image.open(io.BytesIO(content)) as image:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        if image.mode in _HIGH_DEPTH_MODES:
+            return _high_depth_grey(np.asarray(image))
+        if image.mode in ("LA", "RGBA", "PA") or (image.mode == "P" and "transparency" in image.info):
+            image = image.convert("RGBA").convert("RGB")  # drop alpha, keep the intensities
+        return image.convert("L")
+
+
+def unit_range(values: np.ndarray, significant_bits: int | None = None) -> np.ndarray:
+    """Unsigned integer samples of a 16-bit container -> float32 in [0, 1] (see the module docstring)."""
+    top = int(values.max()) if values.size else 0
+    if significant_bits and top < 2 ** significant_bits:
+        bits = significant_bits
+    elif significant_bits:
+        bits = 16  # scaled to the container's range, as the PNG standard asks
+    else:
+        bits = max(8, top.bit_length())
+    return (values.astype(np.float32) / np.float32(2 ** bits - 1)).clip(0, 1)
+
+
+def _high_depth_grey(values: np.ndarray) -> np.ndarray:
+    """16-bit grey (and 32-bit integer or float TIFF) samples -> [0, 1]."""
+    if values.dtype.kind == "u" or (values.dtype.kind == "i" and values.min() >= 0 and values.max() < 2 ** 16):
+        return unit_range(values.astype(np.uint32))
+    return _min_max(values.astype(np.float64))  # signed or float samples: their own range
+
+
+def _png16_grey(content: bytes, header) -> np.ndarray:
+    significant = max(header.sbit) if header.sbit else None  # one byte per channel
+    if header.greyscale and not header.alpha:  # the common case: Pillow decodes it fast
+        with Image.open(io.BytesIO(content)) as image:
+            image = ImageOps.exif_transpose(image)
+            return unit_range(np.asarray(image).astype(np.uint32), significant)
+    width, height, rows, info = header.read()
+    planes = info["planes"]
+    samples = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes)
+    colour = samples[..., :3] if planes >= 3 else samples[..., :1]  # alpha dropped
+    scaled = unit_range(colour, significant)
+    return scaled[..., 0] if colour.shape[-1] == 1 else scaled @ np.asarray(LUMA, dtype=np.float32)
+
+
+def _min_max(values: np.ndarray) -> np.ndarray:
+    low, high = float(np.min(values)), float(np.max(values))
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.float32)
+    return ((values - low) / (high - low)).astype(np.float32)
+
+
+def _dicom_grey(content: bytes, name: str) -> np.ndarray:
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(content), force=content[128:132] != b"DICM")
+    except (InvalidDicomError, ValueError, KeyError, EOFError, OSError) as error:
+        raise ImageError(f"cannot read image {name}: it is not a readable DICOM file ({error})") from None
+    if not any(tag in ds for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
+        kind = ds.get("Modality", "") or str(getattr(ds.get("SOPClassUID"), "name", "") or "")
+        raise ImageError(f"cannot read image {name}: it is a DICOM {kind + ' ' if kind else ''}object without pixel "
+                         f"data (a report, a plan, a key object); leave it out of the image list")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise ImageError(f"cannot read image {name}: it is a multi-frame DICOM ({frames} frames); export the frame to "
+                         f"use as a single-frame file")
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    compressed = syntax is not None and syntax.is_compressed
+    if compressed:
+        _require_decoder(syntax, name)
+    try:
+        arr = ds.pixel_array
+    except Exception as error:  # noqa: BLE001 - the plug-ins' own errors, as one line
+        if not compressed:
+            raise
+        reason = (str(error).splitlines() or [type(error).__name__])[0]
+        raise ImageError(f"cannot read image {name}: its {syntax.name} pixel data could not be decoded by the "
+                         f"installed plug-ins ({reason[:120]}); pylibjpeg-libjpeg (GPL-3.0) or python-gdcm decode more "
+                         f"JPEG variants") from None
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        unit = _displayed(arr, ds)
+        inverse = str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
+        return 1.0 - unit if (photometric == "MONOCHROME1") != inverse else unit
+    from pydicom.pixels import apply_color_lut
+
+    if photometric == "PALETTE COLOR":
+        rgb = apply_color_lut(arr, ds)
+        bits = 8 if rgb.dtype == np.uint8 else 16
+    else:  # RGB; pydicom returns YBR_* as RGB
+        rgb, bits = arr, int(ds.get("BitsStored", 8))
+    if rgb.ndim != 3 or rgb.shape[-1] != 3:
+        raise ImageError(f"cannot read image {name}: its photometric interpretation {photometric} with pixel shape "
+                         f"{rgb.shape} is not one this decoder knows")
+    return ((rgb.astype(np.float32) @ np.asarray(LUMA, dtype=np.float32)) / (2 ** bits - 1)).clip(0, 1)
+
+
+def _require_decoder(syntax, name: str) -> None:
+    from pydicom.pixels import get_decoder
+
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError:
+        raise ImageError(f"cannot read image {name}: pydicom has no decoder for its transfer syntax {syntax.name} "
+                         f"({syntax})") from None
+    if not decoder.is_available:
+        needs = "; or ".join(decoder.missing_dependencies)
+        raise ImageError(f"cannot read image {name}: it is compressed as {syntax.name} ({syntax}) and no decoder for "
+                         f"it is installed ({needs})")
+
+
+def _displayed(arr: np.ndarray, ds) -> np.ndarray:
+    """Stored values -> [0, 1] as a viewer displays them (before MONOCHROME1's inversion): the
+    modality LUT, then the VOI LUT, or else the first window, or else the image's own range."""
+    from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
+
+    values = apply_modality_lut(arr, ds)
+    lut = ds.get("VOILUTSequence")
+    if lut and lut[0].get("LUTDescriptor") is not None and lut[0].get("LUTData") is not None:
+        entries, first, _ = (int(v) for v in lut[0].LUTDescriptor)
+        table = apply_voi(np.arange(first, first + (entries or 2 ** 16)), ds, 0)  # the LUT's own output range
+        return _scaled(apply_voi(np.rint(values).astype(np.int64), ds, 0), float(table.min()), float(table.max()))
+    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        try:
+            low, high = apply_windowing(np.array([-1e300, 1e300]), ds, 0)  # pydicom's output range
+            return _scaled(apply_windowing(values, ds, 0), float(low), float(high))
+        except ValueError:  # an invalid window (width < 1): shown as the image's range
+            pass
+    return _min_max(values.astype(np.float64))
+
+
+def _scaled(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    if high <= low:
+        return np.zeros(values.shape, dtype=np.float32)
+    return ((values.astype(np.float64) - low) / (high - low)).clip(0, 1).astype(np.float32)

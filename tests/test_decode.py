@@ -1,0 +1,262 @@
+"""Decoding what radiology stores: real CR radiographs (NEMA's, from pydicom-data), DICOM variants
+from pydicom's own test files, 16-bit PNGs, JPEGs with EXIF, and files Pillow refuses."""
+from __future__ import annotations
+
+import io
+import shutil
+
+import numpy as np
+import png
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.data import get_testdata_file
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi_lut
+
+from apga.data.decode import decode_image
+from apga.errors import ImageError
+
+SIZE = 64
+
+
+def data_file(name: str) -> str:
+    """A file of pydicom's test data (pydicom itself, or the pydicom-data package): never downloaded."""
+    path = get_testdata_file(name, download=False)
+    assert path is not None, f"{name} is not installed: pip install -e '.[test]' (pydicom-data)"
+    return path
+
+
+def resized(unit: np.ndarray) -> np.ndarray:
+    """The reference resize: float [0, 1] -> (SIZE, SIZE) uint8, bilinear (as a viewer scales)."""
+    image = Image.fromarray(unit.astype(np.float32), mode="F").resize((SIZE, SIZE), Image.BILINEAR)
+    return np.clip(np.rint(np.asarray(image) * 255), 0, 255).astype(np.uint8)
+
+
+def close(a: np.ndarray, b: np.ndarray, tolerance: int = 1) -> bool:
+    return np.abs(a.astype(int) - b.astype(int)).max() <= tolerance
+
+
+@pytest.mark.parametrize("name", ["RG3_UNCR.dcm", "RG1_UNCR.dcm"])
+def test_nema_radiographs_decode_as_pydicoms_display_pipeline(name):
+    """NEMA's CR radiographs (MONOCHROME1, 10 and 15 bits stored): pydicom's modality and VOI LUT,
+    then MONOCHROME1 inverted, is what a viewer shows; the decoder gives that picture."""
+    ds = pydicom.dcmread(data_file(name))
+    assert ds.PhotometricInterpretation == "MONOCHROME1" and "RescaleSlope" not in ds
+    shown = apply_voi_lut(apply_modality_lut(ds.pixel_array, ds), ds)  # the first window
+    expected = resized(1 - shown / (2 ** ds.BitsStored - 1))
+    decoded = decode_image(data_file(name), SIZE)
+    assert decoded.dtype == np.uint8 and decoded.shape == (SIZE, SIZE)
+    assert close(decoded, expected)
+    raw = resized(ds.pixel_array / (2 ** ds.BitsStored - 1)).astype(float)
+    assert np.corrcoef(decoded.ravel(), raw.ravel())[0, 1] < -0.95  # stored values inverted: bone bright
+    assert decoded.max() - decoded.min() > 180  # the whole grey range, not 5 levels
+
+
+@pytest.mark.parametrize("compressed, uncompressed, tolerance", [
+    ("RG3_J2KR.dcm", "RG3_UNCR.dcm", 0), ("RG1_J2KR.dcm", "RG1_UNCR.dcm", 0),  # lossless JPEG 2000
+    ("RG3_J2KI.dcm", "RG3_UNCI.dcm", 0),  # lossy JPEG 2000 and its decompressed copy
+])
+def test_jpeg_2000_copies_decode_as_the_uncompressed_files(compressed, uncompressed, tolerance):
+    assert close(decode_image(data_file(compressed), SIZE), decode_image(data_file(uncompressed), SIZE), tolerance)
+
+
+def test_lossy_jpeg_2000_stays_near_the_original():
+    lossy, original = decode_image(data_file("RG3_J2KI.dcm"), SIZE), decode_image(data_file("RG3_UNCR.dcm"), SIZE)
+    assert np.abs(lossy.astype(int) - original.astype(int)).mean() < 1.0
+
+
+@pytest.mark.parametrize("suffix", [".dcm", ".tif", ".png", ""])
+def test_a_dicom_whose_preamble_is_a_tiff_header_is_read_as_dicom_whatever_its_name(tmp_path, suffix):
+    """NEMA's files start with a TIFF header in their preamble: Pillow would open them as TIFFs of
+    raw stored values (inverted, 5 grey levels). The content decides, not the name."""
+    source = data_file("RG3_UNCR.dcm")
+    with open(source, "rb") as handle:
+        assert handle.read(4) == b"II*\x00"  # the preamble is a TIFF header
+    copy = tmp_path / f"image{suffix}"
+    shutil.copyfile(source, copy)
+    assert np.array_equal(decode_image(copy, SIZE), decode_image(source, SIZE))
+
+
+def test_monochrome2_with_rescale_then_its_range_or_its_window(tmp_path):
+    """A CT (rescale intercept -1024, signed) without a window shows its own range; with a soft-tissue
+    window (40, 400) the window maps to the full grey range (DICOM PS3.3 C.11.2.1.2.1, LINEAR)."""
+    ds = pydicom.dcmread(data_file("CT_small.dcm"))
+    values = apply_modality_lut(ds.pixel_array, ds)
+    assert ds.RescaleIntercept == -1024 and "WindowCenter" not in ds and ds.PhotometricInterpretation == "MONOCHROME2"
+    own_range = (values - values.min()) / (values.max() - values.min())
+    assert close(decode_image(data_file("CT_small.dcm"), SIZE), resized(own_range))
+    ds.WindowCenter, ds.WindowWidth = 40, 400
+    ds.save_as(tmp_path / "windowed.dcm")
+    windowed = np.clip((values - (40 - 0.5)) / (400 - 1) + 0.5, 0, 1)
+    assert close(decode_image(tmp_path / "windowed.dcm", SIZE), resized(windowed))
+
+
+def test_a_voi_lut_sequence_is_applied_before_a_window(tmp_path):
+    """A VOI LUT (here an inverting ramp over the image's range) takes precedence over the window."""
+    from pydicom.dataset import Dataset
+
+    ds = pydicom.dcmread(data_file("MR_small.dcm"))
+    low, high = int(ds.pixel_array.min()), int(ds.pixel_array.max())
+    item = Dataset()
+    item.LUTDescriptor = [high - low + 1, low, 12]
+    item.add_new(0x00283006, "US", [int(v) for v in np.linspace(4095, 0, high - low + 1).round()])  # LUT Data
+    ds.VOILUTSequence = [item]
+    ds.WindowCenter, ds.WindowWidth = 100, 10  # would saturate most pixels if it were used
+    ds.save_as(tmp_path / "lut.dcm")
+    lut = apply_voi_lut(ds.pixel_array, pydicom.dcmread(tmp_path / "lut.dcm"))
+    assert close(decode_image(tmp_path / "lut.dcm", SIZE), resized(lut / 4095.0))
+
+
+@pytest.mark.parametrize("name", ["examples_rgb_color.dcm", "SC_ybr_full_422_uncompressed.dcm", "SC_rgb_jpeg.dcm"])
+def test_colour_dicom_goes_to_grey(name):
+    rgb = pydicom.dcmread(data_file(name)).pixel_array.astype(float)  # pydicom converts YBR to RGB
+    grey = rgb @ np.array([0.299, 0.587, 0.114]) / 255
+    assert close(decode_image(data_file(name), SIZE), resized(grey))
+
+
+def test_palette_colour_dicom_goes_to_grey():
+    ds = pydicom.dcmread(data_file("examples_palette.dcm"))
+    rgb = apply_color_lut(ds.pixel_array, ds).astype(float)
+    assert close(decode_image(data_file("examples_palette.dcm"), SIZE), resized(rgb @ np.array([0.299, 0.587, 0.114]) / 65535))
+
+
+@pytest.mark.parametrize("name, message", [
+    ("emri_small.dcm", "it is a multi-frame DICOM (10 frames)"),
+    ("examples_ybr_color.dcm", "it is a multi-frame DICOM (30 frames)"),
+    ("reportsi.dcm", "it is a DICOM SR object without pixel data"),
+    ("rtplan.dcm", "it is a DICOM RTPLAN object without pixel data"),
+    ("MR_small_jpeg_ls_lossless.dcm", "compressed as JPEG-LS Lossless Image Compression (1.2.840.10008.1.2.4.80) "
+                                      "and no decoder for it is installed"),
+    ("SC_rgb_jpeg_gdcm.dcm", "and no decoder for it is installed (gdcm - requires gdcm>=3.0.10; or pylibjpeg"),
+])
+def test_dicom_files_that_cannot_be_used_are_named_in_one_line(name, message):
+    with pytest.raises(ImageError) as error:
+        decode_image(data_file(name), SIZE)
+    text = str(error.value)
+    assert text.startswith(f"cannot read image {data_file(name)}: ") and message in text and "\n" not in text
+
+
+def test_the_jpeg_ls_message_names_the_package_that_decodes_it():
+    with pytest.raises(ImageError, match="pyjpegls"):
+        decode_image(data_file("MR_small_jpeg_ls_lossless.dcm"), SIZE)
+
+
+# --- 16-bit PNG -------------------------------------------------------------------------------------
+
+def _smooth(height: int = 48, width: int = 40) -> np.ndarray:
+    """A smooth picture in [0, 1] that reaches 1 (a bright cortex) and is not symmetric."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    return np.clip(0.15 + 0.6 * yy / height + 0.3 * np.exp(-((xx - 10) ** 2) / 30), 0, 1)
+
+
+def test_a_10_bit_cr_exported_as_16_bit_png_uses_its_whole_range(tmp_path):
+    """RG3's stored values (0-1023) in a 16-bit PNG, as an export from DICOM writes them."""
+    raw = pydicom.dcmread(data_file("RG3_UNCR.dcm")).pixel_array.astype(np.uint16)
+    Image.fromarray(raw).save(tmp_path / "rg3.png")
+    assert Image.open(tmp_path / "rg3.png").mode.startswith("I;16")
+    decoded = decode_image(tmp_path / "rg3.png", SIZE)
+    assert close(decoded, resized(raw / 1023.0)) and decoded.max() >= 250
+
+
+@pytest.mark.parametrize("bits", [10, 12, 16])
+def test_a_high_bit_png_decodes_as_its_8_bit_copy(tmp_path, bits):
+    picture = _smooth()
+    Image.fromarray(np.rint(picture * 255).astype(np.uint8)).save(tmp_path / "eight.png")
+    Image.fromarray(np.rint(picture * (2 ** bits - 1)).astype(np.uint16)).save(tmp_path / "high.png")
+    assert close(decode_image(tmp_path / "high.png", SIZE), decode_image(tmp_path / "eight.png", SIZE))
+
+
+def _with_sbit(data: bytes, bits: int) -> bytes:
+    """The PNG `data` with an sBIT chunk (`bits` significant bits) before its image data."""
+    chunks = list(png.Reader(bytes=data).chunks())
+    position = next(i for i, (kind, _) in enumerate(chunks) if kind == b"IDAT")
+    chunks.insert(position, (b"sBIT", bytes([bits])))
+    buffer = io.BytesIO()
+    png.write_chunks(buffer, chunks)
+    return buffer.getvalue()
+
+
+def test_sbit_says_the_stored_bit_depth(tmp_path):
+    """With sBIT 12, values up to 1500 are 12-bit values (a dark image), not an 11-bit range; values
+    scaled to 16 bits as the PNG standard asks (pypng writes them so) decode as 16-bit values."""
+    values = np.rint(_smooth() * 1500).astype(np.uint16)
+    plain = io.BytesIO()
+    Image.fromarray(values).save(plain, format="PNG")
+    (tmp_path / "sbit.png").write_bytes(_with_sbit(plain.getvalue(), 12))
+    (tmp_path / "plain.png").write_bytes(plain.getvalue())
+    assert close(decode_image(tmp_path / "sbit.png", SIZE), resized(values / 4095.0))
+    assert close(decode_image(tmp_path / "plain.png", SIZE), resized(values / 2047.0))  # no sBIT: 11 bits hold 1500
+    picture = _smooth()
+    writer = png.Writer(picture.shape[1], picture.shape[0], greyscale=True, bitdepth=12)  # scaled, sBIT 12
+    with open(tmp_path / "standard.png", "wb") as handle:
+        writer.write(handle, np.rint(picture * 4095).astype(int).tolist())
+    header = png.Reader(filename=str(tmp_path / "standard.png"))
+    header.preamble()
+    assert header.sbit == bytes([12]) and header.bitdepth == 16
+    assert close(decode_image(tmp_path / "standard.png", SIZE), resized(picture))
+
+
+def test_a_16_bit_colour_png_keeps_its_low_bits(tmp_path):
+    """Pillow reads 16-bit colour PNGs as 8-bit RGB (the top byte: 12-bit values come out black)."""
+    picture = _smooth()
+    values = np.rint(picture * 4095).astype(np.uint16)
+    rgb = np.repeat(values[..., None], 3, axis=2).reshape(values.shape[0], -1)
+    with open(tmp_path / "colour.png", "wb") as handle:
+        png.Writer(values.shape[1], values.shape[0], greyscale=False, bitdepth=16).write(handle, rgb.tolist())
+    assert close(decode_image(tmp_path / "colour.png", SIZE), resized(values / 4095.0))
+
+
+# --- JPEG, and what Pillow refuses ------------------------------------------------------------------
+
+def test_jpeg_exif_orientation_is_applied_as_viewers_show_it(tmp_path):
+    picture = np.rint(_smooth() * 255).astype(np.uint8)  # (48, 40)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera was turned: show it rotated 90 degrees clockwise
+    Image.fromarray(picture).save(tmp_path / "turned.jpg", quality=98, exif=exif)
+    Image.fromarray(np.rot90(picture, k=-1).copy()).save(tmp_path / "upright.png")
+    Image.fromarray(picture).save(tmp_path / "as_stored.png")
+    decoded = decode_image(tmp_path / "turned.jpg", SIZE)
+    assert close(decoded, decode_image(tmp_path / "upright.png", SIZE), 3)
+    assert not close(decoded, decode_image(tmp_path / "as_stored.png", SIZE), 20)  # the orientation matters
+
+
+def test_an_image_above_pillows_pixel_limit_is_named_not_a_traceback(tmp_path, monkeypatch):
+    """Pillow refuses images above 2 x MAX_IMAGE_PIXELS with DecompressionBombError, which is not an
+    OSError; lowered here so that a small image stands for a 13,400 px one."""
+    Image.fromarray(np.zeros((64, 64), dtype=np.uint8)).save(tmp_path / "huge.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    with pytest.raises(ImageError, match=r"cannot read image .*huge\.png: it is too large for Pillow .*downscale"):
+        decode_image(tmp_path / "huge.png", SIZE)
+
+
+@pytest.mark.parametrize("content, reason", [
+    (b"", "truncated, corrupted or not an image"),
+    (b"\x89PNG\r\n\x1a\n broken", "truncated, corrupted or not an image"),
+    (b"just some text", "truncated, corrupted or not an image"),
+])
+def test_unreadable_files_are_named_with_their_reason(tmp_path, content, reason):
+    (tmp_path / "bad.png").write_bytes(content)
+    with pytest.raises(ImageError, match=f"cannot read image .*bad.png: it is {reason}"):
+        decode_image(tmp_path / "bad.png", SIZE)
+    with pytest.raises(ImageError, match="cannot read image .*missing.png"):
+        decode_image(tmp_path / "missing.png", SIZE)
+
+
+def test_exported_dicom_and_16_bit_tasks_decode_as_their_8_bit_originals(tiny_data, tmp_path):
+    """`python -m apga.data.export` writes the generated images as CR DICOM files (MONOCHROME1,
+    12 bits) and as 12-bit values in 16-bit PNGs: both decode to the originals up to rounding."""
+    import pandas as pd
+
+    from apga.data.export import export_task
+
+    originals = {}
+    for fmt in ("dicom", "png16"):
+        csv = export_task(tiny_data, tmp_path / fmt, fmt, body_part="elbow")
+        table = pd.read_csv(csv, dtype=str)
+        assert set(table.columns) == {"path", "label", "split", "study", "patient"}
+        for path in table["path"][:6]:
+            original = tiny_data / "MURA-v1.1" / path.replace(".dcm", ".png")
+            originals.setdefault(path[:-4], decode_image(original, SIZE))
+            assert close(decode_image(tmp_path / fmt / path, SIZE), originals[path[:-4]])
+    ds = pydicom.dcmread(tmp_path / "dicom" / table["path"][0].replace(".png", ".dcm"))
+    assert ds.PhotometricInterpretation == "MONOCHROME1" and ds.BitsStored == 12 and ds.Modality == "CR"
