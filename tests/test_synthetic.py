@@ -71,3 +71,43 @@ def test_spurious_marker_follows_the_label_in_train_only(tmp_path):
         return np.corrcoef(marked, index["label"])[0, 1]
 
     assert marker_rate("train") > 0.5 and abs(marker_rate("valid")) < 0.3
+
+
+def test_the_generator_never_removes_a_folder_it_did_not_make(tmp_path):
+    """`python -m apga.data.synthetic --out datasets` once deleted the whole datasets/ folder."""
+    import subprocess
+    import sys
+
+    from cli_helpers import ROOT, environment
+
+    datasets = tmp_path / "datasets"
+    (datasets / "MURA-v1.1").mkdir(parents=True)
+    (datasets / "MURA-v1.1" / "train_image_paths.csv").write_text("precious\n")
+    done = subprocess.run([sys.executable, "-m", "apga.data.synthetic", "--out", str(datasets), "--train-patients", "1",
+                           "--valid-patients", "1"], capture_output=True, text=True, env=environment(), cwd=ROOT,
+                          timeout=120)
+    assert done.returncode == 2 and "not a data set this generator made" in done.stderr.strip().splitlines()[-1]
+    assert (datasets / "MURA-v1.1" / "train_image_paths.csv").read_text() == "precious\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["datasets"]  # no temporary folder left either
+    generated = datasets / "synthetic"
+    generate(generated, seed=1, train_patients=1, valid_patients=1, parts=("elbow",), min_side=40, max_side=48)
+    first = (generated / "MURA-v1.1" / "train_image_paths.csv").read_text()
+    generate(generated, seed=2, train_patients=2, valid_patients=1, parts=("elbow",), min_side=40, max_side=48)
+    assert (generated / "MURA-v1.1" / "train_image_paths.csv").read_text() != first  # its own data set: replaced
+    assert sorted(p.name for p in datasets.iterdir()) == ["MURA-v1.1", "synthetic"]
+
+
+def test_files_and_folders_are_written_with_the_umask(tmp_path):
+    import os
+
+    from apga.utils import atomic_write_bytes
+
+    previous = os.umask(0o027)
+    try:
+        atomic_write_bytes(tmp_path / "file.txt", b"x")
+        generate(tmp_path / "data", seed=1, train_patients=1, valid_patients=1, parts=("elbow",), min_side=40,
+                 max_side=48)
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "file.txt").stat().st_mode & 0o777 == 0o640
+    assert (tmp_path / "data").stat().st_mode & 0o777 == 0o750

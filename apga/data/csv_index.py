@@ -4,10 +4,12 @@ Columns (a header row is required; order does not matter):
 - `path`: the image file, relative to the CSV's folder (or absolute);
 - `label`: 0 (normal) or 1 (abnormal);
 - `split`: `train` or `valid` (valid is the reported split, as MURA's);
-- `study` (optional): images of one study are averaged for the study-level metrics (default: each
-  image is its own study);
-- `patient` (optional): holdout selection and k-shot keep a patient's images together (default:
-  the study).
+- `study` (optional): images of one study are averaged for the study-level metrics (default, and
+  for a blank cell: the image is its own study);
+- `patient` (optional): holdout selection and the leak check keep a patient's images together
+  (default: the study; a blank cell takes the patient its study's other rows name, else the study).
+
+A blank cell in an optional column applies to its row only (with a notice), never to the column.
 
 The result is the same index as MURA's (apga/data/mura.py): columns path, split, body_part, patient,
 study, label, with paths relative to the CSV's folder. Every check names the CSV line (the header
@@ -16,6 +18,7 @@ is line 1) and what to fix.
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -31,58 +34,95 @@ def dataset_name(csv_path: str | Path) -> str:
     return Path(csv_path).stem
 
 
-def read_csv_index(csv_path: str | Path, check_files: bool = True) -> pd.DataFrame:
-    """The index of every row of the CSV, checked; paths relative to the CSV's folder."""
+def read_table(csv_path: str | Path, required: tuple[str, ...] = REQUIRED, check_files: bool = True,
+               what: str = "--data-csv") -> tuple[pd.DataFrame, pd.Series]:
+    """The rows of a CSV as stripped text (header lower-cased), checked: the `required` columns
+    exist, paths are non-empty, unique and (with `check_files`) exist relative to the CSV's folder.
+    Returns the table and each row's line number in the file (the header is line 1)."""
     csv_path = Path(csv_path)
     if not csv_path.is_file():
-        raise DataError(f"no CSV file at {csv_path}; pass --data-csv the path of a CSV with columns "
-                        f"path,label,split[,study,patient]")
+        raise DataError(f"no CSV file at {csv_path}; pass {what} the path of a CSV with columns {','.join(required)}")
     text = csv_path.read_bytes().decode("utf-8-sig", errors="replace")
     try:
         table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise DataError(f"{csv_path} is not a readable CSV ({str(error).splitlines()[0]}); write one row per image "
-                        f"with a header row path,label,split") from None
+                        f"with a header row {','.join(required)}") from None
     table.columns = [str(c).strip().lower() for c in table.columns]
-    missing = [c for c in REQUIRED if c not in table.columns]
+    missing = [c for c in required if c not in table.columns]
     if missing:
         raise DataError(f"{csv_path} has no column {', '.join(missing)} (found: {', '.join(table.columns)}); its header "
-                        f"row must name path, label and split (study and patient are optional)")
+                        f"row must name {', '.join(required)}")
     table = table.apply(lambda column: column.str.strip())
-    line = pd.Series(range(2, len(table) + 2), index=table.index)  # the header is line 1
-
-    def fail(rows: pd.Series, message):
-        """`message`: the text for the first offending row (a function of that row)."""
-        first = rows[rows].index[0]
-        raise DataError(f"{csv_path} line {line[first]}: {message(table.loc[first])}")
-
+    line = pd.Series(range(2, len(table) + 2), index=table.index)
     if table.empty:
         raise DataError(f"{csv_path} has a header but no rows; list one image per row")
-    bad = ~table["label"].isin(["0", "1"])
-    if bad.any():
-        fail(bad, lambda row: f"label {row['label']!r} must be 0 (normal) or 1 (abnormal)")
-    bad = ~table["split"].str.lower().isin(SPLITS)
-    if bad.any():
-        fail(bad, lambda row: f"split {row['split']!r} must be train or valid")
-    bad = table["path"] == ""
-    if bad.any():
-        fail(bad, lambda row: "the path is empty")
-    bad = table["path"].duplicated()
-    if bad.any():
-        fail(bad, lambda row: f"image {row['path']!r} is listed twice")
+    _fail_on(csv_path, table, line, table["path"] == "", lambda row: "the path is empty")
+    _fail_on(csv_path, table, line, table["path"].duplicated(), lambda row: f"image {row['path']!r} is listed twice")
     if check_files:
         root = csv_path.parent
         exists = table["path"].map(lambda p: (root / p).is_file())
-        if not exists.all():
-            fail(~exists, lambda row: f"image {row['path']!r} does not exist (paths are relative to {root})")
+        _fail_on(csv_path, table, line, ~exists,
+                 lambda row: f"image {row['path']!r} does not exist (paths are relative to {root})")
+    return table, line
+
+
+def _fail_on(csv_path: Path, table: pd.DataFrame, line: pd.Series, rows: pd.Series, message) -> None:
+    """A DataError naming the first row of `rows` (a bool Series) by its line; `message(row)` says what is wrong."""
+    if rows.any():
+        first = rows[rows].index[0]
+        raise DataError(f"{csv_path} line {line[first]}: {message(table.loc[first])}")
+
+
+def read_csv_index(csv_path: str | Path, check_files: bool = True) -> pd.DataFrame:
+    """The index of every row of the CSV, checked; paths relative to the CSV's folder."""
+    csv_path = Path(csv_path)
+    table, line = read_table(csv_path, REQUIRED, check_files)
+    _fail_on(csv_path, table, line, ~table["label"].isin(["0", "1"]),
+             lambda row: f"label {row['label']!r} must be 0 (normal) or 1 (abnormal)")
+    _fail_on(csv_path, table, line, ~table["split"].str.lower().isin(SPLITS),
+             lambda row: f"split {row['split']!r} must be train or valid")
     index = pd.DataFrame({
         "path": table["path"], "split": table["split"].str.lower(), "body_part": dataset_name(csv_path),
         "label": table["label"].astype(int),
     })
-    index["study"] = table["study"] if "study" in table and (table["study"] != "").all() else table["path"]
-    index["patient"] = table["patient"] if "patient" in table and (table["patient"] != "").all() else index["study"]
+    index["study"] = _filled(csv_path, table, line, "study", fallback=table["path"])
+    index["patient"] = _patients(csv_path, table, line, index["study"])
     _check_splits(csv_path, index, line)
     return index[["path", "split", "body_part", "patient", "study", "label"]]
+
+
+def _filled(csv_path: Path, table: pd.DataFrame, line: pd.Series, column: str, fallback: pd.Series) -> pd.Series:
+    """An optional column with its blank cells (or all of them, when it is absent) taken from `fallback`.
+    A blank cell never disables the column for the other rows."""
+    if column not in table.columns:
+        return fallback.copy()
+    blank = table[column] == ""
+    if blank.any() and not blank.all():
+        print(f"notice: {csv_path}: {int(blank.sum())} row(s) have no {column} (the first on line "
+              f"{line[blank].iloc[0]}); {_FALLBACK_TEXT[column]}", file=sys.stderr)
+    return table[column].where(~blank, fallback)
+
+
+_FALLBACK_TEXT = {"study": "each is a study of its own",
+                  "patient": "each counts as its study's patient (its own, when its study names none)"}
+
+
+def _patients(csv_path: Path, table: pd.DataFrame, line: pd.Series, study: pd.Series) -> pd.Series:
+    """The patient column: a blank cell takes the patient its study's other rows name; a study
+    that names two patients is refused."""
+    if "patient" not in table.columns:
+        return study.copy()
+    named = table["patient"].where(table["patient"] != "")
+    per_study = named.groupby(study).nunique()
+    if (per_study > 1).any():
+        conflicting = per_study[per_study > 1].index[0]
+        rows = study == conflicting
+        raise DataError(f"{csv_path}: study {conflicting!r} names more than one patient (lines "
+                        f"{', '.join(map(str, line[rows].tolist()[:4]))}); a study belongs to one patient")
+    study_patient = named.groupby(study).first()  # NaN where the study names none
+    fallback = study.map(study_patient).fillna(study)
+    return _filled(csv_path, table, line, "patient", fallback)
 
 
 def _check_splits(csv_path: Path, index: pd.DataFrame, line: pd.Series) -> None:

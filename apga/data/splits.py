@@ -9,6 +9,7 @@ batch's device (apga/data/batches.py).
 from __future__ import annotations
 
 import hashlib
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from apga.data import csv_index, mura
 from apga.data.batches import CachedImages
 from apga.data.cache import cached_array
 from apga.errors import DataError
+
 
 @dataclass
 class Split:
@@ -55,7 +57,16 @@ def _cached_split(config, root: Path, index: pd.DataFrame, cache_dir: Path, desc
 def _split(index: pd.DataFrame, images, masks: dict, rows: np.ndarray) -> Split:
     rows = np.asarray(rows)
     sub = index.iloc[rows].reset_index(drop=True)
-    return Split(sub, CachedImages(images, rows, sub["label"].to_numpy(), masks))
+    patients = pd.factorize(sub["patient"])[0]
+    return Split(sub, CachedImages(images, rows, sub["label"].to_numpy(), masks, patients))
+
+
+def require_both_classes(labels, what: str, fix: str) -> None:
+    """A split with one class cannot be scored (no AUROC or kappa, a meaningless accuracy): refused."""
+    present = set(np.unique(np.asarray(labels)).tolist())
+    if present != {0, 1}:
+        only = "no" if not present else "only abnormal (1)" if present == {1} else "only normal (0)"
+        raise DataError(f"{what} holds {only} images; accuracy, AUROC and kappa need normal and abnormal images: {fix}")
 
 
 def data_fingerprint(root: Path, splits: dict[str, Split]) -> str:
@@ -114,15 +125,21 @@ def prepare_run_data(config, seed: int) -> RunData:
     valid_images, valid_masks, valid_ok = _cached_split(config, root, valid, cache_dir, "valid", truths)
 
     train_rows = np.flatnonzero(train_ok)
+    source = config.data_csv or f"{root / mura.MURA_DIR} ({name})"
+    require_both_classes(valid["label"].to_numpy()[valid_ok], f"the valid split of {source}",
+                         "check the data root and --body-part, or the CSV's split column")
+    require_both_classes(train["label"].to_numpy()[train_rows], f"the train split of {source}",
+                         "check the data root and --body-part, or the CSV's split column")
     select = report = _split(valid, valid_images, valid_masks, np.flatnonzero(valid_ok))
     if holdout:
         held = mura.holdout_patients(train.iloc[train_rows], config.holdout_fraction, seed)
+        if len(np.unique(train["label"].to_numpy()[train_rows[held]])) < 2:
+            print(f"warning: the held-out selection split of seed {seed} ({int(held.sum())} images) holds one class: "
+                  f"selecting on it rewards predicting that class; raise --holdout-fraction", file=sys.stderr)
         select = _split(train, train_images, train_masks, train_rows[held])
         train_rows = train_rows[~held]
     if config.n_shot is not None:
         train_rows = train_rows[mura.k_shot_indices(train["label"].to_numpy()[train_rows], config.n_shot, seed)]
-    if train["label"].to_numpy()[train_rows].min() == train["label"].to_numpy()[train_rows].max():
-        raise DataError(f"the {name} training images hold only one class; check the data set")
     # the training split carries no masks: the loop never reads them
     splits = {"train": _split(train, train_images, {}, train_rows), "select": select, "report": report}
     return RunData(**splits, truths=truths, fingerprint=data_fingerprint(root, splits))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import inspect
 import json
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,8 @@ from PIL import Image
 
 from apga.config import BODY_PARTS
 from apga.data.mura import FINDING_DIR, MASK_DIR, MURA_DIR
+from apga.errors import APGAError, DataError
+from apga.utils import private_folder, storage_error
 
 VERSION = 8  # bump when the images change: ensure_generated then makes the data set anew
 FINDING_VISIBLE = 0.85
@@ -170,15 +173,49 @@ def generate(out: str | Path, seed: int = 0, train_patients: int = 200, valid_pa
 
     `spurious` in [0, 1]: in the training split, the corner marker appears on abnormal images
     with this probability and on normal ones with 1 - spurious (0 = no marker at all; in the
-    validation split it is independent of the label). Written into a temporary folder and
-    renamed, so an interrupted run never leaves a half data set behind.
+    validation split it is independent of the label). Written into a temporary folder beside
+    `out` and renamed, so an interrupted run never leaves a half data set behind. `out` may be
+    missing, empty, or a data set this generator made (its GENERATED.json), which is replaced;
+    any other folder is refused: the generator never deletes what it did not make.
     """
     out = Path(out)
+    if out.exists() and not (out / "GENERATED.json").is_file() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out} exists and is not a data set this generator made (it has no GENERATED.json); "
+                        f"choose a new or empty folder, e.g. --out {out / 'synthetic'}")
     params = dict(seed=seed, train_patients=train_patients, valid_patients=valid_patients, parts=list(parts),
                   min_side=min_side, max_side=max_side, spurious=spurious, colour_fraction=colour_fraction,
                   version=VERSION)
-    tmp = out.with_name(out.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = private_folder(out.parent, prefix=f".{out.name}.partial-")
+    except OSError as error:
+        raise storage_error(out, error) from None
+    try:
+        rows = _write_data_set(tmp, params)
+        _replace(out, tmp)
+    except BaseException as error:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise storage_error(Path(error.filename or out), error) from None
+        raise
+    return {"train_images": len(rows["train"]), "valid_images": len(rows["valid"]), **params}
+
+
+def _replace(out: Path, new: Path) -> None:
+    """Put the folder `new` at `out`; an earlier generated data set there is removed afterwards."""
+    old = None
+    if out.exists():
+        old = private_folder(out.parent, prefix=f".{out.name}.old-")
+        out.rename(old / out.name)
+    new.rename(out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _write_data_set(tmp: Path, params: dict) -> dict[str, list[str]]:
+    seed, train_patients, valid_patients = params["seed"], params["train_patients"], params["valid_patients"]
+    parts, min_side, max_side = params["parts"], params["min_side"], params["max_side"]
+    spurious, colour_fraction = params["spurious"], params["colour_fraction"]
     rng = np.random.default_rng(seed)
     rows = {"train": [], "valid": []}
     studies = {"train": [], "valid": []}
@@ -211,9 +248,7 @@ def generate(out: str | Path, seed: int = 0, train_patients: int = 200, valid_pa
         (tmp / MURA_DIR / f"{split}_image_paths.csv").write_text("".join(rows[split][i] + "\n" for i in order))
         (tmp / MURA_DIR / f"{split}_labeled_studies.csv").write_text("".join(s + "\n" for s in studies[split]))
     (tmp / "GENERATED.json").write_text(json.dumps(params, indent=2) + "\n")
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return {"train_images": len(rows["train"]), "valid_images": len(rows["valid"]), **params}
+    return rows
 
 
 def _save(path: Path, pixels: np.ndarray, colour: bool) -> None:
@@ -246,8 +281,12 @@ def ensure_generated(out: str | Path, **params) -> Path:
 def main(out: str = "datasets/synthetic", seed: int = 0, train_patients: int = 200, valid_patients: int = 80,
          min_side: int = 80, max_side: int = 128, spurious: float = 0.0) -> None:
     """Generate the synthetic MURA-layout data set."""
-    summary = generate(out, seed=seed, train_patients=train_patients, valid_patients=valid_patients,
-                       min_side=min_side, max_side=max_side, spurious=spurious)
+    try:
+        summary = generate(out, seed=seed, train_patients=train_patients, valid_patients=valid_patients,
+                           min_side=min_side, max_side=max_side, spurious=spurious)
+    except APGAError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     print(json.dumps(summary, indent=2))
 
 
