@@ -83,12 +83,44 @@ def test_non_finite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tiny_c
     assert all(torch.isfinite(v).all() for v in state["classifier"].values() if v.is_floating_point())
 
 
+class _Overflowing(Method):
+    """A baseline whose weights overflow in the optimizer step of its second epoch (the loss it
+    logged was finite): only the evaluation can see it."""
+
+    name = "overflowing"
+    fine_tuned = False
+    calls = 0
+
+    def networks(self):
+        return {"classifier": (self.classifier, 1e-3)}
+
+    def phases(self, images, labels):
+        yield self.classifier_phase(images, labels, "loss")
+        _Overflowing.calls += 1
+        if _Overflowing.calls == 4:  # after the last step of epoch 2: weights no loss has seen
+            with torch.no_grad():
+                next(self.classifier.parameters()).fill_(float("inf"))
+
+
+def test_weights_that_overflow_stop_at_the_evaluation_with_the_last_good_checkpoint(tiny_config, tmp_path):
+    config = tiny_config(batch_size=16, epochs=4, patience=10)
+    data = prepare_run_data(config, seed=1)
+    stage = Stage(tmp_path / "run", 1, torch.device("cpu"), Precision("cpu", None), config, progress=False)
+    with pytest.raises(NonFiniteError, match="selection evaluation at epoch 2: the classifier's outputs are not "
+                                             "finite.*last good checkpoint .*last.pt is kept"):
+        fit(_Overflowing(config, build_classifier(config.classifier)), data, stage)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")
+    assert state["progress"]["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["classifier"].values() if v.is_floating_point())
+
+
 def test_runner_goes_on_after_a_diverging_method(tiny_data, tmp_path):
     out = tmp_path / "runs"
     done = run_cli(tiny_data, out, "--train-cutout", "0", "--train-gradcam", "0", "--train-random", "0",
                    "--agent-lr", "1e30", "--finetune-lr", "1e30")
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 2, done.stderr[-2000:]  # the command says that runs failed ...
     table = pd.read_csv(out / "results.csv")
-    assert "baseline" in set(table["method"])
+    assert "baseline" in set(table["method"])  # ... after finishing the others
     failed = {"end2end", "apga"} - set(table["method"])
     assert failed and all(f"error: {name}" in done.stderr for name in failed)
+    assert "run(s) stopped" in done.stderr.strip().splitlines()[-1] and "| elbow | all | val |" in done.stdout

@@ -78,7 +78,7 @@ def test_cuda_rng_states_are_restored(monkeypatch):
 
 
 def test_resume_agrees_with_a_best_checkpoint_written_by_a_killed_epoch(tiny_config, tmp_path, monkeypatch):
-    """A mid-epoch validation wrote best.pt, then the run was killed before its epoch ended: on
+    """The run was killed after writing epoch 2's best.pt and before writing its last.pt: on
     resume, the recorded best is that checkpoint's, so the report does not pair its weights with
     an older epoch's selection accuracy."""
     config = tiny_config(epochs=2, patience=5, gallery="off")
@@ -162,3 +162,45 @@ def test_agent_warmup_runs_once_before_the_first_epoch(tiny_config, tmp_path, mo
     assert method.variant == "rloo-warmup2"
     assert METHODS["random"](config, None).variant == "rloo-warmup2"  # the floor of that variant
     assert "agent_warmup" in METHODS["cutout"](config, None).ignored_settings()
+
+
+def _killed_after(accuracies, calls_before_kill):
+    """Scripted selection accuracies; the call after `calls_before_kill` of them kills the run."""
+    scores, count = iter(accuracies), [0]
+
+    def evaluate(method, split, device, **kwargs):
+        if kwargs.get("mask_quality"):
+            return {"accuracy": 0.5}
+        count[0] += 1
+        if count[0] > calls_before_kill:
+            raise KeyboardInterrupt
+        return {"accuracy": next(scores)}
+    return evaluate
+
+
+def test_a_run_killed_after_a_mid_epoch_improvement_selects_what_an_uninterrupted_run_selects(
+        tiny_config, tmp_path, monkeypatch):
+    """Epoch 2 improves at its mid-epoch validation and the run is killed before that epoch ends.
+    Resumed, it repeats epoch 2 and goes on exactly as the uninterrupted run: the same selected
+    epoch, accuracy and weights, the same early stop (patience 1 counts epoch 2 as improved)."""
+    config = tiny_config(epochs=6, patience=1, val_every=1, val_cadence="equal", steps_per_epoch=2, gallery="off")
+    data = prepare_run_data(config, seed=1)
+    # per epoch: the mid-epoch validation (after step 1 of 2), then the epoch's end
+    whole = [0.5, 0.5, 0.7, 0.6, 0.6, 0.65]
+
+    def fit_in(folder, script):
+        monkeypatch.setattr(train, "evaluate", script)
+        torch.manual_seed(0)
+        method = METHODS["baseline"](config, build_classifier(config.classifier))
+        stage = Stage(tmp_path / folder, 1, torch.device("cpu"), Precision("cpu", None), config, progress=False)
+        return fit(method, data, stage)
+
+    uninterrupted = fit_in("whole", _killed_after(whole, len(whole)))
+    assert (uninterrupted["best_epoch"], uninterrupted["epochs_trained"]) == (1.5, 3)
+    with pytest.raises(KeyboardInterrupt):
+        fit_in("killed", _killed_after(whole, 3))  # killed at epoch 2's end, after its mid-epoch best (0.7)
+    resumed = fit_in("killed", _killed_after(whole[2:], 4))  # epoch 2 again, then epoch 3
+    keys = ("best_epoch", "epochs_trained", "selection_accuracy", "selection_evaluations")
+    assert {k: resumed[k] for k in keys} == {k: uninterrupted[k] for k in keys}
+    assert _same(load_checkpoint(tmp_path / "killed" / "best.pt")["classifier"],
+                 load_checkpoint(tmp_path / "whole" / "best.pt")["classifier"])

@@ -2,9 +2,15 @@
 
 It owns: optimizers, zero_grad/backward/step, AMP, the epoch order, validation (each epoch,
 and every `val_every` iterations for APGA and end-to-end), early stopping, checkpoints
-(`last.pt` each epoch, `best.pt` on improvement, both atomic), resume, the per-epoch
-metrics file, the progress bar, and under torchrun the split of work between ranks (rank 0
-evaluates and writes; its decisions are broadcast). A method only says what its phases are (methods/base.py).
+(`last.pt` each epoch, `best.pt` when the selection improved, both atomic), resume, the
+per-epoch metrics file, the progress bar, and under torchrun the split of work between ranks
+(rank 0 evaluates and writes; its decisions are broadcast). A method only says what its phases
+are (methods/base.py).
+
+Checkpoints are written at epoch ends only: a selection found by a mid-epoch validation is held
+in memory and written to `best.pt` at the end of its epoch, just before `last.pt`. A run killed
+mid-epoch therefore resumes from a consistent pair and repeats that epoch exactly (its
+validations included), so it selects what an uninterrupted run selects.
 
 Reproducible resume: the epoch's data order and the methods' random masks come from
 generators reseeded from (seed, method, epoch), and everything else that changes (networks,
@@ -19,7 +25,7 @@ and it is trained anew with a notice.
 """
 from __future__ import annotations
 
-import contextlib
+import copy
 import json
 import math
 import shutil
@@ -32,42 +38,19 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from apga.training.checkpoint import check_same_config, load_checkpoint, save_checkpoint
 from apga.config import config_dict
 from apga.data import RunData, make_loader, to_model_input
-from apga.distributed import Dist, plain_networks, unwrap
+from apga.distributed import Dist, plain_networks
 from apga.errors import CheckpointError, NonFiniteError
 from apga.evaluation.evaluate import evaluate
 from apga.reporting.gallery import save_gallery
 from apga.reporting.plots import plot_curves
+from apga.training.checkpoint import (check_same_config, load_checkpoint, load_networks, network_states, restore_rng,
+                                      retrain_hint, save_checkpoint, save_state)
+from apga.training.precision import Precision
 from apga.utils import atomic_write_bytes, atomic_write_json, code_version, derive_seed
 
 GALLERY_IMAGES = 8
-
-
-@dataclass
-class Precision:
-    """Autocast dtype (None: full precision) and whether fp16 needs a gradient scaler."""
-    device_type: str
-    dtype: torch.dtype | None
-
-    @classmethod
-    def for_device(cls, device: torch.device, amp: bool | None) -> "Precision":
-        """--amp: by default on for CUDA (bf16 where supported, else fp16) and off on the CPU,
-        where `--amp 1` asks for bf16 autocast (slower than fp32 on CPUs without bf16 units)."""
-        if amp is False or (amp is None and device.type != "cuda"):
-            return cls(device.type, None)
-        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-            return cls(device.type, torch.float16)
-        return cls(device.type, torch.bfloat16)
-
-    def autocast(self):
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device_type, dtype=self.dtype)
-
-    def scaler(self) -> torch.amp.GradScaler:
-        return torch.amp.GradScaler(self.device_type, enabled=self.dtype == torch.float16)
 
 
 @dataclass
@@ -108,49 +91,13 @@ def _check_finite(means: dict[str, float], where: str, last_checkpoint: Path) ->
     bad = {k: v for k, v in means.items() if not math.isfinite(v)}
     if bad:
         name, value = next(iter(bad.items()))
-        kept = f"the last good checkpoint {last_checkpoint} is kept" if last_checkpoint.exists() else "no checkpoint was written"
-        raise NonFiniteError(f"{where}: {name} became {value}; {kept}. Lower the learning rate (--finetune-lr, "
-                             f"--agent-lr, --lr) or turn AMP off (--amp 0)")
+        raise _diverged(where, f"{name} became {value}", last_checkpoint)
 
 
-def _state_of(model):
-    return None if model is None else unwrap(model).state_dict()
-
-
-def _save_state(path: Path, method, optimizers, scaler, progress: dict, config_values: dict, history: list) -> None:
-    save_checkpoint(path, {
-        "classifier": _state_of(method.classifier),
-        "agent": _state_of(method.agent),
-        "method": method.state_dict(),
-        "optimizers": {name: opt.state_dict() for name, opt in optimizers.items()},
-        "scaler": scaler.state_dict(),
-        "progress": progress,
-        "history": history,
-        "rng": {"torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []},
-        "config": config_values,
-        "code_version": code_version(),
-    })
-
-
-def restore_rng(state: dict) -> None:
-    """The torch RNG states saved by `_save_state` (CPU, and every CUDA device both machines have)."""
-    torch.set_rng_state(state["torch"].cpu())
-    cuda_states = state.get("cuda") or []
-    if cuda_states and torch.cuda.is_available():
-        for index, cuda_state in enumerate(cuda_states[:torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(cuda_state.cpu(), index)
-
-
-def load_networks(method, state: dict) -> None:
-    unwrap(method.classifier).load_state_dict(state["classifier"])
-    if method.agent is not None and state.get("agent") is not None:
-        unwrap(method.agent).load_state_dict(state["agent"])
-    method.load_state_dict(state.get("method", {}))
-
-
-def _write_history(path: Path, history: list[dict]) -> None:
-    atomic_write_bytes(path, pd.DataFrame(history).to_csv(index=False).encode())
+def _diverged(where: str, what: str, last_checkpoint: Path) -> NonFiniteError:
+    kept = f"the last good checkpoint {last_checkpoint} is kept" if last_checkpoint.exists() else "no checkpoint was written"
+    return NonFiniteError(f"{where}: {what}; {kept}. Lower the learning rate (--finetune-lr, --agent-lr, --lr) or "
+                          f"turn AMP off (--amp 0)")
 
 
 def make_optimizers(method) -> dict[str, torch.optim.Optimizer]:
@@ -226,152 +173,218 @@ def fit(method, data: RunData, stage: Stage) -> dict:
     selection split at the selected checkpoint), `data_fingerprint` and `code_version`.
     A finished run of the same identity (its `result.json` exists) is not redone when resuming.
     """
-    config, run_dir, device = stage.config, stage.run_dir, stage.device
-    result_file, last_file, best_file = run_dir / "result.json", run_dir / "last.pt", run_dir / "best.pt"
-    config_file = run_dir / "config.json"
-    config_values = {**config_dict(config), "data_fingerprint": data.fingerprint, "inputs": stage.inputs}
-    fresh = not config.resume
-    if config.resume and config_file.is_file():
-        try:
-            saved = json.loads(config_file.read_text())
-        except json.JSONDecodeError:
-            raise CheckpointError(f"{config_file} is corrupted; delete it, or pass --resume 0") from None
-        check_same_config(config_file, saved, config_values, method.ignored_settings())
-        if saved.get("inputs", {}) != stage.inputs:
-            fresh = True
-            if stage.dist.is_main:
-                print(f"notice: {run_dir} started from other inputs ({_difference(saved.get('inputs', {}), stage.inputs)}); "
-                      f"training it anew")
-        elif result_file.is_file():
-            return json.loads(result_file.read_text())  # finished: not redone
-    main = stage.dist.is_main
-    if main:
-        if fresh:
-            for stale in (result_file, last_file, best_file, run_dir / "metrics.csv", run_dir / "curves.png"):
-                stale.unlink(missing_ok=True)
-            shutil.rmtree(run_dir / "gallery", ignore_errors=True)
-            if stage.on_fresh is not None:
-                stage.on_fresh()
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(config_file, config_values)
-    stage.dist.barrier()
-
-    optimizers = make_optimizers(method)
-    scaler = stage.precision.scaler()
-    progress = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0.0, "epochs_since_best": 0,
-                "selection_evaluations": 0, "selection_mask_area": math.nan, "warmed_up": False}
-    history: list[dict] = []
-    if not fresh and last_file.is_file():
-        state = load_checkpoint(last_file, device)
-        check_same_config(last_file, state["config"], config_values, method.ignored_settings())
-        load_networks(method, state)
-        for name, opt in optimizers.items():
-            opt.load_state_dict(state["optimizers"][name])
-        scaler.load_state_dict(state["scaler"])
-        progress, history = {**progress, **state["progress"]}, state["history"]
-        restore_rng(state["rng"])
-        if best_file.is_file():  # a best.pt written by mid-epoch validations of a killed epoch is still the best
-            selection = load_checkpoint(best_file, "cpu").get("selection", {})
-            if selection.get("best_accuracy", -1.0) > progress["best_accuracy"]:
-                progress.update(selection)
-        if main:
-            print(f"resuming {run_dir} after epoch {progress['epoch']}")
-
-    eval_kwargs = dict(batch_size=config.batch_size, autocast=stage.precision.autocast,
-                       channels_last=config.channels_last, num_workers=0)
-    sampler = None
-    if stage.dist.enabled:  # each rank its shard of the same (seed, method, epoch) order
-        sampler = torch.utils.data.DistributedSampler(data.train.dataset, stage.dist.world_size, stage.dist.rank,
-                                                      shuffle=True, seed=derive_seed(stage.seed, method.name) % 2**31)
-    loader = make_loader(data.train.dataset, config.batch_size, shuffle=True, num_workers=config.num_workers,
-                         pin_memory=device.type == "cuda", sampler=sampler)
-    gallery_images = data.select.dataset.__getitems__(list(range(min(GALLERY_IMAGES, len(data.select.dataset)))))["image"]
-    method.generator = torch.Generator(device)
-
-    def validate(epoch_position: float) -> dict:
-        """Rank 0 evaluates and keeps the best checkpoint; every rank gets its metrics."""
-        metrics = None
-        if main:
-            with plain_networks(method):
-                metrics = evaluate(method, data.select, device, **eval_kwargs)
-            if metrics["accuracy"] > progress["best_accuracy"]:
-                metrics["improved"] = 1.0
-                save_checkpoint(best_file, {"classifier": _state_of(method.classifier), "agent": _state_of(method.agent),
-                                            "method": method.state_dict(), "method_name": method.name,
-                                            "epoch": epoch_position, "selection": _selection_of(metrics, epoch_position),
-                                            "config": config_values, "code_version": code_version()})
-        metrics = stage.dist.from_main(metrics)
-        progress["selection_evaluations"] += 1
-        if metrics.get("improved"):
-            progress.update(_selection_of(metrics, epoch_position))
-        return metrics
-
-    def seed_pass(epoch: int) -> None:
-        """The data order and the method's random draws of one pass over the training set."""
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        else:
-            loader.generator.manual_seed(derive_seed(stage.seed, method.name, epoch, "order"))
-        ranks = (stage.dist.rank,) if stage.dist.enabled else ()  # each rank its own draws for its own images
-        method.generator.manual_seed(derive_seed(stage.seed, method.name, epoch, "masks", *ranks))
-
+    run = _Run(method, data, stage)
+    finished = run.open()
+    if finished is not None:
+        return finished
+    run.restore()
+    if method.warmup_steps and not run.progress["warmed_up"] and run.progress["epoch"] == 0:
+        run.warm_up()
+    config = stage.config
     max_epochs = config.finetune_epochs if method.fine_tuned and config.finetune_epochs else config.epochs
-    start = time.perf_counter()
-    if method.warmup_steps and not progress["warmed_up"] and progress["epoch"] == 0:
-        history.append(warm_up(method, loader, optimizers, scaler, stage, seed_pass))
-        progress["warmed_up"] = True
-        if main:  # a run killed in epoch 1 resumes after the warm-up
-            _save_state(last_file, method, optimizers, scaler, progress, config_values, history)
-    for epoch in range(progress["epoch"] + 1, max_epochs + 1):
-        if progress["epochs_since_best"] >= config.patience:
+    for epoch in range(run.progress["epoch"] + 1, max_epochs + 1):
+        if run.progress["epochs_since_best"] >= config.patience:
             break
-        seed_pass(epoch)
-        best_before = progress["best_accuracy"]
-        steps = len(loader) if config.steps_per_epoch is None else min(config.steps_per_epoch, len(loader))
+        run.epoch(epoch)
+    return run.finish()
+
+
+class _Run:
+    """One run of `fit`: its files, optimizers, progress and history, in the order `fit` uses them."""
+
+    def __init__(self, method, data: RunData, stage: Stage):
+        self.method, self.data, self.stage, self.config = method, data, stage, stage.config
+        self.main = stage.dist.is_main
+        run_dir = stage.run_dir
+        self.files = {"config": run_dir / "config.json", "last": run_dir / "last.pt", "best": run_dir / "best.pt",
+                      "result": run_dir / "result.json", "history": run_dir / "metrics.csv"}
+        self.config_values = {**config_dict(self.config), "data_fingerprint": data.fingerprint, "inputs": stage.inputs}
+        self.progress = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0.0, "epochs_since_best": 0,
+                         "selection_evaluations": 0, "selection_mask_area": math.nan, "warmed_up": False}
+        self.history: list[dict] = []
+        self.pending_best: dict | None = None  # a selection not yet written to best.pt (until its epoch ends)
+        self.start = time.perf_counter()
+
+    # --- identity, resume ----------------------------------------------------------------------
+    def open(self) -> dict | None:
+        """Check the run folder's identity; return the result of a finished run of the same identity,
+        or prepare the folder (cleared when the run is trained anew) and return None."""
+        config, stage, files = self.config, self.stage, self.files
+        self.fresh = not config.resume
+        if config.resume and files["config"].is_file():
+            try:
+                saved = json.loads(files["config"].read_text())
+            except json.JSONDecodeError:
+                raise CheckpointError(f"{files['config']} is corrupted; {retrain_hint(stage.run_dir)}") from None
+            check_same_config(files["config"], saved, self.config_values, self.method.ignored_settings())
+            if saved.get("inputs", {}) != stage.inputs:
+                self.fresh = True
+                if self.main:
+                    print(f"notice: {stage.run_dir} started from other inputs "
+                          f"({_difference(saved.get('inputs', {}), stage.inputs)}); training it anew")
+            elif files["result"].is_file():
+                return json.loads(files["result"].read_text())  # finished: not redone
+        if self.main:
+            if self.fresh:
+                for name in ("result", "last", "best", "history"):
+                    files[name].unlink(missing_ok=True)
+                (stage.run_dir / "curves.png").unlink(missing_ok=True)
+                shutil.rmtree(stage.run_dir / "gallery", ignore_errors=True)
+                if stage.on_fresh is not None:
+                    stage.on_fresh()
+            stage.run_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(files["config"], self.config_values)
+        stage.dist.barrier()
+        return None
+
+    def restore(self) -> None:
+        """Optimizers, scaler and loader; with a `last.pt` (and not fresh), everything it holds."""
+        method, stage, files = self.method, self.stage, self.files
+        self.optimizers = make_optimizers(method)
+        self.scaler = stage.precision.scaler()
+        if not self.fresh and files["last"].is_file():
+            state = load_checkpoint(files["last"], stage.device)
+            check_same_config(files["last"], state["config"], self.config_values, method.ignored_settings())
+            load_networks(method, state)
+            for name, optimizer in self.optimizers.items():
+                optimizer.load_state_dict(state["optimizers"][name])
+            self.scaler.load_state_dict(state["scaler"])
+            self.progress, self.history = {**self.progress, **state["progress"]}, state["history"]
+            restore_rng(state["rng"])
+            if files["best"].is_file():  # killed between writing best.pt and last.pt: best.pt is the newer
+                selection = load_checkpoint(files["best"], "cpu").get("selection", {})
+                if selection.get("best_accuracy", -1.0) > self.progress["best_accuracy"]:
+                    self.progress.update(selection)
+            if self.main:
+                print(f"resuming {stage.run_dir} after epoch {self.progress['epoch']}")
+        self.sampler = None
+        if stage.dist.enabled:  # each rank its shard of the same (seed, method, epoch) order
+            self.sampler = torch.utils.data.DistributedSampler(
+                self.data.train.dataset, stage.dist.world_size, stage.dist.rank, shuffle=True,
+                seed=derive_seed(stage.seed, method.name) % 2**31)
+        self.loader = make_loader(self.data.train.dataset, self.config.batch_size, shuffle=True,
+                                  num_workers=self.config.num_workers, pin_memory=stage.device.type == "cuda",
+                                  sampler=self.sampler)
+        select = self.data.select.dataset
+        self.gallery_images = select.__getitems__(list(range(min(GALLERY_IMAGES, len(select)))))["image"]
+        method.generator = torch.Generator(stage.device)
+
+    # --- training ---------------------------------------------------------------------------------
+    def seed_pass(self, epoch: int) -> None:
+        """The data order and the method's random draws of one pass over the training set."""
+        stage = self.stage
+        if self.sampler is not None:
+            self.sampler.set_epoch(epoch)
+        else:
+            self.loader.generator.manual_seed(derive_seed(stage.seed, self.method.name, epoch, "order"))
+        ranks = (stage.dist.rank,) if stage.dist.enabled else ()  # each rank its own draws for its own images
+        self.method.generator.manual_seed(derive_seed(stage.seed, self.method.name, epoch, "masks", *ranks))
+
+    def warm_up(self) -> None:
+        self.history.append(warm_up(self.method, self.loader, self.optimizers, self.scaler, self.stage,
+                                    self.seed_pass))
+        self.progress["warmed_up"] = True
+        if self.main:  # a run killed in epoch 1 resumes after the warm-up
+            save_state(self.files["last"], self.method, self.optimizers, self.scaler, self.progress,
+                       self.config_values, self.history)
+
+    def epoch(self, epoch: int) -> None:
+        """One pass over the training set with its validations, then the epoch's checkpoints."""
+        method, config, stage = self.method, self.config, self.stage
+        self.seed_pass(epoch)
+        steps = len(self.loader) if config.steps_per_epoch is None else min(config.steps_per_epoch, len(self.loader))
 
         def mid_epoch(step: int) -> None:
             if method.validates_mid_epoch and config.val_every and step % config.val_every == 0 and step < steps:
-                checked = validate(epoch - 1 + step / steps)
-                history.append({"epoch": epoch - 1 + step / steps, "iteration": step,
-                                **{f"val_{k}": v for k, v in checked.items()}})
+                checked = self.validate(epoch - 1 + step / steps)
+                self.history.append({"epoch": epoch - 1 + step / steps, "iteration": step,
+                                     **{f"val_{k}": v for k, v in checked.items()}})
 
-        train_logs = train_one_epoch(method, loader, optimizers, scaler, stage, desc=f"{method.name} epoch {epoch}",
-                                     on_iteration=mid_epoch, max_steps=config.steps_per_epoch)
-        val = validate(float(epoch))
-        improved = progress["best_accuracy"] > best_before
-        progress.update(epoch=epoch, epochs_since_best=0 if improved else progress["epochs_since_best"] + 1)
-        history.append({"epoch": float(epoch), "iteration": steps, **{f"train_{k}": v for k, v in train_logs.items()},
-                        **{f"val_{k}": v for k, v in val.items()}, "seconds": time.perf_counter() - start})
-        if main:
-            _save_state(last_file, method, optimizers, scaler, progress, config_values, history)
-            _write_history(run_dir / "metrics.csv", history)
+        train_logs = train_one_epoch(method, self.loader, self.optimizers, self.scaler, stage,
+                                     desc=f"{method.name} epoch {epoch}", on_iteration=mid_epoch,
+                                     max_steps=config.steps_per_epoch)
+        val = self.validate(float(epoch))
+        improved = self.progress["best_epoch"] > epoch - 1  # selected in this epoch (or in its killed first try)
+        self.progress.update(epoch=epoch, epochs_since_best=0 if improved else self.progress["epochs_since_best"] + 1)
+        self.history.append({"epoch": float(epoch), "iteration": steps,
+                             **{f"train_{k}": v for k, v in train_logs.items()},
+                             **{f"val_{k}": v for k, v in val.items()}, "seconds": time.perf_counter() - self.start})
+        if self.main:
+            self.write_best()
+            save_state(self.files["last"], method, self.optimizers, self.scaler, self.progress, self.config_values,
+                       self.history)
+            atomic_write_bytes(self.files["history"], pd.DataFrame(self.history).to_csv(index=False).encode())
             if config.gallery == "epoch":
                 with plain_networks(method):
-                    save_gallery(method, gallery_images, run_dir / "gallery" / f"epoch{epoch:03d}.png", device)
+                    save_gallery(method, self.gallery_images, stage.run_dir / "gallery" / f"epoch{epoch:03d}.png",
+                                 stage.device)
         if stage.progress:
             shown = ", ".join(f"{k} {v:.3f}" for k, v in train_logs.items() if k.endswith("loss"))
             print(f"  {method.name} epoch {epoch}: {shown}; selection accuracy {val['accuracy']:.3f}"
                   f"{' (best)' if improved else ''}")
 
-    if not stage.dist.from_main(best_file.is_file()):  # no epoch ran (e.g. --epochs reached on resume)
-        validate(float(progress["epoch"]))
-    result = None
-    if main:
-        load_networks(method, load_checkpoint(best_file, device))
-        with plain_networks(method):
-            if config.gallery != "off":
-                save_gallery(method, gallery_images, run_dir / "gallery" / "final.png", device)
-            result = evaluate(method, data.report, device, mask_quality=True, seed=stage.seed, **eval_kwargs)
-        if history:
-            plot_curves(run_dir / "metrics.csv", run_dir / "curves.png",
-                        title="/".join(run_dir.parts[-3:]))  # e.g. elbow-all-val/seed89/apga
-        result.update(best_epoch=progress["best_epoch"], epochs_trained=progress["epoch"],
-                      selection_accuracy=progress["best_accuracy"],
-                      selection_evaluations=progress["selection_evaluations"],
-                      selection_mask_area=progress["selection_mask_area"], train_seconds=time.perf_counter() - start,
-                      data_fingerprint=data.fingerprint, code_version=code_version(), device=str(device))
-        atomic_write_json(result_file, result)
-    return stage.dist.from_main(result)
+    # --- selection --------------------------------------------------------------------------------
+    def validate(self, epoch_position: float) -> dict:
+        """Rank 0 evaluates the selection split and keeps a better selection in memory; every rank
+        gets its metrics (and stops alike when the outputs are not finite)."""
+        method, stage = self.method, self.stage
+        metrics = None
+        if self.main:
+            with plain_networks(method):
+                try:
+                    metrics = evaluate(method, self.data.select, stage.device, **self.eval_kwargs())
+                except NonFiniteError as error:
+                    metrics = {"non_finite": str(error)}
+            if "non_finite" not in metrics and metrics["accuracy"] > self.progress["best_accuracy"]:
+                metrics["improved"] = 1.0
+                self.pending_best = {**_on_cpu(network_states(method)), "method_name": method.name,
+                                     "epoch": epoch_position, "selection": _selection_of(metrics, epoch_position),
+                                     "config": self.config_values, "code_version": code_version()}
+        metrics = stage.dist.from_main(metrics)
+        if "non_finite" in metrics:
+            raise _diverged(f"{method.name}, selection evaluation at epoch {epoch_position:g}", metrics["non_finite"],
+                            self.files["last"])
+        self.progress["selection_evaluations"] += 1
+        if metrics.get("improved"):
+            self.progress.update(_selection_of(metrics, epoch_position))
+        return metrics
+
+    def write_best(self) -> None:
+        if self.pending_best is not None:
+            save_checkpoint(self.files["best"], self.pending_best)
+            self.pending_best = None
+
+    def eval_kwargs(self) -> dict:
+        return dict(batch_size=self.config.batch_size, autocast=self.stage.precision.autocast,
+                    channels_last=self.config.channels_last, num_workers=0)
+
+    # --- the selected checkpoint on the report split ----------------------------------------------
+    def finish(self) -> dict:
+        method, config, stage, files = self.method, self.config, self.stage, self.files
+        if not stage.dist.from_main(files["best"].is_file()):  # no epoch ran (e.g. --epochs reached on resume)
+            self.validate(float(self.progress["epoch"]))
+            if self.main:
+                self.write_best()
+        result = None
+        if self.main:
+            load_networks(method, load_checkpoint(files["best"], stage.device))
+            with plain_networks(method):
+                if config.gallery != "off":
+                    save_gallery(method, self.gallery_images, stage.run_dir / "gallery" / "final.png", stage.device)
+                result = evaluate(method, self.data.report, stage.device, mask_quality=True, seed=stage.seed,
+                                  **self.eval_kwargs())
+            if self.history:
+                plot_curves(files["history"], stage.run_dir / "curves.png",
+                            title="/".join(stage.run_dir.parts[-3:]))  # e.g. elbow-all-val/seed89/apga
+            progress = self.progress
+            result.update(best_epoch=progress["best_epoch"], epochs_trained=progress["epoch"],
+                          selection_accuracy=progress["best_accuracy"],
+                          selection_evaluations=progress["selection_evaluations"],
+                          selection_mask_area=progress["selection_mask_area"],
+                          train_seconds=time.perf_counter() - self.start, data_fingerprint=self.data.fingerprint,
+                          code_version=code_version(), device=str(stage.device))
+            atomic_write_json(files["result"], result)
+        return stage.dist.from_main(result)
 
 
 def warm_up(method, loader, optimizers, scaler, stage: Stage, seed_pass) -> dict:
@@ -391,6 +404,17 @@ def warm_up(method, loader, optimizers, scaler, stage: Stage, seed_pass) -> dict
         shown = ", ".join(f"{k} {v:.3f}" for k, v in means.items() if k.endswith("loss"))
         print(f"  {method.name} warm-up: {steps} agent steps against the frozen classifier; {shown}")
     return {"epoch": 0.0, "iteration": steps, **{f"train_{k}": v for k, v in means.items()}}
+
+
+def _on_cpu(state):
+    """A copy of a (nested) state with every tensor on the CPU: a selection held until its epoch ends."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return type(state)((key, _on_cpu(value)) for key, value in state.items())
+    if isinstance(state, (list, tuple)):
+        return type(state)(_on_cpu(value) for value in state)
+    return copy.deepcopy(state)
 
 
 def _selection_of(metrics: dict, epoch_position: float) -> dict:
