@@ -31,6 +31,7 @@ from apga.evaluation.evaluate import evaluate, occlusion_maps
 from apga.evaluation.floors import FLOORS, Floor
 from apga.evaluation.mask_quality import COLUMNS as MASK_QUALITY_COLUMNS
 from apga.methods.apga import apga_variant
+from apga.methods.base import blanking_variant
 from apga.reporting.results import RESULTS_FILE, read_results, remove_row, upsert_row, writable_dir
 from apga.data.synthetic import ensure_generated
 from apga.training.loop import Precision, Stage, fit
@@ -120,14 +121,17 @@ def apga_kept_area(config: Config, seed_dir: Path) -> float:
 def run_floors(config: Config, data: RunData, seed: int, seed_dir: Path, device, precision: Precision) -> None:
     """Mask-quality rows of the floors (apga/evaluation/floors.py) for this seed, from the baseline's classifier.
 
-    Stored in <seed_dir>/floors/<floor>.json with their inputs (the baseline checkpoint's digest,
-    the data fingerprint, the fill): reused while those are the same, recomputed otherwise."""
+    Stored in <seed_dir>/floors/<floor>[-<fill>fill].json with their inputs (the baseline
+    checkpoint's digest, the data fingerprint, the fill): reused while those are the same,
+    recomputed otherwise. A floor of another fill is another floor (its own file and row), as
+    masking methods of another fill are other variants."""
     baseline_checkpoint = seed_dir / "baseline" / "best.pt"
     inputs = {"baseline": file_digest(baseline_checkpoint), "data_fingerprint": data.fingerprint, "fill": config.fill}
     classifier = occlusion = None
     eval_kwargs = dict(batch_size=config.batch_size, autocast=precision.autocast, channels_last=config.channels_last)
     for kind in FLOORS:
-        path = seed_dir / "floors" / f"{kind}.json"
+        variant = "-".join(part for part in (kind, blanking_variant(config, kept_step=False)) if part)
+        path = seed_dir / "floors" / f"{variant}.json"
         saved = json.loads(path.read_text()) if config.resume and path.is_file() else {}
         if saved.get("inputs") != inputs:
             if classifier is None:  # the baseline and its occlusion maps, once for every floor
@@ -142,19 +146,20 @@ def run_floors(config: Config, data: RunData, seed: int, seed_dir: Path, device,
                 "data_fingerprint": data.fingerprint, "code_version": code_version(), "device": str(device)}
             saved = {"inputs": inputs, "result": result, "config": config_dict(config)}
             atomic_write_json(path, saved)
-        upsert_row(Path(config.out_dir) / RESULTS_FILE, _row(config, "floor", kind, seed, path.with_suffix(""),
+        upsert_row(Path(config.out_dir) / RESULTS_FILE, _row(config, "floor", variant, seed, path.with_suffix(""),
                                                              saved["result"], saved["config"], inputs))
 
 
-def run(config: Config) -> None:
+def run(config: Config) -> list[str]:
     """Train and evaluate every selected method for `config.n_runs` seeds; print the summary.
 
-    Under torchrun, every rank runs this; rank 0 alone generates data, builds caches first,
-    writes files and prints.
+    Returns the runs that stopped (a loss or output that became NaN or infinite): the others go
+    on, and a baseline that stopped skips the methods of its seed. Under torchrun, every rank
+    runs this; rank 0 alone generates data, builds caches first, writes files and prints.
     """
     dist, device = distributed.setup(config.gpu_id)
     try:
-        _run(config, dist, device)
+        return _run(config, dist, device)
     finally:
         distributed.teardown(dist)
 
@@ -166,8 +171,9 @@ def _main_first(dist: Dist, work):
     return result if dist.is_main else work()
 
 
-def _run(config: Config, dist: Dist, device) -> None:
+def _run(config: Config, dist: Dist, device) -> list[str]:
     say = print if dist.is_main else (lambda *args, **kwargs: None)
+    failures = []
     if config.demo:
         config.data_root = str(_main_first(dist, lambda: ensure_generated(Path(config.data_root) / DEMO_DATA, seed=0)))
     if not config.data_csv:
@@ -193,6 +199,7 @@ def _run(config: Config, dist: Dist, device) -> None:
                 results[name] = run_stage(name, config, data, seed, seed_dir, device, precision, dist=dist, **extra)
             except NonFiniteError as error:
                 say(f"error: {error}", file=sys.stderr)
+                failures.append(f"{name} of seed {seed}")
                 if name == "baseline":
                     break  # nothing to fine-tune from; the next seed goes on
                 continue
@@ -201,7 +208,7 @@ def _run(config: Config, dist: Dist, device) -> None:
             say(f"  {name}: accuracy {results[name]['accuracy']:.3f}"
                 + (f", TTA {results[name]['accuracy_tta']:.3f}" if "accuracy_tta" in results[name] else ""))
     if not dist.is_main:
-        return
+        return failures
     table = read_results(out_dir / RESULTS_FILE)
     report.write(table, out_dir)
     current = table[(table["body_part"] == label) & (table["n_shot"] == shot_label(config))
@@ -209,3 +216,4 @@ def _run(config: Config, dist: Dist, device) -> None:
     print()
     print(report.render(current))
     print(f"results: {out_dir / RESULTS_FILE}; summary of all runs: {out_dir / report.SUMMARY_FILE}")
+    return failures

@@ -91,3 +91,23 @@ def test_study_probability_is_the_mean_of_its_images():
     assert metrics["study_accuracy"] == 1.0
     metrics = study_metrics(["a", "a", "b", "b"], [1, 1, 0, 0], [0.55, 0.25, 0.45, 0.35])  # a: 0.40, b: 0.40
     assert metrics["study_accuracy"] == pytest.approx(0.5) and metrics["study_auroc"] == pytest.approx(0.5)
+
+
+def test_mask_quality_pairs_swap_partners_by_the_splits_patients(monkeypatch):
+    """The batches carry each image's patient, and the swap gap gets them (not the batch order)."""
+    from apga.evaluation import mask_quality
+
+    split = _split()
+    split = Split(split.index, CachedImages(split.dataset.images, split.dataset.rows, split.dataset.labels,
+                                            split.dataset.truths, patients=np.array([4, 4, 9, 9, 9, 2])))
+    seen = []
+    original = mask_quality.location_gaps
+
+    def recording(*args, patients=None, **kwargs):
+        seen.append(patients.tolist())
+        return original(*args, patients=patients, **kwargs)
+
+    monkeypatch.setattr(mask_quality, "location_gaps", recording)
+    predict(KeepTopHalf(), split, torch.device("cpu"), batch_size=4, autocast=contextlib.nullcontext,
+            mask_quality=True)
+    assert seen == [[4, 4, 9, 9], [9, 2]]

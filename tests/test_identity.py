@@ -212,3 +212,20 @@ def test_a_run_is_the_same_whichever_seed_series_it_came_from(tiny_config, capsy
     run(tiny_config(**ONLY, seed=89, n_runs=1))
     assert read_results(out).set_index("seed")["accuracy"].to_dict() == before
     assert (out / "elbow-all-val" / "seed90" / "baseline" / "result.json").stat().st_mtime_ns == mtime  # not retrained
+
+
+def test_floors_of_another_fill_are_other_floors(tiny_config):
+    """A blur-fill run in the same folder adds blur-fill floors beside the zero-fill ones and
+    leaves those as they were: a zero-fill method is compared with zero-fill floors."""
+    only_floors = dict(train_cutout=0, train_gradcam=0, train_end2end=0, train_apga=0, train_random=1)
+    config = tiny_config(**only_floors)
+    run(config)
+    floors = Path(config.out_dir) / "elbow-all-val" / "seed89" / "floors"
+    zero = read_results(config.out_dir).query("method == 'floor'").set_index("variant")
+    run(tiny_config(**only_floors, fill="blur"))
+    table = read_results(config.out_dir).query("method == 'floor'").set_index("variant")
+    assert {"random-boxes", "random-boxes-blurfill"} <= set(table.index)
+    assert (floors / "random-boxes.json").is_file() and (floors / "random-boxes-blurfill.json").is_file()
+    for column in ("location_gap_10", "bone_precision_10", "swap_gap_10"):
+        assert table.loc[zero.index, column].tolist() == zero[column].tolist()  # untouched by the blur run
+    assert table.loc["random-boxes-blurfill", "location_gap_10"] != table.loc["random-boxes", "location_gap_10"]

@@ -11,7 +11,8 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from apga.evaluation.floors import Floor, random_box_maps
-from apga.evaluation.mask_quality import MapQuality, location_gap, pixel_auroc, pointing_hit, region_cover, region_precision
+from apga.evaluation.mask_quality import (MapQuality, location_gap, location_gaps, other_patient_partners, pixel_auroc,
+                                         pointing_hit, region_cover, region_precision)
 from apga.methods.masks import top_fraction
 from apga.evaluation.occlusion import occlusion_map
 
@@ -177,3 +178,37 @@ def test_collapse_is_a_policy_area_outside_two_and_ninety_eight_percent(area, co
     maps = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     quality.add(BrightLeft(), torch.rand(2, 3, 8, 8), torch.tensor([0, 1]), maps, policy_area=torch.full((2,), area))
     assert quality.summary()["collapsed"] == collapsed
+
+
+def test_swap_partners_are_the_nearest_earlier_image_of_another_patient():
+    partners, has = other_patient_partners(torch.tensor([7, 7, 3, 3, 5]))
+    assert partners.tolist() == [4, 4, 1, 1, 3] and has.all()
+    partners, has = other_patient_partners(torch.tensor([2, 2, 2]))
+    assert not has.any() and partners.tolist() == [0, 1, 2]
+
+
+class BrightPatchReader(nn.Module):
+    """'Abnormal' score: how much of the image is brighter than 0.75 (its patch)."""
+
+    def forward(self, images):
+        score = (images[:, 0] > 0.75).flatten(1).float().sum(1) / 4 - 2
+        return torch.stack([torch.zeros_like(score), score], dim=1)
+
+
+def test_the_swap_gap_pairs_images_across_patients():
+    """Two views per patient with the patient's patch in the same place: a partner of the same
+    patient would blank the same place (gap 0); another patient's mask blanks elsewhere."""
+    patients = torch.tensor([0, 0, 1, 1])
+    images = torch.full((4, 3, 16, 16), 0.5)
+    masks = torch.zeros(4, 1, 16, 16)
+    for i, patient in enumerate(patients.tolist()):
+        rows = slice(2, 6) if patient == 0 else slice(10, 14)
+        images[i, :, rows, 2:6] = 1.0
+        masks[i, :, rows, 2:6] = 1.0
+    labels = torch.ones(4, dtype=torch.long)
+    _, across = location_gaps(BrightPatchReader(), images, labels, masks, patients=patients)
+    assert (across > 1).all()  # blanking its own patch hurts; another patient's place does not
+    _, by_position = location_gaps(BrightPatchReader(), images, labels, masks)  # each image its own patient
+    assert by_position[[1, 3]].abs().max() < 1e-6  # the previous image is the same patient's view
+    _, alone = location_gaps(BrightPatchReader(), images[:2], labels[:2], masks[:2], patients=patients[:2])
+    assert torch.isnan(alone).all()  # one patient in the batch: no partner

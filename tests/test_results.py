@@ -65,3 +65,21 @@ def test_mask_quality_summary_counts_collapsed_seeds():
     assert summary.loc["apga[rloo]", "bone_precision_10"] == pytest.approx(0.8)
     assert summary.loc["apga[rloo]", "collapsed"] == "1/2" and summary.loc["floor[random-boxes]", "collapsed"] == ""
     assert list(summary.index) == ["apga[rloo]", "floor[random-boxes]"]
+
+
+def test_the_report_deletes_the_plots_of_rows_it_leaves_out(tmp_path):
+    """A body part whose rows are all superseded keeps no picture beside the summary."""
+    from apga.reporting.summary import write
+
+    rows = [{"body_part": part, "n_shot": "all", "model_selection": "val", "seed": seed, "method": method,
+             "variant": "", "accuracy": accuracy, "auroc": accuracy, "location_gap_10": 0.1, "superseded": 0}
+            for part in ("elbow", "wrist") for seed in (1, 2)
+            for method, accuracy in (("baseline", 0.6 + seed / 100), ("apga", 0.62 + seed / 50))]
+    table = pd.DataFrame(rows)
+    write(table, tmp_path)
+    assert {p.name for p in tmp_path.glob("*wrist*.png")} == {"accuracy_vs_shots-wrist.png",
+                                                              "paired_differences-wrist.png",
+                                                              "mask_quality-wrist-val.png"}
+    table.loc[table["body_part"] == "wrist", "superseded"] = 1
+    write(table, tmp_path)
+    assert not list(tmp_path.glob("*wrist*.png")) and len(list(tmp_path.glob("*elbow*.png"))) == 3

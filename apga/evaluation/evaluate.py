@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from apga.data import Split, make_loader, to_model_input
+from apga.errors import NonFiniteError
 from apga.evaluation.mask_quality import MapQuality, occlusion_cell
 from apga.methods.masks import adversarial_images, kept_images
 from apga.evaluation.occlusion import occlusion_map
@@ -83,7 +84,7 @@ def predict(method, split: Split, device, *, batch_size: int, autocast, channels
                     if quality is not None:
                         cells = occlusion[batch["position"]].to(device) if occlusion is not None else None
                         quality.add(method.classifier, images, labels, maps, method.policy_area(maps), bone, finding,
-                                    cells)
+                                    cells, batch.get("patient"))
             for key, value in out.items():
                 outputs.setdefault(key, []).append(value.float() if key != "position" else value)
     merged = {key: torch.cat(values).cpu().numpy() for key, values in outputs.items()}
@@ -107,7 +108,17 @@ def summarize(split: Split, outputs: dict[str, np.ndarray]) -> dict[str, float]:
     return metrics
 
 
+PROBABILITIES = ("p", "p_tta", "p_kept", "p_removed")
+
+
 def evaluate(method, split: Split, device, **kwargs) -> dict[str, float]:
-    """Classification metrics and, with `mask_quality=True`, the mask-quality columns."""
+    """Classification metrics and, with `mask_quality=True`, the mask-quality columns.
+
+    Raises `NonFiniteError` when the classifier's outputs are not finite (its weights diverged)."""
     outputs, quality = predict(method, split, device, **kwargs)
+    for key in PROBABILITIES:
+        bad = int((~np.isfinite(outputs[key])).sum()) if key in outputs else 0
+        if bad:
+            raise NonFiniteError(f"the classifier's outputs are not finite on {bad} of {len(outputs[key])} images "
+                                 f"(its weights diverged)")
     return summarize(split, outputs) | quality

@@ -9,8 +9,10 @@ From a method's probability map (B, 1, H, W), at fixed areas rho (its top-rho pi
 - `location_gap_10`: CE increase from blanking the top-10 % mask minus the increase from blanking
   the same mask rolled by half the image (the issue's definition): near 0 for a pattern that
   ignores the image and anatomy alike, but above 0 for one that sits where anatomy usually is;
-- `swap_gap_10`: the same against the previous image's mask blanked on this image: near 0 for
-  any mask that ignores the image, so it measures what is specific to each image;
+- `swap_gap_10`: the same against the mask of another patient's image (the nearest earlier image
+  of the batch whose patient differs) blanked on this image: near 0 for any mask that ignores the
+  image, so it measures what is specific to each image. A partner of the same patient (often the
+  same study, another view) would share much of the anatomy and pull the measure toward 0;
 - `occlusion_agreement_10`: the share of the top-10 % mask inside the top-10 % pixels of the
   classifier's own occlusion map (apga/evaluation/occlusion.py): needs no ground truth;
 - `mask_sd`: the across-image standard deviation of the map, averaged over pixels: near 0 for a
@@ -83,23 +85,47 @@ def pixel_auroc(maps: torch.Tensor, region: torch.Tensor) -> torch.Tensor:
     return torch.where((positives > 0) & (negatives > 0), auroc, torch.nan).float()
 
 
+def other_patient_partners(patients: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each image of a batch, the nearest earlier image (cyclically) of another patient.
+
+    `patients`: (B,) codes, equal for images of one patient. Returns (B,) partner indices and a
+    (B,) bool that is False where the batch holds no image of another patient (then the index is
+    the image's own)."""
+    b = len(patients)
+    index = torch.arange(b, device=patients.device)
+    if b < 2:
+        return index, torch.zeros(b, dtype=torch.bool, device=patients.device)
+    shifts = torch.arange(1, b, device=patients.device)
+    candidates = (index[None, :] - shifts[:, None]) % b  # (B - 1, B): the images 1, 2, ... before each
+    differs = patients[candidates] != patients[None, :]  # (B - 1, B)
+    first = differs.int().argmax(0)  # the first shift that reaches another patient (0 where none does)
+    partners = candidates.gather(0, first[None])[0]
+    has = differs.any(0)
+    return torch.where(has, partners, index), has
+
+
 @torch.no_grad()
 def location_gaps(classifier, images: torch.Tensor, labels: torch.Tensor, top: torch.Tensor,
-                  fill: str = "zero") -> tuple[torch.Tensor, torch.Tensor]:
+                  fill: str = "zero", patients: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Two controls for where a mask is, per image (B,), from one classifier call on 3 B images:
 
     - location gap: CE(f(x with `top` blanked)) - CE(f(x with `top` rolled by half the image
       blanked)), the issue's definition. A mask that ignores the image but sits where anatomy
       usually is (centre-biased boxes) still scores above 0 on it;
-    - swap gap: the same against the mask of the previous image of the batch, blanked on this
-      one: 0 in expectation for any mask that ignores the image (NaN for a batch of one).
+    - swap gap: the same against the mask of another patient's image of the batch
+      (`other_patient_partners`; without `patients`, every image counts as its own patient),
+      blanked on this one: 0 in expectation for any mask that ignores the image (NaN where the
+      batch holds no other patient).
     Every term is an increase over the same clean loss, so the clean loss cancels."""
     h, w = images.shape[-2:]
     rolled = torch.roll(top, shifts=(h // 2, w // 2), dims=(2, 3))
-    swapped = torch.roll(top, shifts=1, dims=0)
+    if patients is None:
+        patients = torch.arange(len(images), device=images.device)
+    partners, has_partner = other_patient_partners(patients.to(images.device))
+    swapped = top[partners]
     masked = adversarial_images(images, torch.cat([top, rolled, swapped]), fill)  # (3 B, C, H, W)
     losses = F.cross_entropy(classifier(masked).float(), labels.repeat(3), reduction="none").view(3, len(images))
-    swap_gap = losses[0] - losses[2] if len(images) > 1 else torch.full_like(losses[0], torch.nan)
+    swap_gap = torch.where(has_partner, losses[0] - losses[2], torch.nan)
     return losses[0] - losses[1], swap_gap
 
 
@@ -123,13 +149,14 @@ class MapQuality:
 
     @torch.no_grad()
     def add(self, classifier, images, labels, maps, policy_area, bone=None, finding=None,
-            occlusion: torch.Tensor | None = None) -> None:
+            occlusion: torch.Tensor | None = None, patients: torch.Tensor | None = None) -> None:
         """One batch: the classifier in eval mode, `maps` (B, 1, H, W), truths (B, 1, H, W) or None,
-        and the classifier's occlusion maps of these images if already known (else computed)."""
+        the classifier's occlusion maps of these images if already known (else computed), and the
+        images' patient codes (B,) for the swap gap's partners."""
         generator = torch.Generator(maps.device).manual_seed(self.seed + self.count)  # random tie-breaking
         top = {rho: top_fraction(maps, rho / 100, generator) for rho in (10, 30)}
         self._add("policy_area", policy_area)
-        rolled_gap, swap_gap = location_gaps(classifier, images, labels, top[10], self.fill)
+        rolled_gap, swap_gap = location_gaps(classifier, images, labels, top[10], self.fill, patients=patients)
         self._add("location_gap_10", rolled_gap)
         self._add("swap_gap_10", swap_gap)
         if occlusion is None:

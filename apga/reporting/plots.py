@@ -19,6 +19,7 @@ from apga.reporting.results import method_rank
 from apga.utils import atomic_write_bytes
 
 SHOT_ORDER_LAST = "all"
+REPORT_PLOTS = ("accuracy_vs_shots-*.png", "paired_differences-*.png", "mask_quality-*.png")  # what the report draws
 QUALITY_PANELS = (("bone_precision_10", "bone precision, top 10 %"), ("finding_cover_10", "finding covered, top 10 %"),
                   ("location_gap_10", "location gap, top 10 % (CE)"), ("swap_gap_10", "swap gap, top 10 % (CE)"),
                   ("occlusion_agreement_10", "agreement with occlusion, top 10 %"))

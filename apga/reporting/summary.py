@@ -179,14 +179,23 @@ def render(table: pd.DataFrame) -> str:
 
 
 def write(table: pd.DataFrame, out_dir: str | Path) -> Path:
-    """summary.md and the plots (apga/reporting/plots.py) of a results table, in `out_dir`."""
-    path = Path(out_dir) / SUMMARY_FILE
+    """summary.md and the plots (apga/reporting/plots.py) of a results table, in `out_dir`.
+
+    Plots this report no longer draws (a body part, n_shot or protocol whose rows are all
+    superseded or gone) are deleted: no picture stays beside a summary that leaves its rows out."""
+    out_dir = Path(out_dir)
+    path = out_dir / SUMMARY_FILE
     atomic_write_bytes(path, render(table).encode())
+    written = set()
     if not table.empty:
         prepared = _prepared(table)
-        plots.plot_shots(prepared, Path(out_dir))
-        plots.plot_paired(summarize(table), Path(out_dir))
-        plots.plot_mask_quality(prepared, Path(out_dir))
+        written |= set(plots.plot_shots(prepared, out_dir))
+        written |= set(plots.plot_paired(summarize(table), out_dir))
+        written |= set(plots.plot_mask_quality(prepared, out_dir))
+    for pattern in plots.REPORT_PLOTS:
+        for stale in out_dir.glob(pattern):
+            if stale not in written:
+                stale.unlink()
     return path
 
 
