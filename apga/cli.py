@@ -1,12 +1,153 @@
-"""The command line: flags generated from `Config`, errors printed as one line."""
+"""The command lines: settings checked before anything runs, help that fits on a screen.
+
+Fire turns the command line into a call. Before it does, `Command.run` answers `--help` or `-h`
+wherever it stands (Fire would train first in some positions), and refuses, in one line with exit
+code 2, what Fire would only notice after the call: unknown flags (with the nearest known one),
+single-dash abbreviations, and words that are no flag's value (`elbow --demo`, `--n-shot 25 50`).
+"""
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
+import re
+import shutil
 import sys
+import textwrap
+from dataclasses import dataclass
 
-from apga.config import Config, field_help, make_config
+from apga.config import SECTIONS, Config, field_help, make_config
 from apga.errors import APGAError
+
+NAME_COLUMN = 30
+
+
+@dataclass
+class Flag:
+    name: str           # the Python name (flags are spelled with '-')
+    default: object
+    help: str
+    metavar: str = "VALUE"
+    section: str = ""
+
+
+def is_flag(argument: str) -> bool:
+    """Fire's rule: a leading dash that does not start a negative number."""
+    return argument.startswith("--") or re.match(r"^-[a-zA-Z]", argument) is not None
+
+
+def wants_help(argv: list[str]) -> bool:
+    return any(argument in ("--help", "-h") for argument in argv)
+
+
+@dataclass
+class Command:
+    """One command line: its usage, flags and positional arguments, checked and then run by Fire."""
+    usage: str
+    summary: str
+    flags: list[Flag]
+    positionals: tuple[str, ...] = ()
+    epilog: str = ""
+
+    def run(self, function, argv: list[str]) -> None:
+        if wants_help(argv):
+            print(self.help())
+            sys.exit(0)
+        problem = self.problem(argv)
+        if problem:
+            print(f"error: {problem}", file=sys.stderr)
+            sys.exit(2)
+        import fire
+
+        fire.Fire(function, command=argv)
+
+    def problem(self, argv: list[str]) -> str | None:
+        """What is wrong with `argv` (None when nothing is), by Fire's rules for flags and values."""
+        tokens = argv[:argv.index("--")] if "--" in argv else argv
+        names = {flag.name for flag in self.flags} | set(self.positionals)
+        positionals, previous, i = 0, None, 0
+        while i < len(tokens):
+            argument = tokens[i]
+            if not is_flag(argument):
+                if positionals < len(self.positionals):
+                    positionals, i = positionals + 1, i + 1
+                    continue
+                if previous:
+                    return (f"unexpected argument {argument!r} after {previous}: a flag takes one value; for several, "
+                            f"run the command once per value (python -m apga.sweep runs lists of them)")
+                return f"unexpected argument {argument!r}: settings are flags (--name value); see --help"
+            if not argument.startswith("--"):
+                return f"unknown flag {argument}: flags are spelled out with two dashes; see --help"
+            with_value = "=" in argument
+            key = argument[2:].split("=", 1)[0].replace("-", "_")
+            boolean = not with_value and (i + 1 == len(tokens) or is_flag(tokens[i + 1]))
+            if key not in names and not (boolean and key.startswith("no") and key[2:] in names):
+                return f"unknown flag(s) {argument.split('=', 1)[0]}{self._suggestion(key, names)}; see --help for the list"
+            consumed = 1 if with_value or boolean else 2
+            previous = " ".join(tokens[i:i + consumed]) if consumed == 2 else None
+            i += consumed
+        return None
+
+    @staticmethod
+    def _suggestion(key: str, names: set[str]) -> str:
+        close = difflib.get_close_matches(key, sorted(names), n=1, cutoff=0.6)
+        return f" (did you mean --{close[0].replace('_', '-')}?)" if close else ""
+
+    def help(self) -> str:
+        """One line per flag (wrapped to the terminal), grouped, with its default; no pager."""
+        width = min(max(shutil.get_terminal_size((120, 24)).columns, 80), 140)
+        lines = [f"usage: {self.usage}", "", *textwrap.wrap(self.summary, width)]
+        section = None
+        for flag in self.flags:
+            if flag.section != section:
+                section = flag.section
+                lines += ["", f"{section}:" if section else "flags:"]
+            shown = f"  --{flag.name.replace('_', '-')} {flag.metavar}"
+            default = "" if flag.default is None else f" [{_shown(flag.default)}]"
+            text = textwrap.wrap(flag.help + default, width - NAME_COLUMN - 1) or [""]
+            if len(shown) < NAME_COLUMN:
+                lines.append(f"{shown:<{NAME_COLUMN}} {text[0]}")
+                text = text[1:]
+            else:
+                lines.append(shown)
+            lines += [f"{'':<{NAME_COLUMN}} {more}" for more in text]
+        if self.epilog:
+            lines += ["", *textwrap.wrap(self.epilog, width)]
+        return "\n".join(lines)
+
+
+def _shown(value) -> str:
+    return str(int(value)) if isinstance(value, bool) else str(value)
+
+
+def _metavar(annotation: str, name: str = "") -> str:
+    if name.startswith("train_"):
+        return "0|1"
+    for kind, metavar in (("bool", "0|1"), ("int", "N"), ("float", "X")):
+        if kind in annotation:
+            return metavar
+    return "TEXT"
+
+
+def config_flags() -> list[Flag]:
+    """Every setting of `Config`, in groups, as flags."""
+    flags, section = [], ""
+    helps = field_help()
+    for field in dataclasses.fields(Config):
+        section = SECTIONS.get(field.name, section)
+        flags.append(Flag(field.name, field.default, helps[field.name], _metavar(str(field.type), field.name), section))
+    return flags
+
+
+def function_flags(function, helps: dict[str, str]) -> tuple[list[Flag], tuple[str, ...]]:
+    """The flags and positional arguments of a function's signature, with `helps` for their texts."""
+    flags, positionals = [], []
+    for name, parameter in inspect.signature(function).parameters.items():
+        if parameter.default is inspect.Parameter.empty:
+            positionals.append(name)
+        else:
+            flags.append(Flag(name, parameter.default, helps.get(name, ""), _metavar(str(parameter.annotation))))
+    return flags, tuple(positionals)
 
 
 def main(**flags) -> None:
@@ -14,47 +155,40 @@ def main(**flags) -> None:
         config = make_config(**flags)
         from apga.experiment import run  # heavy imports only once the flags are valid
 
-        run(config)
+        failures = run(config)
     except APGAError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
         sys.exit(130)
+    if failures:
+        print(f"error: {len(failures)} run(s) stopped ({'; '.join(failures)}); the others finished, see above",
+              file=sys.stderr)
+        sys.exit(2)
 
 
-# Fire reads the signature and the docstring's Args section: one flag per Config field.
+# Fire reads the signature: one keyword-only flag per Config field.
 main.__signature__ = inspect.Signature([
     inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default) for f in dataclasses.fields(Config)
 ])
-main.__doc__ = (
-    "Train the DenseNet baseline on one MURA body part, then Cutout, Grad-CAM masking, end-to-end masking,\n"
-    "APGA and the random-mask floor fine-tuned from it; results go to <out-dir>/results.csv.\n\n"
-    "Args:\n" + "".join(f"    {name}: {text}\n" for name, text in field_help().items())
+
+TRAIN = Command(
+    usage="python apga_mura.py [--flag VALUE ...]   (or: apga-mura ...)",
+    summary="Train the DenseNet baseline on one MURA body part (or a --data-csv task), then Cutout, Grad-CAM "
+            "masking, end-to-end masking, APGA and the random-mask floor fine-tuned from it. Results go to "
+            "<out-dir>/results.csv and summary.md, with plots beside them. Flags take one value: --name value, "
+            "--name=value, or --name / --noname for 0|1 flags.",
+    flags=config_flags(),
+    epilog="Example: python apga_mura.py --body-part elbow --demo   (generated data, every method, in minutes on a "
+           "CPU). Documentation: docs/ in the repository.",
 )
 
 
-def unknown_flags(argv: list[str]) -> list[str]:
-    """The `--flags` of `argv` that are no setting (Fire would run the whole experiment before
-    complaining about them). `--name=value`, `--name value`, `--noname` and `-` or `_` all count."""
-    known = {f.name for f in dataclasses.fields(Config)}
-    unknown = []
-    for arg in argv:
-        if not arg.startswith("--") or arg in ("--", "--help"):
-            continue
-        name = arg[2:].split("=", 1)[0].replace("-", "_")
-        if name not in known and not (name.startswith("no") and name[2:] in known):
-            unknown.append(arg.split("=", 1)[0])
-    return unknown
-
-
 def entry_point(argv: list[str] | None = None) -> None:
-    """`python apga_mura.py` and the `apga-mura` console script: unknown flags are refused first."""
-    import fire
+    """`python apga_mura.py` and the `apga-mura` console script."""
+    TRAIN.run(main, sys.argv[1:] if argv is None else list(argv))
 
-    argv = sys.argv[1:] if argv is None else list(argv)
-    unknown = unknown_flags(argv)
-    if unknown:
-        print(f"error: unknown flag(s) {', '.join(unknown)}; see --help for the list", file=sys.stderr)
-        sys.exit(2)
-    fire.Fire(main, command=argv)
+
+if __name__ == "__main__":
+    entry_point()

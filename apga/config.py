@@ -86,6 +86,10 @@ class Config:
     preset: str = _f("paper", "named settings: 'paper' (defaults) or 'cpu' (small images and models for a 2-core CPU)")
 
 
+# The first field of each group of flags, and the group's title (--help and docs/flags.md).
+SECTIONS = {"seed": "The original script's flags", "data_root": "Data", "classifier": "Models",
+            "batch_size": "Optimisation", "model_selection": "Evaluation", "amp": "Speed", "out_dir": "Output"}
+
 DEMO_OUT_DIR = "runs/demo"
 
 PRESETS: dict[str, dict] = {

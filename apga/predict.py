@@ -1,16 +1,18 @@
 """Apply a trained run to new images.
 
-    python -m apga.predict RUN_DIR IMAGES [--out DIR] [--max-overlays N]
+    python -m apga.predict RUN_DIR IMAGES [--out DIR] [--max-overlays N] [--skip-bad-images 1]
 
 RUN_DIR is a method's folder of a run (holding `best.pt`), e.g. runs/elbow-all-val/seed89/apga.
-IMAGES is a folder of PNGs (searched recursively; a MURA-layout study folder is one), or a CSV
-with a `path` column as for `--data-csv` (paths relative to the CSV; `label`, `study` optional).
-Writes <DIR>/predictions.csv (default DIR: RUN_DIR/predictions): one row per image with its
-probability of being abnormal, the study-level probability (the mean over the study's images)
-where studies are known (MURA study folders `studyN_positive|negative`, or a CSV's `study`
-column), the label where known, and for masking methods the TTA probability and the kept area.
-Masking methods also write overlay PNGs (image, mask, adversarial, kept region) for the first
-`--max-overlays` images. Batched, on the GPU when there is one.
+IMAGES is a folder of images (searched recursively: PNG of any bit depth, JPEG, TIFF, BMP, and
+DICOM files with a .dcm suffix or none; a MURA-layout study folder is one), one image file, or a
+CSV with a `path` column as for `--data-csv` (paths relative to the CSV; `label`, `study`
+optional). Every file is decoded as for training (apga/data/decode.py). Writes
+<DIR>/predictions.csv (default DIR: RUN_DIR/predictions): one row per image with its probability
+of being abnormal, the study-level probability (the mean over the study's images) where studies
+are known (MURA study folders `studyN_positive|negative`, a DICOM file's Study Instance UID, or a
+CSV's `study` column), the label where known, and for masking methods the TTA probability and
+the kept area. Masking methods also write overlay PNGs (image, mask, adversarial, kept region)
+for the first `--max-overlays` images. Batched, on the GPU when there is one.
 """
 from __future__ import annotations
 
@@ -25,15 +27,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from apga.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
+from apga.cli import Command, function_flags
 from apga.config import Config, make_config
 from apga.data import to_model_input
-from apga.data.cache import PngImages, _collate_keep
+from apga.data.cache import ImageFiles, keep_as_list
+from apga.data.csv_index import read_table
+from apga.data.decode import IMAGE_SUFFIXES, is_dicom
 from apga.errors import APGAError, CheckpointError, DataError
 from apga.evaluation.evaluate import abnormal_probability
-from apga.reporting.gallery import mask_panels, write_panels
 from apga.methods.masks import kept_images
-from apga.training.loop import load_networks
+from apga.reporting.gallery import mask_panels, write_panels
+from apga.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_networks
 from apga.utils import atomic_write_bytes, eval_mode, file_digest, resolve_device
 
 STUDY_FOLDER = re.compile(r"^study\d+_(positive|negative)$", re.IGNORECASE)
@@ -44,29 +48,52 @@ def image_table(images: str | Path) -> pd.DataFrame:
     """Columns file (absolute), image (as shown), study (or empty), label (or NaN)."""
     images = Path(images)
     if images.is_file() and images.suffix.lower() == ".csv":
-        table = pd.read_csv(images, dtype=str, keep_default_na=False)
-        table.columns = [c.strip().lower() for c in table.columns]
-        if "path" not in table.columns:
-            raise DataError(f"{images} has no 'path' column; list one image path per row under a 'path' header")
-        if table.empty:
-            raise DataError(f"{images} lists no images; write one image path per row under the 'path' header")
-        files = [images.parent / p.strip() for p in table["path"]]
-        missing = [(i, f) for i, f in enumerate(files) if not f.is_file()]
-        if missing:
-            raise DataError(f"{images} line {missing[0][0] + 2}: image {table['path'][missing[0][0]]!r} does not exist "
-                            f"(paths are relative to {images.parent})")
+        table, _ = read_table(images, required=("path",), what="apga.predict")
         labels = pd.to_numeric(table["label"], errors="coerce") if "label" in table.columns else np.nan
         study = table["study"] if "study" in table.columns else ""
-        return pd.DataFrame({"file": files, "image": table["path"], "study": study, "label": labels})
+        return pd.DataFrame({"file": [images.parent / p for p in table["path"]], "image": table["path"],
+                             "study": study, "label": labels})
     if images.is_dir():
-        files = sorted(p for p in images.rglob("*") if p.suffix.lower() == ".png" and p.is_file())
+        files = sorted(p for p in images.rglob("*") if p.is_file() and _is_image_file(p))
         if not files:
-            raise DataError(f"no PNG files in {images}; pass a folder of PNGs or a CSV with a 'path' column")
+            raise DataError(f"no image files in {images} (PNG, JPEG, TIFF, BMP or DICOM); pass a folder of images, "
+                            f"one image, or a CSV with a 'path' column")
         shown = [str(f.relative_to(images)) for f in files]
-        study = [str(f.parent.relative_to(images.parent)) if STUDY_FOLDER.match(f.parent.name) else "" for f in files]
-        label = [float(f.parent.name.lower().endswith("positive")) if s else np.nan for f, s in zip(files, study)]
-        return pd.DataFrame({"file": files, "image": shown, "study": study, "label": label})
-    raise DataError(f"{images} is neither a folder of PNGs nor a CSV file; pass one of those")
+    elif images.is_file() and _is_image_file(images):
+        files, shown = [images], [images.name]
+    else:
+        raise DataError(f"{images} is neither a folder of images, an image nor a CSV file; pass one of those")
+    study = [_study_of(f, images) for f in files]
+    label = [float(f.parent.name.lower().endswith("positive")) if STUDY_FOLDER.match(f.parent.name) else np.nan
+             for f in files]
+    return pd.DataFrame({"file": files, "image": shown, "study": study, "label": label})
+
+
+def _is_image_file(path: Path) -> bool:
+    """An image by its suffix, or a DICOM file without one (hospital exports often have none)."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    if path.suffix:
+        return False
+    try:
+        with open(path, "rb") as handle:
+            return is_dicom(handle.read(132))
+    except OSError:
+        return False
+
+
+def _study_of(file: Path, root: Path) -> str:
+    """A MURA study folder, or a DICOM file's Study Instance UID; '' when unknown."""
+    if STUDY_FOLDER.match(file.parent.name):
+        return str(file.parent.relative_to(root.parent))
+    if file.suffix.lower() in (".dcm", ".dicom", ".dic", ""):
+        import pydicom
+
+        try:
+            return str(pydicom.dcmread(file, stop_before_pixels=True, force=True).get("StudyInstanceUID", "") or "")
+        except Exception:  # noqa: BLE001 - an unreadable header: the file's decoding will say why
+            return ""
+    return ""
 
 
 def load_run(run_dir: str | Path, device):
@@ -106,19 +133,24 @@ def load_run(run_dir: str | Path, device):
 
 @torch.no_grad()
 def predict_images(method, config, table: pd.DataFrame, device, batch_size: int, out: Path,
-                   max_overlays: int) -> pd.DataFrame:
-    """Probabilities (and masks) of every image of `table`, batched; overlays for the first ones."""
-    loader = torch.utils.data.DataLoader(PngImages(list(table["file"]), config.image_size), batch_size=batch_size,
-                                         num_workers=min(2, config.num_workers), collate_fn=_collate_keep)
+                   max_overlays: int, skip_bad: bool = False) -> pd.DataFrame:
+    """Probabilities (and masks) of every image of `table`, batched; overlays for the first ones.
+    An unreadable image stops with a one-line error naming it, or with `skip_bad` is left out."""
+    loader = torch.utils.data.DataLoader(ImageFiles(list(table["file"]), config.image_size), batch_size=batch_size,
+                                         num_workers=min(2, config.num_workers), collate_fn=keep_as_list)
     columns: dict[str, list] = {}
-    overlays = 0
+    overlays, skipped = 0, []
     networks = [method.classifier] + ([method.agent] if method.agent is not None else [])
     for batch in loader:
-        bad = [i for i, pixels, _ in batch if pixels is None]
-        if bad:
-            raise DataError(f"cannot read image {table['file'][bad[0]]} (truncated or not a PNG); replace or drop it")
-        order = [i for i, _, _ in batch]
-        images = to_model_input(torch.from_numpy(np.stack([pixels for _, pixels, _ in batch])).to(device),
+        bad = [reason for _, pixels, _, reason in batch if pixels is None]
+        if bad and not skip_bad:
+            raise DataError(f"{bad[0]}; replace it or leave it out, or pass --skip-bad-images 1")
+        skipped += bad
+        batch = [item for item in batch if item[1] is not None]
+        if not batch:
+            continue
+        order = [i for i, _, _, _ in batch]
+        images = to_model_input(torch.from_numpy(np.stack([pixels for _, pixels, _, _ in batch])).to(device),
                                 config.channels_last)
         with eval_mode(*networks):
             out_batch = {"probability": abnormal_probability(method.classifier, images)}
@@ -135,9 +167,14 @@ def predict_images(method, config, table: pd.DataFrame, device, batch_size: int,
             count = max_overlays - overlays
             rows = mask_panels(method, images[:count], maps[:count])  # the maps these predictions used
             for position, panel in zip(order, rows):
-                name = re.sub(r"[^A-Za-z0-9._-]+", "_", str(table["image"][position]).removesuffix(".png"))
+                shown = str(table["image"][position])
+                name = re.sub(r"[^A-Za-z0-9._-]+", "_", shown[:-len(Path(shown).suffix)] if Path(shown).suffix else shown)
                 write_panels(panel[None], out / "overlays" / f"{name}.png", title=str(table["image"][position]))
             overlays += len(rows)
+    if skipped:
+        print(f"warning: skipped {len(skipped)} unreadable image(s); the first: {skipped[0]}", file=sys.stderr)
+    if not columns:
+        raise DataError("none of the images could be read; see the warning above")
     merged = {key: torch.cat(values).numpy() for key, values in columns.items()}
     result = table.iloc[merged.pop("row")].reset_index(drop=True)
     for key, value in merged.items():
@@ -153,14 +190,15 @@ def study_probabilities(predictions: pd.DataFrame) -> pd.Series:
 
 
 def run_prediction(run_dir: str, images: str, out: str | None = None, batch_size: int | None = None,
-                   max_overlays: int = 16, gpu_id: int = 0) -> Path:
+                   max_overlays: int = 16, gpu_id: int = 0, skip_bad_images: bool = False) -> Path:
     device = resolve_device(gpu_id)
     method, config = load_run(run_dir, device)
     table = image_table(images)
     out_dir = Path(out) if out else Path(run_dir) / "predictions"
     out_dir.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out_dir / "overlays", ignore_errors=True)  # no overlay of an earlier prediction stays beside these
-    predictions = predict_images(method, config, table, device, batch_size or config.batch_size, out_dir, max_overlays)
+    predictions = predict_images(method, config, table, device, batch_size or config.batch_size, out_dir, max_overlays,
+                                 bool(skip_bad_images))
     predictions["study_probability"] = study_probabilities(predictions)
     shown = ["image", "probability", "study", "study_probability", "label", "probability_tta", "kept_area"]
     frame = predictions[[c for c in shown if c in predictions.columns]]
@@ -173,16 +211,36 @@ def run_prediction(run_dir: str, images: str, out: str | None = None, batch_size
 
 
 def main(run_dir: str, images: str, out: str | None = None, batch_size: int | None = None, max_overlays: int = 16,
-         gpu_id: int = 0) -> None:
-    """Predict IMAGES (a folder of PNGs, a MURA study folder, or a CSV) with the run in RUN_DIR."""
+         gpu_id: int = 0, skip_bad_images: bool = False) -> None:
+    """Predict IMAGES (a folder of images, one image, or a CSV) with the run in RUN_DIR."""
     try:
-        run_prediction(run_dir, images, out, batch_size, max_overlays, gpu_id)
+        run_prediction(run_dir, images, out, batch_size, max_overlays, gpu_id, skip_bad_images)
     except APGAError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
 
 
-if __name__ == "__main__":
-    import fire
+FLAG_HELP = {
+    "out": "folder for predictions.csv and overlays/ (default: RUN_DIR/predictions)",
+    "batch_size": "images per batch (default: the run's)",
+    "max_overlays": "overlay PNGs written for masking methods (image, mask, adversarial, kept)",
+    "gpu_id": "CUDA device index; the CPU when CUDA is absent",
+    "skip_bad_images": "leave unreadable images out (with a warning) instead of stopping",
+}
+PREDICT = Command(
+    usage="python -m apga.predict RUN_DIR IMAGES [--flag VALUE ...]   (or: apga-predict ...)",
+    summary="Apply the run in RUN_DIR (a method's folder holding best.pt, e.g. runs/elbow-all-val/seed89/apga) to "
+            "IMAGES: a folder of images (PNG of any bit depth, JPEG, TIFF, BMP, DICOM; searched recursively), one "
+            "image, or a CSV with a 'path' column. Writes predictions.csv: each image's probability of being "
+            "abnormal, its study's, and for masking methods the TTA probability, kept area and overlays.",
+    flags=function_flags(main, FLAG_HELP)[0], positionals=("run_dir", "images"),
+)
 
-    fire.Fire(main)
+
+def entry_point(argv: list[str] | None = None) -> None:
+    """`python -m apga.predict` and the `apga-predict` console script."""
+    PREDICT.run(main, sys.argv[1:] if argv is None else list(argv))
+
+
+if __name__ == "__main__":
+    entry_point()

@@ -67,10 +67,39 @@ def test_help_lists_every_flag():
     from cli_helpers import ROOT, environment
 
     shown = subprocess.run([sys.executable, str(ROOT / "apga_mura.py"), "--help"], capture_output=True, text=True,
-                           env={**environment(), "PAGER": "cat"}, cwd=ROOT)
-    text = shown.stdout + shown.stderr
+                           env={**environment(), "COLUMNS": "100"}, cwd=ROOT)
+    assert shown.returncode == 0 and not shown.stderr
     for name, help_text in field_help().items():
-        assert f"--{name}" in text and help_text[:30] in text, name
+        assert f"--{name.replace('_', '-')} " in shown.stdout and help_text[:30] in shown.stdout, name
+    assert "_" not in " ".join(w for w in shown.stdout.split() if w.startswith("--"))  # flags as typed: kebab-case
+    assert "Optional" not in shown.stdout and len(shown.stdout.splitlines()) < 110
+
+
+@pytest.mark.parametrize("where", ["end", "middle", "short"])
+def test_help_anywhere_prints_help_and_trains_nothing(tiny_data, tmp_path, capsys, where):
+    from cli_helpers import run_cli_here
+
+    flags = {"end": ["--n-runs", "2", "--help"], "middle": ["--help", "--n-runs", "2"], "short": ["--n-runs", "2", "-h"]}
+    done = run_cli_here(capsys, tiny_data, tmp_path / "runs", *flags[where])
+    assert done.returncode == 0 and "usage: python apga_mura.py" in done.stdout and "--holdout-fraction" in done.stdout
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["elbow", "--demo"], "unexpected argument 'elbow'"),
+    (["--n-shot", "25", "50"], "unexpected argument '50' after --n-shot 25: a flag takes one value"),
+    (["--bodypart", "elbow"], "unknown flag(s) --bodypart (did you mean --body-part?)"),
+    (["--n-shots", "25"], "unknown flag(s) --n-shots (did you mean --n-shot?)"),
+    (["-b", "elbow"], "unknown flag -b: flags are spelled out with two dashes"),
+])
+def test_a_command_line_fire_would_misread_is_refused_before_anything_runs(tiny_data, tmp_path, capsys, flags,
+                                                                           message):
+    from cli_helpers import run_cli_here
+
+    done = run_cli_here(capsys, tiny_data, tmp_path / "runs", *flags)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}")
+    assert not (tmp_path / "runs").exists()
 
 
 def test_readme_documents_every_flag():

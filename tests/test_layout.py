@@ -70,7 +70,7 @@ def test_the_layer_check_sees_an_upward_import(tmp_path):
     (package / "training").mkdir()
     (package / "training" / "loop.py").write_text("")
     (package / "evaluation" / "metrics.py").write_text("from apga.training import loop\n")
-    assert upward_imports(package) == ["apga.evaluation.metrics imports apga.training",
+    assert sorted(upward_imports(package)) == ["apga.evaluation.metrics imports apga.training",
                                        "apga.evaluation.metrics imports apga.training.loop"]
 
 
