@@ -100,13 +100,14 @@ def _baseline_only(*extra):
 def test_checkpoint_from_other_settings_and_corrupted(tiny_data, tmp_path, capsys):
     out = tmp_path / "runs"
     assert run_cli_here(capsys, tiny_data, out, *_baseline_only()).returncode == 0
+    run_dir = out / "elbow-all-val" / "seed89" / "baseline"
     _fails_cleanly(run_cli_here(capsys, tiny_data, out, *_baseline_only("--lr", "0.5")), "other settings", "lr",
-                   "--resume 0")
+                   f"delete {run_dir} to train that run alone anew (the runs fine-tuned from it follow it",
+                   "--resume 0 would train every run of the command anew, each seed's baseline included")
     # settings the baseline cannot depend on do not block it
     same = run_cli_here(capsys, tiny_data, out, *_baseline_only("--estimator", "rloo", "--agent-lr", "0.1",
                                                                 "--fill", "blur", "--mask-area", "0.2"))
     assert same.returncode == 0, same.stderr[-2000:]
-    run_dir = out / "elbow-all-val" / "seed89" / "baseline"
     (run_dir / "result.json").unlink()
     (run_dir / "last.pt").write_bytes((run_dir / "last.pt").read_bytes()[:100])
     _fails_cleanly(run_cli_here(capsys, tiny_data, out, *_baseline_only()), "corrupted", "--resume 0")

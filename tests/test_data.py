@@ -193,3 +193,36 @@ def test_an_unreadable_image_is_named_with_its_reason(tmp_path):
         cached_array(files, 8, tmp_path / "cache")
     assert str(error.value).startswith(f"cannot read image {files[2]}: it is truncated, corrupted or not an image")
     assert "--skip-bad-images 1" in str(error.value) and "(1 unreadable in all)" in str(error.value)
+
+
+def test_k_shot_takes_only_readable_training_images_outside_the_held_out_patients(tiny_config, tmp_path):
+    """k-shot draws from what remains after unreadable images are skipped and selection patients are
+    held out; the reported split stays whole (the paper: the validation set is not subsampled)."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_config().data_root, root)
+    config = tiny_config(data_root=str(root), body_part="elbow", model_selection="holdout", holdout_fraction=0.3,
+                         skip_bad_images=True)
+    whole = prepare_run_data(config, seed=2)
+    broken = whole.train.index["path"].iloc[0]
+    (root / broken).write_bytes(b"not a png")
+    for k in (2, 4):
+        data = prepare_run_data(tiny_config(**{**vars(config), "n_shot": k}), seed=2)
+        paths = set(data.train.index["path"])
+        assert len(paths) == 2 * k and broken not in paths
+        assert not set(data.train.index["patient"]) & set(data.select.index["patient"])
+        assert len(data.report.index) == len(whole.report.index)
+
+
+def test_colour_goes_to_luma_and_resizing_averages(tmp_path):
+    """8-bit colour decodes to ITU-R 601 luma; downscaling averages (bilinear), it does not pick pixels."""
+    rgb = np.zeros((8, 8, 3), dtype=np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
+    Image.fromarray(rgb).save(tmp_path / "colour.png")
+    assert np.abs(decode_image(tmp_path / "colour.png", 8).astype(int) - round(0.299 * 200 + 0.587 * 100 + 0.114 * 50)).max() <= 1
+    stripes = np.zeros((64, 64), dtype=np.uint8)
+    stripes[:, ::2] = 255
+    Image.fromarray(stripes).save(tmp_path / "stripes.png")
+    halved = decode_image(tmp_path / "stripes.png", 32)
+    assert halved.min() > 64 and halved.max() < 192 and np.abs(halved[4:-4, 4:-4].astype(int) - 128).max() <= 1

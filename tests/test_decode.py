@@ -260,3 +260,26 @@ def test_exported_dicom_and_16_bit_tasks_decode_as_their_8_bit_originals(tiny_da
             assert close(decode_image(tmp_path / fmt / path, SIZE), originals[path[:-4]])
     ds = pydicom.dcmread(tmp_path / "dicom" / table["path"][0].replace(".png", ".dcm"))
     assert ds.PhotometricInterpretation == "MONOCHROME1" and ds.BitsStored == 12 and ds.Modality == "CR"
+
+
+def test_a_dicom_task_trains_and_a_folder_of_dicom_files_is_predicted(tiny_data, tmp_path, capsys):
+    """The README's route for DICOM data: export, train on the CSV, predict a folder of .dcm files
+    (a study's files share a Study Instance UID, which becomes their study)."""
+    import pandas as pd
+
+    from apga.data.export import export_task
+    from apga.predict import run_prediction
+    from cli_helpers import run_cli_here
+
+    csv = export_task(tiny_data, tmp_path / "task", "dicom", body_part="wrist")
+    done = run_cli_here(capsys, tmp_path, tmp_path / "runs", "--data-csv", str(csv), "--train-cutout", "0",
+                        "--train-gradcam", "0", "--train-end2end", "0", "--train-random", "0", "--epochs", "1")
+    assert done.returncode == 0, done.stderr[-2000:]
+    run_dir = tmp_path / "runs" / "task-all-val" / "seed89" / "apga"
+    path = run_prediction(str(run_dir), str(tmp_path / "task" / "valid"), out=str(tmp_path / "predicted"))
+    predictions = pd.read_csv(path)
+    task = pd.read_csv(csv, dtype=str)
+    valid = task[task["split"] == "valid"]
+    assert len(predictions) == len(valid) and predictions["probability"].between(0, 1).all()
+    assert predictions["study"].nunique() == valid["study"].nunique()  # one Study Instance UID per study
+    assert (predictions.groupby("study")["study_probability"].nunique() == 1).all()

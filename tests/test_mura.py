@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import torch
 import pytest
 
 from apga.data import mura
@@ -107,6 +108,29 @@ def test_k_shot_is_balanced_deterministic_and_without_replacement():
     assert len(set(first)) == 10 and (labels[first] == 1).sum() == 5
     with pytest.raises(DataError, match="larger than the 12 abnormal"):
         mura.k_shot_indices(labels, 13, seed=0)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_k_shot_draws_k_distinct_images_of_each_class(seed):
+    """Without replacement: k equal to a class's size takes every image of it, once (a draw with
+    replacement repeats some and misses others in almost every seed)."""
+    labels = np.array([0, 1] * 12 + [0] * 8)
+    chosen = mura.k_shot_indices(labels, 12, seed)
+    assert sorted(chosen[labels[chosen] == 1]) == list(np.flatnonzero(labels == 1))
+    negatives = chosen[labels[chosen] == 0]
+    assert len(negatives) == len(set(negatives)) == 12 and np.all(np.diff(chosen) > 0)
+
+
+def test_k_shot_is_a_pure_function_of_labels_k_and_seed():
+    labels = np.array([0] * 40 + [1] * 40)
+    np.random.seed(1)
+    first = mura.k_shot_indices(labels, 6, seed=3)
+    np.random.seed(2)  # the global generators do not enter it ...
+    torch.manual_seed(5)
+    assert np.array_equal(first, mura.k_shot_indices(labels, 6, seed=3))
+    assert np.array_equal(first, mura.k_shot_indices(list(labels), 6, seed=3))  # ... nor the container
+    draws = {tuple(mura.k_shot_indices(labels, 6, seed)) for seed in range(20)}
+    assert len(draws) == 20  # the seed does
 
 
 def test_holdout_is_a_patient_level_split(tiny_data):
