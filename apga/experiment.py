@@ -1,40 +1,41 @@
 """A whole experiment: for each seed, the baseline, then every method fine-tuned from it.
 
 Layout of `--out-dir`:
-    results.csv                                   one row per run: (body part, seed, n_shot, protocol, method[variant])
-    summary.md                                    the table of `python -m apga.report`
-    <part>-<shot>-<selection>/seed<S>/<method>/   best.pt, last.pt, metrics.csv, config.json, result.json, gallery/
-    <part>-<shot>-<selection>/seed<S>/floors/     <floor>.json: mask-quality floors of that seed (apga/evaluation/floors.py)
+    results.csv                                   one row per run, rebuilt from the runs' result.json files
+    summary.md                                    the tables of `python -m apga.report`, with plots beside it
+    <part>-<shot>-<selection>/seed<S>/<method>/   config.json, last.pt, best.pt, metrics.csv, curves.png, gallery/,
+                                                  result.json (the run's results row, written when it has finished)
+    <part>-<shot>-<selection>/seed<S>/floors/<floor>/   config.json, result.json: mask-quality floors of that seed
 """
 from __future__ import annotations
 
 import json
 import math
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from apga.reporting import summary as report
-from apga.training.checkpoint import load_checkpoint
-from apga.config import Config, config_dict
-from apga import distributed
+from apga import distributed, methods, utils
+from apga.config import Config
 from apga.data import RunData, data_source, prepare_run_data
+from apga.data.mura import require_mura
+from apga.data.synthetic import ensure_generated
 from apga.distributed import Dist, wrap
 from apga.errors import ConfigError, NonFiniteError
-from apga import methods, utils
-from apga.methods import FLAGS, METHODS
-from apga.methods.random_masks import DEFAULT_KEEP_AREA
-from apga.models import build_agent, build_classifier
-from apga.data.mura import require_mura
 from apga.evaluation.evaluate import evaluate, occlusion_maps
 from apga.evaluation.floors import FLOORS, Floor
 from apga.evaluation.mask_quality import COLUMNS as MASK_QUALITY_COLUMNS
+from apga.methods import FLAGS, METHODS
 from apga.methods.apga import apga_variant
 from apga.methods.base import blanking_variant
-from apga.reporting.results import RESULTS_FILE, read_results, remove_row, upsert_row, writable_dir
-from apga.data.synthetic import ensure_generated
-from apga.training.loop import Precision, Stage, fit
+from apga.methods.random_masks import DEFAULT_KEEP_AREA
+from apga.models import build_classifier
+from apga.reporting import summary as report
+from apga.reporting.results import RESULT_FILE, RESULTS_FILE, rebuild, run_row, writable_dir
+from apga.training.checkpoint import load_checkpoint
+from apga.training.loop import Precision, Stage, fit, identity_values, run_state
 from apga.utils import atomic_write_json, code_version, derive_seed, file_digest, seed_everything
 
 DEMO_DATA = "synthetic"
@@ -62,47 +63,55 @@ def build_method(name: str, config: Config, device: torch.device, baseline_check
     return methods.build_method(name, config, device, state, **extra)
 
 
-def run_stage(name: str, config: Config, data: RunData, seed: int, seed_dir: Path, device, precision: Precision,
-              progress: bool = True, dist: Dist = Dist(), **extra) -> dict:
-    """Train (or resume, or reuse) one method of one seed; its row in results.csv is replaced by this run's.
+def group_name(config: Config) -> str:
+    """The out-dir folder of a (body part or CSV task, n_shot, protocol): e.g. elbow-all-val."""
+    return f"{data_source(config)[1]}-{shot_label(config)}-{config.model_selection}"
 
-    A run trained anew (`--resume 0`, or its inputs changed) loses its old row before it starts,
-    so a run killed half way never leaves the previous run's numbers in the table."""
-    seed_everything(derive_seed(seed, name, "init"))  # the same initial networks on every rank
-    baseline_checkpoint = seed_dir / "baseline" / "best.pt"
-    method = build_method(name, config, device, baseline_checkpoint, **extra)
-    method.classifier, method.agent, method.dist = wrap(method.classifier, dist, device), wrap(method.agent, dist, device), dist
-    inputs = {"baseline": file_digest(baseline_checkpoint)} if method.fine_tuned else {}
+
+def seed_folder(config: Config, seed: int) -> Path:
+    return Path(config.out_dir) / group_name(config) / f"seed{seed}"
+
+
+@dataclass
+class StagePlan:
+    """One method of one seed, before any network is built: where it runs and what it is."""
+    name: str
+    run_dir: Path
+    identity: dict          # its results row's identity (reporting.results.run_row)
+    inputs: dict            # what it starts from: the baseline's digest, the floor's kept area
+    ignored: set[str]       # settings that cannot change it
+    extra: dict = field(default_factory=dict)  # keyword arguments of the method (the floor's keep_area)
+
+
+def plan_stage(name: str, config: Config, seed: int, seed_dir: Path) -> StagePlan:
+    extra = {"keep_area": apga_kept_area(config, seed_dir)} if name == "random" else {}
+    method = METHODS[name](config, None, None, **extra)  # no networks: names, inputs and settings only
+    baseline = seed_dir / "baseline" / "best.pt"
+    inputs = {"baseline": file_digest(baseline) if baseline.is_file() else None} if method.fine_tuned else {}
     inputs |= method.inputs()
-    folder = name + (f"-{method.variant}" if method.variant else "")
-    results_file, run_dir = Path(config.out_dir) / RESULTS_FILE, seed_dir / folder
-    run_id = str(run_dir.relative_to(Path(config.out_dir)))
-    stage = Stage(run_dir, seed, device, precision, config, progress and dist.is_main, dist, inputs,
-                  on_fresh=lambda: remove_row(results_file, run_id))
+    run_dir = seed_dir / (name + (f"-{method.variant}" if method.variant else ""))
+    identity = {"body_part": data_source(config)[1], "seed": seed, "n_shot": shot_label(config), "method": name,
+                "variant": method.variant, "model_selection": config.model_selection,
+                "run_id": str(run_dir.relative_to(Path(config.out_dir)))}
+    return StagePlan(name, run_dir, identity, inputs, method.ignored_settings(), extra)
+
+
+def run_stage(name: str, config: Config, data: RunData, seed: int, seed_dir: Path, device, precision: Precision,
+              progress: bool = True, dist: Dist = Dist(), write_index: bool = True) -> dict:
+    """Train (or resume, or reuse) one method of one seed. Its row is its result.json; with
+    `write_index`, results.csv is rebuilt as soon as the run starts anew (its old row leaves the
+    table, so a run killed half way never leaves the previous run's numbers in it) and when it ends."""
+    seed_everything(derive_seed(seed, name, "init"))  # the same initial networks on every rank
+    plan = plan_stage(name, config, seed, seed_dir)
+    method = build_method(name, config, device, seed_dir / "baseline" / "best.pt", **plan.extra)
+    method.classifier, method.agent, method.dist = wrap(method.classifier, dist, device), wrap(method.agent, dist, device), dist
+    index = (lambda: rebuild(config.out_dir)) if write_index else None
+    stage = Stage(plan.run_dir, seed, device, precision, config, progress and dist.is_main, dist, plan.inputs,
+                  on_fresh=index, identity=plan.identity)
     result = fit(method, data, stage)
-    if dist.is_main:
-        saved = json.loads((run_dir / "config.json").read_text())  # the settings this run was trained with
-        row = _row(config, name, method.variant, seed, run_dir, result, saved, inputs)
-        if name == "baseline":
-            row["checkpoint_digest"] = file_digest(baseline_checkpoint)
-        upsert_row(results_file, row)
+    if dist.is_main and index is not None:
+        index()
     return result
-
-
-def _row(config: Config, name: str, variant: str, seed: int, run_dir: Path, result: dict, trained_with: dict,
-         inputs: dict) -> dict:
-    """A results row: the run's identity and result. Settings come from what the run was trained
-    with (`trained_with`, its config.json), not from this command, which may differ in ignored ones."""
-    settings = {k: v for k, v in trained_with.items() if k not in ("data_fingerprint", "inputs")}
-    return {
-        "body_part": data_source(config)[1], "seed": seed, "n_shot": shot_label(config), "method": name,
-        "variant": variant, "model_selection": config.model_selection, **result,
-        "estimator": settings["estimator"] if name in ("apga", "random") else "",
-        "classifier": settings["classifier"], "image_size": settings["image_size"],
-        "run_id": str(run_dir.relative_to(Path(config.out_dir))), "device": result.get("device", ""),
-        "code_version": result.get("code_version", ""), "keep_area": inputs.get("keep_area", math.nan),
-        "baseline_digest": inputs.get("baseline", ""), "config": json.dumps(settings, sort_keys=True),
-    }
 
 
 def apga_kept_area(config: Config, seed_dir: Path) -> float:
@@ -110,56 +119,88 @@ def apga_kept_area(config: Config, seed_dir: Path) -> float:
     from APGA's finished run of this seed and variant, if it started from the current baseline;
     0.5 when there is none."""
     run_dir = seed_dir / ("apga" + (f"-{apga_variant(config)}" if apga_variant(config) else ""))
-    if (run_dir / "result.json").is_file() and (run_dir / "config.json").is_file():
+    baseline = seed_dir / "baseline" / "best.pt"
+    if (run_dir / "result.json").is_file() and (run_dir / "config.json").is_file() and baseline.is_file():
         started_from = json.loads((run_dir / "config.json").read_text()).get("inputs", {}).get("baseline")
         area = json.loads((run_dir / "result.json").read_text()).get("selection_mask_area", math.nan)
-        if started_from == file_digest(seed_dir / "baseline" / "best.pt") and area is not None and math.isfinite(area):
+        if started_from == file_digest(baseline) and area is not None and math.isfinite(area):
             return float(area)
     return DEFAULT_KEEP_AREA
 
 
-def run_floors(config: Config, data: RunData, seed: int, seed_dir: Path, device, precision: Precision) -> None:
-    """Mask-quality rows of the floors (apga/evaluation/floors.py) for this seed, from the baseline's classifier.
-
-    Stored in <seed_dir>/floors/<floor>[-<fill>fill].json with their inputs (the baseline
-    checkpoint's digest, the data fingerprint, the fill): reused while those are the same,
-    recomputed otherwise. A floor of another fill is another floor (its own file and row), as
-    masking methods of another fill are other variants."""
-    baseline_checkpoint = seed_dir / "baseline" / "best.pt"
-    inputs = {"baseline": file_digest(baseline_checkpoint), "data_fingerprint": data.fingerprint, "fill": config.fill}
-    classifier = occlusion = None
-    eval_kwargs = dict(batch_size=config.batch_size, autocast=precision.autocast, channels_last=config.channels_last)
+def floor_plans(config: Config, data: RunData, seed: int, seed_dir: Path) -> list[tuple[str, Path, dict]]:
+    """(kind, folder, inputs) of each floor of this seed: seed_dir/floors/<floor>[-<fill>fill]/."""
+    baseline = seed_dir / "baseline" / "best.pt"
+    inputs = {"baseline": file_digest(baseline) if baseline.is_file() else None, "data_fingerprint": data.fingerprint,
+              "fill": config.fill}
+    plans = []
     for kind in FLOORS:
         variant = "-".join(part for part in (kind, blanking_variant(config, kept_step=False)) if part)
-        path = seed_dir / "floors" / f"{variant}.json"
-        saved = json.loads(path.read_text()) if config.resume and path.is_file() else {}
-        if saved.get("inputs") != inputs:
-            if classifier is None:  # the baseline and its occlusion maps, once for every floor
-                classifier = build_classifier(config.classifier)
-                classifier.load_state_dict(load_checkpoint(baseline_checkpoint, "cpu")["classifier"])
-                classifier = classifier.to(device, memory_format=memory_format(config))
-                occlusion = occlusion_maps(classifier, data.report, device, fill=config.fill, **eval_kwargs)
-            floor = Floor(kind, classifier, config.fill, seed)
-            quality = evaluate(floor, data.report, device, mask_quality=True, seed=seed, occlusion=occlusion,
-                               **eval_kwargs)
-            result = {k: quality[k] for k in MASK_QUALITY_COLUMNS} | {
-                "data_fingerprint": data.fingerprint, "code_version": code_version(), "device": str(device)}
-            saved = {"inputs": inputs, "result": result, "config": config_dict(config)}
-            atomic_write_json(path, saved)
-        upsert_row(Path(config.out_dir) / RESULTS_FILE, _row(config, "floor", variant, seed, path.with_suffix(""),
-                                                             saved["result"], saved["config"], inputs))
+        plans.append((kind, seed_dir / "floors" / variant, inputs))
+    return plans
 
 
-def run(config: Config) -> list[str]:
+def floor_finished(folder: Path, inputs: dict) -> bool:
+    result = folder / RESULT_FILE
+    return result.is_file() and json.loads(result.read_text()).get("inputs") == inputs
+
+
+def run_floors(config: Config, data: RunData, seed: int, seed_dir: Path, device, precision: Precision) -> None:
+    """Mask-quality rows of the floors (apga/evaluation/floors.py) for this seed, from the baseline's
+    classifier, each in its own folder with its inputs (the baseline checkpoint's digest, the data
+    fingerprint, the fill): reused while those are the same, recomputed otherwise. A floor of
+    another fill is another floor (its own folder and row), as masking methods of another fill are
+    other variants."""
+    classifier = occlusion = None
+    eval_kwargs = dict(batch_size=config.batch_size, autocast=precision.autocast, channels_last=config.channels_last)
+    for kind, folder, inputs in floor_plans(config, data, seed, seed_dir):
+        if config.resume and floor_finished(folder, inputs):
+            continue
+        if classifier is None:  # the baseline and its occlusion maps, once for every floor
+            classifier = build_classifier(config.classifier)
+            classifier.load_state_dict(load_checkpoint(seed_dir / "baseline" / "best.pt", "cpu")["classifier"])
+            classifier = classifier.to(device, memory_format=memory_format(config))
+            occlusion = occlusion_maps(classifier, data.report, device, fill=config.fill, **eval_kwargs)
+        quality = evaluate(Floor(kind, classifier, config.fill, seed), data.report, device, mask_quality=True,
+                           seed=seed, occlusion=occlusion, **eval_kwargs)
+        result = {k: quality[k] for k in MASK_QUALITY_COLUMNS} | {
+            "data_fingerprint": data.fingerprint, "code_version": code_version(), "device": str(device)}
+        identity = {"body_part": data_source(config)[1], "seed": seed, "n_shot": shot_label(config),
+                    "method": "floor", "variant": folder.name, "model_selection": config.model_selection,
+                    "run_id": str(folder.relative_to(Path(config.out_dir)))}
+        values = identity_values(config, data.fingerprint, inputs)
+        atomic_write_json(folder / RESULT_FILE, run_row(identity, values, inputs, result) | {"inputs": inputs})
+
+
+def unfinished_runs(config: Config, seed: int) -> list[str]:
+    """The run ids of this seed (its methods and floors) that `run` would train; raises
+    `CheckpointError` for a run folder that holds a run of other settings or data."""
+    data = prepare_run_data(config, seed)
+    seed_dir = seed_folder(config, seed)
+    pending = []
+    for name in selected_methods(config):
+        plan = plan_stage(name, config, seed, seed_dir)
+        state, _ = run_state(plan.run_dir, identity_values(config, data.fingerprint, plan.inputs), plan.ignored)
+        if state != "finished" or not config.resume:
+            pending.append(plan.identity["run_id"])
+    if any(m in selected_methods(config) for m in MASKING_METHODS):
+        pending += [str(folder.relative_to(Path(config.out_dir))) for _, folder, inputs
+                    in floor_plans(config, data, seed, seed_dir) if not (config.resume and floor_finished(folder, inputs))]
+    return pending
+
+
+def run(config: Config, write_index: bool = True) -> list[str]:
     """Train and evaluate every selected method for `config.n_runs` seeds; print the summary.
 
     Returns the runs that stopped (a loss or output that became NaN or infinite): the others go
     on, and a baseline that stopped skips the methods of its seed. Under torchrun, every rank
-    runs this; rank 0 alone generates data, builds caches first, writes files and prints.
+    runs this; rank 0 alone generates data, builds caches first, writes files and prints. With
+    `write_index` (a plain command), results.csv and the summary are rebuilt as runs finish; a
+    sweep's cells leave that to the sweep.
     """
     dist, device = distributed.setup(config.gpu_id)
     try:
-        return _run(config, dist, device)
+        return _run(config, dist, device, write_index)
     finally:
         distributed.teardown(dist)
 
@@ -171,7 +212,7 @@ def _main_first(dist: Dist, work):
     return result if dist.is_main else work()
 
 
-def _run(config: Config, dist: Dist, device) -> list[str]:
+def _run(config: Config, dist: Dist, device, write_index: bool = True) -> list[str]:
     say = print if dist.is_main else (lambda *args, **kwargs: None)
     failures = []
     if config.demo:
@@ -189,14 +230,14 @@ def _run(config: Config, dist: Dist, device) -> list[str]:
     for run_index in range(config.n_runs):
         seed = config.seed + run_index + 1  # incremented before each run, as the paper
         data = _main_first(dist, lambda: prepare_run_data(config, seed))
-        seed_dir = out_dir / f"{label}-{shot_label(config)}-{config.model_selection}" / f"seed{seed}"
+        seed_dir = seed_folder(config, seed)
         say(f"seed {seed}: {len(data.train.index)} training, {len(data.select.index)} selection, "
             f"{len(data.report.index)} report images")
         results: dict[str, dict] = {}
         for name in names:
-            extra = {"keep_area": apga_kept_area(config, seed_dir)} if name == "random" else {}
             try:
-                results[name] = run_stage(name, config, data, seed, seed_dir, device, precision, dist=dist, **extra)
+                results[name] = run_stage(name, config, data, seed, seed_dir, device, precision, dist=dist,
+                                          write_index=write_index)
             except NonFiniteError as error:
                 say(f"error: {error}", file=sys.stderr)
                 failures.append(f"{name} of seed {seed}")
@@ -207,9 +248,9 @@ def _run(config: Config, dist: Dist, device) -> list[str]:
                 run_floors(config, data, seed, seed_dir, device, precision)
             say(f"  {name}: accuracy {results[name]['accuracy']:.3f}"
                 + (f", TTA {results[name]['accuracy_tta']:.3f}" if "accuracy_tta" in results[name] else ""))
-    if not dist.is_main:
+    if not dist.is_main or not write_index:
         return failures
-    table = read_results(out_dir / RESULTS_FILE)
+    table = rebuild(out_dir)
     report.write(table, out_dir)
     current = table[(table["body_part"] == label) & (table["n_shot"] == shot_label(config))
                     & (table["model_selection"] == config.model_selection)]

@@ -151,7 +151,7 @@ def test_floors_are_recomputed_when_their_baseline_changes(tiny_config):
     config = tiny_config(train_cutout=0, train_gradcam=0, train_end2end=0, train_apga=0, train_random=1)
     run(config)
     out = Path(config.out_dir)
-    floor = out / "elbow-all-val" / "seed89" / "floors" / "random-boxes.json"
+    floor = out / "elbow-all-val" / "seed89" / "floors" / "random-boxes" / "result.json"
     before = json.loads(floor.read_text())
     best = out / "elbow-all-val" / "seed89" / "baseline" / "best.pt"
     state = load_checkpoint(best)
@@ -225,7 +225,7 @@ def test_floors_of_another_fill_are_other_floors(tiny_config):
     run(tiny_config(**only_floors, fill="blur"))
     table = read_results(config.out_dir).query("method == 'floor'").set_index("variant")
     assert {"random-boxes", "random-boxes-blurfill"} <= set(table.index)
-    assert (floors / "random-boxes.json").is_file() and (floors / "random-boxes-blurfill.json").is_file()
+    assert (floors / "random-boxes" / "result.json").is_file() and (floors / "random-boxes-blurfill" / "result.json").is_file()
     for column in ("location_gap_10", "bone_precision_10", "swap_gap_10"):
         assert table.loc[zero.index, column].tolist() == zero[column].tolist()  # untouched by the blur run
     assert table.loc["random-boxes-blurfill", "location_gap_10"] != table.loc["random-boxes", "location_gap_10"]

@@ -7,32 +7,46 @@ import pandas as pd
 import pytest
 
 from apga.reporting.summary import summarize, summarize_masks, to_markdown
-from apga.reporting.results import upsert_row, read_results
+from apga.reporting.results import RESULTS_FILE, read_results, rebuild
+from apga.utils import atomic_write_json
 
 
-def _writer(args):
-    path, worker = args
+def _finish(out, worker: int, i: int, **metrics):
+    """What a finished run leaves: its result.json, carrying its row."""
+    run_id = f"elbow-all-val/seed{worker}/m{i}"
+    atomic_write_json(out / run_id / "result.json", {
+        "body_part": "elbow", "seed": worker, "n_shot": "all", "method": f"m{i}", "variant": "",
+        "model_selection": "val", "run_id": run_id, **metrics})
+
+
+def _worker(args):
+    out, worker = args
     for i in range(10):
-        upsert_row(path, {"body_part": "elbow", "seed": worker, "n_shot": "all", "method": f"m{i}",
-                          "variant": "", "model_selection": "val", "accuracy": i / 10, "run_id": f"{worker}/{i}"})
+        _finish(out, worker, i, accuracy=i / 10)
+        rebuild(out)  # as a plain command does after each run
 
 
-def test_concurrent_writers_lose_no_row(tmp_path):
-    path = tmp_path / "results.csv"
+def test_concurrent_runs_and_rebuilds_lose_no_row(tmp_path):
     with multiprocessing.get_context("fork").Pool(4) as pool:
-        pool.map(_writer, [(path, w) for w in range(4)])
-    table = read_results(path)
+        pool.map(_worker, [(tmp_path, w) for w in range(4)])
+    table = rebuild(tmp_path)
     assert len(table) == 40 and table["run_id"].is_unique
     assert not list(tmp_path.glob(".results.csv.*"))  # no temporary file left behind
 
 
-def test_rows_are_appended_with_new_columns(tmp_path):
-    path = tmp_path / "results.csv"
-    upsert_row(path, {"body_part": "hand", "seed": 89, "method": "baseline", "accuracy": 0.5})
-    upsert_row(path, {"body_part": "hand", "seed": 89, "method": "apga", "accuracy": 0.6, "accuracy_tta": 0.7})
-    table = read_results(path)
-    assert table["method"].tolist() == ["baseline", "apga"]
+def test_the_index_is_rebuilt_identically_and_unions_columns(tmp_path):
+    _finish(tmp_path, 89, 0, accuracy=0.5)
+    _finish(tmp_path, 89, 1, accuracy=0.6, accuracy_tta=0.7)
+    (tmp_path / "elbow-all-val" / "seed89" / "m2").mkdir()  # a run that has not finished: no row
+    table = rebuild(tmp_path)
+    assert table["method"].tolist() == ["m0", "m1"]
     assert pd.isna(table["accuracy_tta"][0]) and table["accuracy_tta"][1] == 0.7
+    first = (tmp_path / RESULTS_FILE).read_bytes()
+    (tmp_path / RESULTS_FILE).unlink()
+    rebuild(tmp_path)
+    assert (tmp_path / RESULTS_FILE).read_bytes() == first
+    (tmp_path / "elbow-all-val" / "seed89" / "m1" / "result.json").unlink()  # a run trained anew loses its row
+    assert rebuild(tmp_path)["method"].tolist() == ["m0"] == read_results(tmp_path)["method"].tolist()
 
 
 def test_summary_paired_differences_with_their_interval():

@@ -14,8 +14,8 @@ class GradCamMasking(Method):
 
     def __init__(self, config, classifier, agent=None):
         super().__init__(config, classifier, agent)
-        # Built from the classifier as it is now: the best baseline checkpoint.
-        self.reference = copy.deepcopy(classifier).eval().requires_grad_(False)
+        # Built from the classifier as it is now: the best baseline checkpoint (none without networks).
+        self.reference = None if classifier is None else copy.deepcopy(classifier).eval().requires_grad_(False)
 
     def phases(self, images, labels):
         yield self.classifier_phase(images, labels, "clean_loss")

@@ -1,17 +1,24 @@
-"""results.csv: one row per run (its `run_id`, the run's folder), written atomically.
+"""results.csv: the index of every run's `result.json` under an out-dir, rebuilt, never appended to.
 
-A run's row holds its latest result: when a run id is trained again (`--resume 0`, new inputs),
-its row is replaced, so the table never keeps a number that its run no longer produces.
-Concurrent writers (a shell loop with `&`) take an exclusive lock on a side file, then rewrite
-the table to a temporary file and rename it, so a reader never sees a half-written table and no
-row is lost.
+A run writes only inside its own folder: its `result.json` (atomically, when it has finished)
+carries its whole results row (`run_row`: identity, settings, inputs and metrics). `rebuild`
+collects every such file into results.csv, one row per run id, with `superseded` marked; it is
+written to a temporary file and renamed. So runs on many nodes never write one file: the table
+is derived from their folders, and `python -m apga.report` (or the sweep) rebuilds it,
+identically, whenever it is lost. A run trained anew deletes its result.json before it starts, so
+its old numbers leave the table at the next rebuild. Rebuilds take a lock where the file system
+honours it (a local disk); where it does not, the last rebuild of a batch of concurrent ones may
+miss a run that finished during it, and the next rebuild restores it.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import io
+import json
+import math
 import os
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -19,6 +26,7 @@ import pandas as pd
 from apga.utils import atomic_write_bytes
 
 RESULTS_FILE = "results.csv"
+RESULT_FILE = "result.json"
 METHOD_ORDER = ["baseline", "cutout", "gradcam", "end2end", "apga", "random", "floor"]  # how tables and plots list them
 IDENTITY = ["body_part", "seed", "n_shot", "method", "variant", "model_selection"]
 METRICS = ["accuracy", "accuracy_tta", "auroc", "kappa", "study_accuracy", "study_accuracy_tta",
@@ -27,6 +35,21 @@ METRICS = ["accuracy", "accuracy_tta", "auroc", "kappa", "study_accuracy", "stud
            "occlusion_agreement_10",
            "collapsed", "policy_area", "mask_area", "keep_area", "mask_iou", "mask_recall", "kept_accuracy",
            "removed_accuracy", "selection_accuracy", "selection_evaluations", "best_epoch", "epochs_trained"]
+RUN_PATTERNS = ("*/seed*/*/" + RESULT_FILE, "*/seed*/floors/*/" + RESULT_FILE)  # run folders under an out-dir
+
+
+def run_row(identity: dict, trained_with: dict, inputs: dict, result: dict) -> dict:
+    """A run's results row: `identity` (body_part, seed, n_shot, method, variant, model_selection,
+    run_id), its metrics `result`, and what it was trained with (`trained_with`, its config.json:
+    settings, data fingerprint, inputs), not what a later command asked for."""
+    settings = {k: v for k, v in trained_with.items() if k not in ("data_fingerprint", "inputs")}
+    return {
+        **identity, **result,
+        "estimator": settings.get("estimator", "") if identity.get("method") in ("apga", "random") else "",
+        "classifier": settings.get("classifier", ""), "image_size": settings.get("image_size", ""),
+        "keep_area": inputs.get("keep_area", math.nan), "baseline_digest": inputs.get("baseline", ""),
+        "config": json.dumps(settings, sort_keys=True, default=str),
+    }
 
 
 @contextlib.contextmanager
@@ -38,6 +61,37 @@ def locked(path: Path):
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def collect(out_dir: Path) -> pd.DataFrame:
+    """Every finished run's row under `out_dir`, sorted by run id (result.json files without a row,
+    written by versions before 0.2, are counted in a notice)."""
+    rows, old = [], 0
+    for pattern in RUN_PATTERNS:
+        for path in Path(out_dir).glob(pattern):
+            try:
+                row = json.loads(path.read_text())
+            except (OSError, ValueError):
+                continue  # being replaced, or damaged: the run is redone when its command runs again
+            if "run_id" in row:
+                rows.append({k: v for k, v in row.items() if k not in ("inputs",)})
+            else:
+                old += 1
+    if old:
+        print(f"notice: {old} finished run(s) in {out_dir} were written by an older version and carry no results "
+              f"row; rerun their command to index them", file=sys.stderr)
+    if not rows:
+        return pd.DataFrame(columns=IDENTITY + METRICS)
+    return pd.DataFrame(rows).sort_values("run_id", kind="stable").reset_index(drop=True)
+
+
+def rebuild(out_dir: str | Path) -> pd.DataFrame:
+    """results.csv of `out_dir` from its runs' result.json files; returns the table as written."""
+    path = Path(out_dir) / RESULTS_FILE
+    with locked(path):
+        table = collect(Path(out_dir))
+        _write(path, table)
+    return read_results(path)
 
 
 def method_rank(label: str) -> tuple[int, str]:
@@ -55,29 +109,6 @@ def read_results(path: Path) -> pd.DataFrame:
     text_columns = ("n_shot", "variant", "run_id", "data_fingerprint", "baseline_digest", "checkpoint_digest",
                     "code_version")  # hex digests must not be read as numbers
     return pd.read_csv(path, dtype={c: str for c in text_columns}, keep_default_na=False, na_values=[""])
-
-
-def upsert_row(path: Path, row: dict) -> None:
-    """Write one run's row under the lock, replacing the row of the same `run_id` if there is one;
-    columns of old and new rows are unioned, and `superseded` is updated for the whole table."""
-    path = Path(path)
-    with locked(path):
-        table = read_results(path)
-        if "run_id" in table.columns and "run_id" in row:
-            table = table[table["run_id"] != row["run_id"]]
-        new = pd.DataFrame([row])
-        _write(path, new if table.empty else pd.concat([table, new], ignore_index=True))
-
-
-def remove_row(path: Path, run_id: str) -> None:
-    """Drop a run's row (it is being trained anew, and its old numbers are no longer its own)."""
-    path = Path(path)
-    if not path.is_file():
-        return
-    with locked(path):
-        table = read_results(path)
-        if "run_id" in table.columns and (table["run_id"] == run_id).any():
-            _write(path, table[table["run_id"] != run_id])
 
 
 def mark_superseded(table: pd.DataFrame) -> pd.DataFrame:
@@ -115,7 +146,7 @@ def mark_superseded(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _write(path: Path, table: pd.DataFrame) -> None:
-    table = mark_superseded(table)
+    table = mark_superseded(table) if not table.empty else table
     ordered = [c for c in IDENTITY + METRICS if c in table.columns]
     table = table[ordered + [c for c in table.columns if c not in ordered]]
     buffer = io.StringIO()

@@ -45,10 +45,11 @@ from apga.errors import CheckpointError, NonFiniteError
 from apga.evaluation.evaluate import evaluate
 from apga.reporting.gallery import save_gallery
 from apga.reporting.plots import plot_curves
+from apga.reporting.results import RESULT_FILE, run_row
 from apga.training.checkpoint import (check_same_config, load_checkpoint, load_networks, network_states, restore_rng,
                                       retrain_hint, save_checkpoint, save_state)
 from apga.training.precision import Precision
-from apga.utils import atomic_write_bytes, atomic_write_json, code_version, derive_seed
+from apga.utils import atomic_write_bytes, atomic_write_json, code_version, derive_seed, file_digest
 
 GALLERY_IMAGES = 8
 
@@ -65,6 +66,32 @@ class Stage:
     dist: Dist = Dist()
     inputs: dict = field(default_factory=dict)  # what the run starts from: part of its identity
     on_fresh: Callable[[], None] | None = None  # called (rank 0) when the run is trained anew
+    identity: dict = field(default_factory=dict)  # its results row's identity (reporting.results.run_row)
+
+
+def identity_values(config, fingerprint: str, inputs: dict) -> dict:
+    """A run's identity as its config.json (and every checkpoint) records it: its settings, the
+    fingerprint of its data and its inputs."""
+    return {**config_dict(config), "data_fingerprint": fingerprint, "inputs": inputs}
+
+
+def run_state(run_dir: Path, values: dict, ignored: set[str]) -> tuple[str, dict | None]:
+    """What `run_dir` holds for a run of identity `values`: ("new", None) nothing yet, ("stale", None)
+    a run of other inputs (it is trained anew), ("unfinished", None) a run to resume, or
+    ("finished", result). Raises `CheckpointError` for a run of other settings or data."""
+    config_file, result_file = run_dir / "config.json", run_dir / RESULT_FILE
+    if not config_file.is_file():
+        return "new", None
+    try:
+        saved = json.loads(config_file.read_text())
+    except (json.JSONDecodeError, OSError):
+        raise CheckpointError(f"{config_file} is corrupted; {retrain_hint(run_dir)}") from None
+    check_same_config(config_file, saved, values, ignored)
+    if saved.get("inputs", {}) != values["inputs"]:
+        return "stale", None
+    if result_file.is_file():
+        return "finished", json.loads(result_file.read_text())
+    return "unfinished", None
 
 
 class _Logs:
@@ -197,8 +224,8 @@ class _Run:
         self.main = stage.dist.is_main
         run_dir = stage.run_dir
         self.files = {"config": run_dir / "config.json", "last": run_dir / "last.pt", "best": run_dir / "best.pt",
-                      "result": run_dir / "result.json", "history": run_dir / "metrics.csv"}
-        self.config_values = {**config_dict(self.config), "data_fingerprint": data.fingerprint, "inputs": stage.inputs}
+                      "result": run_dir / RESULT_FILE, "history": run_dir / "metrics.csv"}
+        self.config_values = identity_values(self.config, data.fingerprint, stage.inputs)
         self.progress = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0.0, "epochs_since_best": 0,
                          "selection_evaluations": 0, "selection_mask_area": math.nan, "warmed_up": False}
         self.history: list[dict] = []
@@ -211,19 +238,16 @@ class _Run:
         or prepare the folder (cleared when the run is trained anew) and return None."""
         config, stage, files = self.config, self.stage, self.files
         self.fresh = not config.resume
-        if config.resume and files["config"].is_file():
-            try:
-                saved = json.loads(files["config"].read_text())
-            except json.JSONDecodeError:
-                raise CheckpointError(f"{files['config']} is corrupted; {retrain_hint(stage.run_dir)}") from None
-            check_same_config(files["config"], saved, self.config_values, self.method.ignored_settings())
-            if saved.get("inputs", {}) != stage.inputs:
+        if config.resume:
+            state, result = run_state(stage.run_dir, self.config_values, self.method.ignored_settings())
+            if state == "finished":
+                return result  # not redone
+            if state == "stale":
                 self.fresh = True
                 if self.main:
+                    saved = json.loads(files["config"].read_text()).get("inputs", {})
                     print(f"notice: {stage.run_dir} started from other inputs "
-                          f"({_difference(saved.get('inputs', {}), stage.inputs)}); training it anew")
-            elif files["result"].is_file():
-                return json.loads(files["result"].read_text())  # finished: not redone
+                          f"({_difference(saved, stage.inputs)}); training it anew")
         if self.main:
             if self.fresh:
                 for name in ("result", "last", "best", "history"):
@@ -382,7 +406,10 @@ class _Run:
                           selection_evaluations=progress["selection_evaluations"],
                           selection_mask_area=progress["selection_mask_area"],
                           train_seconds=time.perf_counter() - self.start, data_fingerprint=self.data.fingerprint,
-                          code_version=code_version(), device=str(stage.device))
+                          code_version=code_version(), device=str(stage.device),
+                          checkpoint_digest=file_digest(files["best"]))
+            if stage.identity:  # the whole results row: results.csv is rebuilt from these files
+                result = run_row(stage.identity, self.config_values, stage.inputs, result)
             atomic_write_json(files["result"], result)
         return stage.dist.from_main(result)
 
