@@ -29,5 +29,6 @@ setup(
         "apga-mura=apga.cli:entry_point",
         "apga-predict=apga.predict:entry_point",
         "apga-report=apga.report:entry_point",
+        "apga-sweep=apga.sweep:entry_point",
     ]},
 )

@@ -9,6 +9,7 @@ Layout of `--out-dir`:
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -61,6 +62,13 @@ def build_method(name: str, config: Config, device: torch.device, baseline_check
     if METHODS[name].fine_tuned and baseline_checkpoint is not None:
         state = load_checkpoint(baseline_checkpoint, "cpu")["classifier"]
     return methods.build_method(name, config, device, state, **extra)
+
+
+def with_data(config: Config) -> Config:
+    """`config` with its data root where the data is: for --demo, the generated data set (made once)."""
+    if not config.demo:
+        return config
+    return dataclasses.replace(config, data_root=str(ensure_generated(Path(config.data_root) / DEMO_DATA, seed=0)))
 
 
 def group_name(config: Config) -> str:
@@ -175,6 +183,7 @@ def run_floors(config: Config, data: RunData, seed: int, seed_dir: Path, device,
 def unfinished_runs(config: Config, seed: int) -> list[str]:
     """The run ids of this seed (its methods and floors) that `run` would train; raises
     `CheckpointError` for a run folder that holds a run of other settings or data."""
+    config = with_data(config)
     data = prepare_run_data(config, seed)
     seed_dir = seed_folder(config, seed)
     pending = []
@@ -215,8 +224,7 @@ def _main_first(dist: Dist, work):
 def _run(config: Config, dist: Dist, device, write_index: bool = True) -> list[str]:
     say = print if dist.is_main else (lambda *args, **kwargs: None)
     failures = []
-    if config.demo:
-        config.data_root = str(_main_first(dist, lambda: ensure_generated(Path(config.data_root) / DEMO_DATA, seed=0)))
+    config = _main_first(dist, lambda: with_data(config))
     if not config.data_csv:
         require_mura(Path(config.data_root))
     out_dir = Path(config.out_dir)

@@ -3,14 +3,16 @@
     python benchmarks/synthetic_study.py                     # elbow, k in {25, 100, all}, 5 seeds, val and holdout
     python benchmarks/synthetic_study.py --shots all --seeds 3 --selections val --out-dir runs/study-small
 
-For every (protocol, k, seed): the baseline and every method with `--preset cpu` (APGA with the
-paper's greedy estimator, and the random floor at its area), then APGA with each extra variant
-(`--variants`, default the rloo estimator with the paper's kept-region batch norm and with it
-frozen; also `rloo-warmup300-frozenbn`, `sample`, `scale0.5`) with the random floor at that variant's area. The mask-quality
-floors come with each baseline. Everything collects into <out-dir>/results.csv; the summary
-(accuracy with paired differences from the baseline and their 95 % intervals, and mask quality
-beside the floors) is printed and written to <out-dir>/summary.md, with its plots. Resumable:
-rerunning skips what is finished.
+A thin call of the sweep (`python -m apga.sweep`, apga/sweep/): its cells are the (protocol, k,
+seed) of the grid. First every method with `--preset cpu` (APGA with the paper's greedy
+estimator, and the random floor at its area), then APGA with each extra variant (`--variants`,
+default the rloo estimator with the paper's kept-region batch norm and with it frozen; also
+`rloo-warmup300-frozenbn`, `sample`, `scale0.5`) with the random floor at that variant's area, as
+further sweeps over the same cells. The mask-quality floors come with each baseline. Everything
+collects into <out-dir>/results.csv; the summary (accuracy with paired differences from the
+baseline and their 95 % intervals, and mask quality beside the floors) is printed and written to
+<out-dir>/summary.md, with its plots. Resumable: rerunning skips the finished cells. `--workers N`
+runs N cells at once (on the CPU each gets its share of the cores).
 """
 from __future__ import annotations
 
@@ -21,9 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from apga.reporting import summary as report  # noqa: E402
-from apga.config import make_config  # noqa: E402
-from apga.reporting.results import read_results  # noqa: E402
-from apga.experiment import run  # noqa: E402
+from apga.reporting.results import rebuild  # noqa: E402
+from apga.sweep import sweep  # noqa: E402
+from apga.sweep.grid import as_list  # noqa: E402
 
 VARIANTS = {"rloo": {"estimator": "rloo"}, "rloo-frozenbn": {"estimator": "rloo", "kept_norm": "frozen"},
             "rloo-warmup300-frozenbn": {"estimator": "rloo", "kept_norm": "frozen", "agent_warmup": 300},
@@ -31,28 +33,24 @@ VARIANTS = {"rloo": {"estimator": "rloo"}, "rloo-frozenbn": {"estimator": "rloo"
 APGA_AND_FLOOR = dict(train_cutout=0, train_gradcam=0, train_end2end=0)
 
 
-def _list(value) -> list[str]:
-    return [str(v) for v in value] if isinstance(value, (list, tuple)) else str(value).split(",")
-
-
 def main(body_part: str = "elbow", shots: str = "25,100,all", seeds: int = 5, out_dir: str = "runs/study",
-         selections: str = "val,holdout", variants: str = "rloo,rloo-frozenbn", data_root: str = "datasets") -> None:
+         selections: str = "val,holdout", variants: str = "rloo,rloo-frozenbn", data_root: str = "datasets",
+         workers: int = 1) -> None:
     """Run the study and print its summary tables."""
     start = time.perf_counter()
-    unknown = sorted(set(_list(variants)) - set(VARIANTS))
+    unknown = sorted(set(as_list(variants)) - set(VARIANTS))
     if unknown:
         raise SystemExit(f"error: unknown --variants {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-    for selection in _list(selections):
-        for shot in _list(shots):
-            n_shot = None if shot == "all" else int(shot)
-            common = dict(demo=True, body_part=body_part, n_runs=seeds, out_dir=out_dir, data_root=data_root,
-                          model_selection=selection, gallery="end", n_shot=n_shot)
-            run(make_config(**common))
-            for variant in _list(variants):
-                run(make_config(**common, **APGA_AND_FLOOR, **VARIANTS[variant]))
-    table = read_results(Path(out_dir))
+    grid = dict(body_part=body_part, n_shot=shots, seeds=seeds, selections=selections, executor="local",
+                workers=workers)
+    common = dict(demo=True, data_root=data_root, gallery="end")
+    failed = sweep(out_dir, **grid, **common)
+    for variant in as_list(variants):
+        failed |= sweep(out_dir, **grid, **common, **APGA_AND_FLOOR, **VARIANTS[variant])
+    table = rebuild(out_dir)
     report.write(table, out_dir)
-    print(f"\n{report.render(table)}\nstudy took {(time.perf_counter() - start) / 60:.1f} min")
+    print(f"\n{report.render(table)}\nstudy took {(time.perf_counter() - start) / 60:.1f} min with --workers {workers}"
+          + (f"; failed cells: {', '.join(sorted(failed))}" if failed else ""))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import pandas as pd
 from scipy import stats
 
 from apga.reporting import plots
-from apga.reporting.results import method_rank, read_results
+from apga.reporting.results import method_rank, rebuild
 from apga.utils import atomic_write_bytes
 
 SUMMARY_FILE = "summary.md"
@@ -200,17 +200,14 @@ def write(table: pd.DataFrame, out_dir: str | Path) -> Path:
 
 
 def main(out_dir: str = "runs") -> None:
-    """Print and write the summary tables of <out_dir>/results.csv."""
-    table = read_results(Path(out_dir))
+    """Rebuild <out_dir>/results.csv from its runs' result.json files; print and write the summary."""
+    if not Path(out_dir).is_dir():
+        print(f"error: no folder {out_dir}; pass the --out-dir of a training command or sweep", file=sys.stderr)
+        sys.exit(2)
+    table = rebuild(out_dir)
     if table.empty:
-        print(f"error: no results in {Path(out_dir) / 'results.csv'}; run apga_mura.py first", file=sys.stderr)
+        print(f"error: no finished runs in {out_dir}; run apga_mura.py (or python -m apga.sweep) first", file=sys.stderr)
         sys.exit(2)
     path = write(table, out_dir)
     print(render(table))
     print(f"written to {path}, with the plots beside it")
-
-
-if __name__ == "__main__":
-    import fire
-
-    fire.Fire(main)

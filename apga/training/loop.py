@@ -406,7 +406,7 @@ class _Run:
                           selection_evaluations=progress["selection_evaluations"],
                           selection_mask_area=progress["selection_mask_area"],
                           train_seconds=time.perf_counter() - self.start, data_fingerprint=self.data.fingerprint,
-                          code_version=code_version(), device=str(stage.device),
+                          code_version=code_version(), device=str(stage.device), threads=torch.get_num_threads(),
                           checkpoint_digest=file_digest(files["best"]))
             if stage.identity:  # the whole results row: results.csv is rebuilt from these files
                 result = run_row(stage.identity, self.config_values, stage.inputs, result)

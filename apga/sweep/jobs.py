@@ -1,0 +1,168 @@
+"""Jobs of a sweep through submitit: one job per cell, on this machine or as a Slurm job array.
+
+Each job writes its state to `<out-dir>/sweep/cells/<cell>.json` (running, done, failed; atomic)
+and its runs into their own folders; nothing else. submitit keeps each job's pickled call and its
+stdout/stderr in `<out-dir>/sweep/logs/`. A job killed by Slurm for its time limit or preempted is
+requeued by submitit (`checkpoint`), and its runs resume from their `last.pt`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+import traceback
+from pathlib import Path
+
+import submitit
+
+from apga.errors import APGAError, ConfigError
+from apga.sweep.grid import Cell
+from apga.utils import atomic_write_json
+
+STATE_DIR = "sweep"
+
+
+def state_dir(out_dir: str | Path) -> Path:
+    return Path(out_dir) / STATE_DIR
+
+
+def cell_file(out_dir, cell_name: str) -> Path:
+    return state_dir(out_dir) / "cells" / f"{cell_name.replace('/', '-')}.json"
+
+
+def write_state(out_dir, cell_name: str, **state) -> None:
+    path = cell_file(out_dir, cell_name)
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    atomic_write_json(path, {**previous, **state, "cell": cell_name, "updated": time.time()})
+
+
+class CellJob(submitit.helpers.Checkpointable):
+    """The call a job runs: train one cell (its baseline, methods and floors), record its state."""
+
+    def __call__(self, overrides: dict, cell_name: str, threads: int = 0) -> list[str]:
+        import torch
+
+        from apga.config import make_config
+        from apga.experiment import run
+
+        out_dir = overrides["out_dir"]
+        if threads:
+            torch.set_num_threads(threads)
+        environment = submitit.JobEnvironment() if "SUBMITIT_EXECUTOR" in os.environ else None
+        write_state(out_dir, cell_name, state="running", host=socket.gethostname(), pid=os.getpid(),
+                    job_id=environment.job_id if environment else "", error="")
+        try:
+            failures = run(make_config(**overrides), write_index=False)
+        except BaseException as error:
+            line = str(error).splitlines()[0] if str(error) else type(error).__name__
+            if not isinstance(error, APGAError):
+                traceback.print_exc()
+            write_state(out_dir, cell_name, state="failed", error=f"{type(error).__name__}: {line}"[:500])
+            raise
+        if failures:
+            write_state(out_dir, cell_name, state="failed", error=f"{len(failures)} run(s) stopped: {'; '.join(failures)}")
+        else:
+            write_state(out_dir, cell_name, state="done", error="")
+        return failures
+
+    def checkpoint(self, overrides: dict, cell_name: str, threads: int = 0):
+        """Slurm's time limit or a preemption: requeue the same call; its runs resume from last.pt."""
+        write_state(overrides["out_dir"], cell_name, state="requeued")
+        return submitit.helpers.DelayedSubmission(self, overrides, cell_name, threads)
+
+
+def _submitted(cells: list[Cell], jobs, out_dir, executor: str) -> None:
+    for cell, job in zip(cells, jobs):
+        write_state(out_dir, cell.name, state="submitted", executor=executor, job_id=str(job.job_id),
+                    log=str(job.paths.stderr), host=socket.gethostname(), pid=0, error="")
+
+
+def submit_slurm(cells: list[Cell], out_dir, *, partition: str | None, gpus_per_job: int, cpus_per_job: int,
+                 timeout_min: int, parallel: int, mem_gb: int | None = None) -> list:
+    """One Slurm job array of the cells, at most `parallel` of them running at once."""
+    if shutil.which("srun") is None or shutil.which("sbatch") is None:
+        raise ConfigError("--executor slurm needs Slurm's commands (srun, sbatch) on this machine; run the sweep on "
+                          "the cluster's login node, or use --executor local")
+    executor = submitit.AutoExecutor(folder=state_dir(out_dir) / "logs", cluster="slurm")
+    parameters = dict(name="apga-sweep", timeout_min=timeout_min, gpus_per_node=gpus_per_job, tasks_per_node=1,
+                      cpus_per_task=cpus_per_job, slurm_array_parallelism=parallel)
+    if partition:
+        parameters["slurm_partition"] = partition
+    if mem_gb:
+        parameters["mem_gb"] = mem_gb
+    executor.update_parameters(**parameters)
+    jobs = executor.map_array(CellJob(), [cell.overrides() for cell in cells], [cell.name for cell in cells],
+                              [cpus_per_job] * len(cells))
+    _submitted(cells, jobs, out_dir, "slurm")
+    return jobs
+
+
+def run_local(cells: list[Cell], out_dir, *, workers: int, timeout_min: int, threads: int | None = None,
+              progress=None) -> dict[str, str]:
+    """The cells as local jobs, `workers` at a time: each on its own GPU when there are GPUs
+    (CUDA_VISIBLE_DEVICES), else on the CPU with `threads` torch threads (default: the cores
+    divided among the workers). Returns cell -> error for the cells that failed. Waits for them all."""
+    import torch
+
+    executor = submitit.LocalExecutor(folder=state_dir(out_dir) / "logs")
+    gpus = list(range(torch.cuda.device_count()))
+    if threads is None:
+        threads = 0 if gpus else max(1, (os.cpu_count() or 1) // workers)
+    queue, running, failed = list(cells), {}, {}
+    while queue or running:
+        while queue and len(running) < workers:
+            cell = queue.pop(0)
+            gpu = gpus.pop(0) if gpus else None
+            executor.update_parameters(timeout_min=timeout_min, gpus_per_node=0 if gpu is None else 1,
+                                       visible_gpus=() if gpu is None else (gpu,))
+            job = executor.submit(CellJob(), cell.overrides(), cell.name, threads)
+            _submitted([cell], [job], out_dir, "local")
+            running[job] = (cell, gpu)
+        time.sleep(0.5)
+        for job in [job for job in running if job.done()]:
+            cell, gpu = running.pop(job)
+            if gpu is not None:
+                gpus.append(gpu)
+            try:
+                job.result()
+            except Exception as error:  # noqa: BLE001 - the job's own error, kept in its log and state
+                failed[cell.name] = _last_line(error)
+            if progress is not None:
+                progress(cell, failed.get(cell.name))
+    return failed
+
+
+def _last_line(error: Exception) -> str:
+    lines = [line for line in str(error).splitlines() if line.strip()]
+    return lines[-1].strip() if lines else type(error).__name__
+
+
+def job_is_alive(state: dict) -> bool | None:
+    """Whether the job behind a submitted or running cell still lives; None when this machine cannot
+    tell (another host's process, a cluster without sacct here)."""
+    if state.get("executor") == "slurm":
+        quiet = logging.getLogger("submitit")
+        level, quiet.level = quiet.level, logging.ERROR  # its sacct warnings are not this command's output
+        try:
+            job_state = submitit.SlurmJob(folder=Path(state["log"]).parent, job_id=state["job_id"]).state
+        except Exception:  # noqa: BLE001 - sacct failed: the state is not known here
+            return None
+        finally:
+            quiet.level = level
+        if job_state == "UNKNOWN":  # no sacct on this machine (or not yet in its records)
+            return None
+        return job_state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED")
+    if state.get("host") != socket.gethostname():
+        return None
+    # a running cell: its own process; a submitted one: submitit's controller (its job id is that pid)
+    pid = state.get("pid") if state.get("state") == "running" else state.get("job_id")
+    try:
+        os.kill(int(pid), 0)
+        return True
+    except (ProcessLookupError, ValueError, TypeError):
+        return False
+    except PermissionError:
+        return True
