@@ -22,8 +22,10 @@ setup(
     python_requires=">=3.10",
     install_requires=requirements("requirements.txt"),
     extras_require={
-        # the tests compare against pytorch-grad-cam and Captum, and decode NEMA's CR radiographs of pydicom-data
-        "test": ["pytest>=7.0", "grad-cam>=1.5", "captum>=0.7", "pydicom-data>=1.0"],
+        "tensorboard": ["tensorboard>=2.14"],  # --tensorboard 1
+        # the tests compare against pytorch-grad-cam and Captum, decode NEMA's CR radiographs of pydicom-data,
+        # and read the TensorBoard logs back
+        "test": ["pytest>=7.0", "grad-cam>=1.5", "captum>=0.7", "pydicom-data>=1.0", "tensorboard>=2.14"],
     },
     entry_points={"console_scripts": [
         "apga-mura=apga.cli:entry_point",

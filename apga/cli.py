@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 from apga.config import SECTIONS, Config, field_help, make_config
 from apga.errors import APGAError
+from apga.utils import configure_logging, error
 
 NAME_COLUMN = 30
 
@@ -48,14 +49,16 @@ class Command:
     flags: list[Flag]
     positionals: tuple[str, ...] = ()
     epilog: str = ""
+    unlisted: tuple[str, ...] = ()  # names the function refuses itself, with its own reason (not in --help)
 
     def run(self, function, argv: list[str]) -> None:
         if wants_help(argv):
             print(self.help())
             sys.exit(0)
+        configure_logging()
         problem = self.problem(argv)
         if problem:
-            print(f"error: {problem}", file=sys.stderr)
+            error(problem)
             sys.exit(2)
         import fire
 
@@ -64,7 +67,7 @@ class Command:
     def problem(self, argv: list[str]) -> str | None:
         """What is wrong with `argv` (None when nothing is), by Fire's rules for flags and values."""
         tokens = argv[:argv.index("--")] if "--" in argv else argv
-        names = {flag.name for flag in self.flags} | set(self.positionals)
+        names = {flag.name for flag in self.flags} | set(self.positionals) | set(self.unlisted)
         positionals, previous, i = 0, None, 0
         while i < len(tokens):
             argument = tokens[i]
@@ -156,15 +159,14 @@ def main(**flags) -> None:
         from apga.experiment import run  # heavy imports only once the flags are valid
 
         failures = run(config)
-    except APGAError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except APGAError as problem:
+        error(str(problem))
         sys.exit(2)
     except KeyboardInterrupt:
-        print("interrupted; rerun the same command to resume from the last checkpoint", file=sys.stderr)
+        error("interrupted; rerun the same command to resume from the last checkpoint")
         sys.exit(130)
     if failures:
-        print(f"error: {len(failures)} run(s) stopped ({'; '.join(failures)}); the others finished, see above",
-              file=sys.stderr)
+        error(f"{len(failures)} run(s) stopped ({'; '.join(failures)}); the others finished, see above")
         sys.exit(2)
 
 

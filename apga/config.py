@@ -2,11 +2,13 @@
 
 Every field carries a one-line help text (`field(..., metadata={"help": ...})`): the command
 line, `--help` and the README's flag table are all generated from it, so a flag is defined
-once. The paper's settings (METHOD.md section 5) are the defaults.
+once. The paper's settings (224 px, DenseNet-169, UNet11 of 32 filters, batch 25, up to 100 epochs,
+patience 15, Adam at 1e-5 for fine-tuning and the agent) are the defaults.
 """
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 from dataclasses import dataclass, field
 
 from apga.errors import ConfigError
@@ -41,11 +43,12 @@ class Config:
     # --- data ------------------------------------------------------------------------------
     data_root: str = _f("datasets", "folder that holds MURA-v1.1/ (and, for generated data, MURA-v1.1-masks/)")
     data_csv: str | None = _f(None, "your own binary task instead of MURA: a CSV with columns path,label,split[,study,patient] (paths relative to it)")
-    demo: bool = _f(False, "generate the synthetic MURA-layout data set (once) and run with --preset cpu on it, into --out-dir runs/demo unless given")
+    demo: bool = _f(False, "generate the synthetic MURA-layout data set (once) and run on it with --preset demo (unless another is given), into --out-dir runs/demo unless given")
     image_size: int = _f(224, "images are resized to this square side (the agent pads it to a multiple of 32)")
     num_workers: int = _f(2, "DataLoader worker processes")
     skip_bad_images: bool = _f(False, "skip unreadable PNGs (counted in the log) instead of stopping")
     cache_dir: str | None = _f(None, "where decoded, resized images are cached (default: <data-root>/.apga-cache)")
+    bit_depth: int | None = _f(None, "16-bit PNG/TIFF without an sBIT chunk: the bits their values use, e.g. 12 (default: each image's own, the fewest bits that hold its largest value)")
     # --- models ----------------------------------------------------------------------------
     classifier: str = _f("densenet169", "classifier: densenet121, densenet161, densenet169, densenet201 or densenet-small")
     pretrained: bool = _f(False, "start the classifier and the agent's encoder from torchvision ImageNet weights (downloads)")
@@ -83,7 +86,8 @@ class Config:
     # --- output ----------------------------------------------------------------------------
     out_dir: str = _f("runs", "results.csv, summary and per-run folders (checkpoints, metrics) go here")
     resume: bool = _f(True, "continue a killed run from its last checkpoint; finished runs are skipped (0: start fresh)")
-    preset: str = _f("paper", "named settings: 'paper' (defaults) or 'cpu' (small images and models for a 2-core CPU)")
+    tensorboard: bool = _f(False, "also write each run's metrics and mask gallery as TensorBoard logs (<run>/tensorboard/; needs the tensorboard package)")
+    preset: str = _f("paper", "named settings: 'paper' (defaults), 'cpu' (small images and models for a 2-core CPU) or 'demo' (cpu, fewer epochs)")
 
 
 # The first field of each group of flags, and the group's title (--help and docs/flags.md).
@@ -94,7 +98,7 @@ DEMO_OUT_DIR = "runs/demo"
 
 PRESETS: dict[str, dict] = {
     "paper": {},
-    # Sized so that the demo (all six stages of one body part) runs in minutes on 2 cores.
+    # Small images and models for a 2-core CPU: the generated-data study runs with it.
     "cpu": dict(
         image_size=64,
         batch_size=32,
@@ -111,13 +115,16 @@ PRESETS: dict[str, dict] = {
         log_every=5,
     ),
 }
+# --demo: the cpu preset with the epochs that teach nothing cut, so that every method, the floors, the
+# tables and the pictures come out in about a minute on 2 cores (the numbers are a demo's, not a study's).
+PRESETS["demo"] = {**PRESETS["cpu"], "epochs": 15, "finetune_epochs": 2, "patience": 15, "gallery": "end"}
 
 # Fields that change what a run computes: a checkpoint from a config that differs in any
 # other field (output folders, worker counts, ...) can still be resumed.
 NON_TRAINING_FIELDS = {
     "n_runs", "gpu_id", "train_cutout", "train_apga", "train_gradcam", "train_end2end",
     "train_random", "data_root", "data_csv", "demo", "num_workers", "cache_dir", "out_dir", "resume",
-    "log_every", "gallery", "preset", "skip_bad_images",
+    "log_every", "gallery", "preset", "skip_bad_images", "tensorboard",
     "inputs",  # a run's inputs (baseline checkpoint, floor area) are checked on their own: apga/training/loop.py
     "seed",  # the first seed of a series; a run's own seed is its folder (seedN), whichever series it came from
 }
@@ -137,7 +144,7 @@ def make_config(**overrides) -> Config:
     unknown = sorted(set(overrides) - known)
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; see --help for the list")
-    preset = overrides.get("preset", "cpu" if overrides.get("demo") else "paper")
+    preset = overrides.get("preset", "demo" if overrides.get("demo") else "paper")
     if preset not in PRESETS:
         raise ConfigError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if overrides.get("data_csv") is not None:
@@ -176,6 +183,8 @@ def validate(c: Config) -> None:
         c.data_csv, c.body_part = str(c.data_csv), None  # the CSV's rows are the data set
     _require(_is_int(c.seed), f"--seed must be an integer, got {c.seed!r}")
     _require(_is_int(c.n_runs) and c.n_runs > 0, f"--n-runs must be a positive integer, got {c.n_runs!r}")
+    _require(c.bit_depth is None or (_is_int(c.bit_depth) and 8 <= c.bit_depth <= 16),
+             f"--bit-depth must be the bits of 16-bit images' values, 8 to 16 (e.g. 12), got {c.bit_depth!r}")
     _require(c.n_shot is None or (_is_int(c.n_shot) and c.n_shot > 0),
              f"--n-shot must be a positive integer (or left out for all images), got {c.n_shot!r}")
     _require(_is_int(c.gpu_id) and c.gpu_id >= 0, f"--gpu-id must be a GPU index >= 0, got {c.gpu_id!r}")
@@ -227,7 +236,9 @@ def validate(c: Config) -> None:
     _require(agent_side >= 32,
              f"--image-size {c.image_size} with --agent-scale {c.agent_scale} gives the UNet11 agent {agent_side} px; "
              f"it needs at least 32 px (e.g. --image-size 224, or 64 with --preset cpu)")
-    for name in ("demo", "pretrained", "skip_bad_images", "compile", "resume", "amp", "channels_last"):
+    _require(not c.tensorboard or importlib.util.find_spec("tensorboard") is not None,
+             "--tensorboard 1 needs the tensorboard package: pip install tensorboard (or pip install -e '.[tensorboard]')")
+    for name in ("demo", "pretrained", "skip_bad_images", "compile", "resume", "amp", "channels_last", "tensorboard"):
         value = getattr(c, name)
         if value is None and name == "amp":
             continue  # decided by the device

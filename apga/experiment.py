@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,7 +29,7 @@ from apga.evaluation.floors import FLOORS, Floor
 from apga.evaluation.mask_quality import COLUMNS as MASK_QUALITY_COLUMNS
 from apga.methods import FLAGS, METHODS
 from apga.methods.apga import apga_variant
-from apga.methods.base import blanking_variant
+from apga.methods.base import variant_name
 from apga.methods.random_masks import DEFAULT_KEEP_AREA
 from apga.models import build_classifier
 from apga.reporting import summary as report
@@ -53,6 +52,13 @@ def shot_label(config: Config) -> str:
 
 def memory_format(config: Config) -> torch.memory_format:
     return utils.memory_format(config.channels_last)
+
+
+def baseline_classifier(config: Config, seed_dir: Path, device) -> torch.nn.Module:
+    """The seed's baseline classifier at its selected checkpoint (seed_dir/baseline/best.pt), on `device`."""
+    classifier = build_classifier(config.classifier)
+    classifier.load_state_dict(load_checkpoint(seed_dir / "baseline" / "best.pt", "cpu")["classifier"])
+    return classifier.to(device, memory_format=memory_format(config))
 
 
 def build_method(name: str, config: Config, device: torch.device, baseline_checkpoint: Path | None = None,
@@ -143,7 +149,7 @@ def floor_plans(config: Config, data: RunData, seed: int, seed_dir: Path) -> lis
               "fill": config.fill}
     plans = []
     for kind in FLOORS:
-        variant = "-".join(part for part in (kind, blanking_variant(config, kept_step=False)) if part)
+        variant = "-".join(part for part in (kind, variant_name(config)) if part)
         plans.append((kind, seed_dir / "floors" / variant, inputs))
     return plans
 
@@ -165,9 +171,7 @@ def run_floors(config: Config, data: RunData, seed: int, seed_dir: Path, device,
         if config.resume and floor_finished(folder, inputs):
             continue
         if classifier is None:  # the baseline and its occlusion maps, once for every floor
-            classifier = build_classifier(config.classifier)
-            classifier.load_state_dict(load_checkpoint(seed_dir / "baseline" / "best.pt", "cpu")["classifier"])
-            classifier = classifier.to(device, memory_format=memory_format(config))
+            classifier = baseline_classifier(config, seed_dir, device)
             occlusion = occlusion_maps(classifier, data.report, device, fill=config.fill, **eval_kwargs)
         quality = evaluate(Floor(kind, classifier, config.fill, seed), data.report, device, mask_quality=True,
                            seed=seed, occlusion=occlusion, **eval_kwargs)
@@ -246,8 +250,9 @@ def _run(config: Config, dist: Dist, device, write_index: bool = True) -> list[s
             try:
                 results[name] = run_stage(name, config, data, seed, seed_dir, device, precision, dist=dist,
                                           write_index=write_index)
-            except NonFiniteError as error:
-                say(f"error: {error}", file=sys.stderr)
+            except NonFiniteError as problem:
+                if dist.is_main:
+                    utils.error(str(problem))
                 failures.append(f"{name} of seed {seed}")
                 if name == "baseline":
                     break  # nothing to fine-tune from; the next seed goes on
@@ -264,5 +269,18 @@ def _run(config: Config, dist: Dist, device, write_index: bool = True) -> list[s
                     & (table["model_selection"] == config.model_selection)]
     print()
     print(report.render(current))
-    print(f"results: {out_dir / RESULTS_FILE}; summary of all runs: {out_dir / report.SUMMARY_FILE}")
+    print(where_things_are(config, out_dir))
     return failures
+
+
+def where_things_are(config: Config, out_dir: Path) -> str:
+    """The closing lines of a command: where its tables, pictures and run folders are."""
+    plots = sorted(p.name for pattern in report.plots.REPORT_PLOTS for p in out_dir.glob(pattern))
+    group = out_dir / group_name(config)
+    apga = next(iter(sorted(group.glob("seed*/apga*"))), group / "seed<S>" / "apga")
+    return "\n".join([
+        f"tables:   {out_dir / RESULTS_FILE} (one row per run), {out_dir / report.SUMMARY_FILE} (all runs' summary)",
+        f"plots:    {out_dir}/{{{', '.join(plots)}}}" if plots else f"plots:    none yet ({out_dir})",
+        f"runs:     {group}/seed<S>/<method>/ (best.pt, metrics.csv, curves.png, gallery/final.png)",
+        f"predict:  python -m apga.predict {apga} <images>  (predictions.csv and overlays/ in it)",
+    ])

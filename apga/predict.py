@@ -38,7 +38,7 @@ from apga.evaluation.evaluate import abnormal_probability
 from apga.methods.masks import kept_images
 from apga.reporting.gallery import mask_panels, write_panels
 from apga.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_networks
-from apga.utils import atomic_write_bytes, eval_mode, file_digest, resolve_device
+from apga.utils import atomic_write_bytes, error, eval_mode, file_digest, resolve_device, warn
 
 STUDY_FOLDER = re.compile(r"^study\d+_(positive|negative)$", re.IGNORECASE)
 PREDICTIONS_FILE = "predictions.csv"
@@ -70,7 +70,10 @@ def image_table(images: str | Path) -> pd.DataFrame:
 
 
 def _is_image_file(path: Path) -> bool:
-    """An image by its suffix, or a DICOM file without one (hospital exports often have none)."""
+    """An image by its suffix, or a DICOM file without one (hospital exports often have none; their
+    DICOMDIR index is no image). A file with neither a suffix nor DICOM's preamble is not recognised."""
+    if path.name.upper() == "DICOMDIR":
+        return False
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return True
     if path.suffix:
@@ -136,21 +139,22 @@ def predict_images(method, config, table: pd.DataFrame, device, batch_size: int,
                    max_overlays: int, skip_bad: bool = False) -> pd.DataFrame:
     """Probabilities (and masks) of every image of `table`, batched; overlays for the first ones.
     An unreadable image stops with a one-line error naming it, or with `skip_bad` is left out."""
-    loader = torch.utils.data.DataLoader(ImageFiles(list(table["file"]), config.image_size), batch_size=batch_size,
+    loader = torch.utils.data.DataLoader(ImageFiles(list(table["file"]), config.image_size, bit_depth=config.bit_depth),
+                                         batch_size=batch_size,
                                          num_workers=min(2, config.num_workers), collate_fn=keep_as_list)
     columns: dict[str, list] = {}
     overlays, skipped = 0, []
     networks = [method.classifier] + ([method.agent] if method.agent is not None else [])
     for batch in loader:
-        bad = [reason for _, pixels, _, reason in batch if pixels is None]
+        bad = [reason for _, pixels, _, reason, _ in batch if pixels is None]
         if bad and not skip_bad:
             raise DataError(f"{bad[0]}; replace it or leave it out, or pass --skip-bad-images 1")
         skipped += bad
         batch = [item for item in batch if item[1] is not None]
         if not batch:
             continue
-        order = [i for i, _, _, _ in batch]
-        images = to_model_input(torch.from_numpy(np.stack([pixels for _, pixels, _, _ in batch])).to(device),
+        order = [item[0] for item in batch]
+        images = to_model_input(torch.from_numpy(np.stack([item[1] for item in batch])).to(device),
                                 config.channels_last)
         with eval_mode(*networks):
             out_batch = {"probability": abnormal_probability(method.classifier, images)}
@@ -172,7 +176,7 @@ def predict_images(method, config, table: pd.DataFrame, device, batch_size: int,
                 write_panels(panel[None], out / "overlays" / f"{name}.png", title=str(table["image"][position]))
             overlays += len(rows)
     if skipped:
-        print(f"warning: skipped {len(skipped)} unreadable image(s); the first: {skipped[0]}", file=sys.stderr)
+        warn(f"skipped {len(skipped)} unreadable image(s); the first: {skipped[0]}")
     if not columns:
         raise DataError("none of the images could be read; see the warning above")
     merged = {key: torch.cat(values).numpy() for key, values in columns.items()}
@@ -215,8 +219,8 @@ def main(run_dir: str, images: str, out: str | None = None, batch_size: int | No
     """Predict IMAGES (a folder of images, one image, or a CSV) with the run in RUN_DIR."""
     try:
         run_prediction(run_dir, images, out, batch_size, max_overlays, gpu_id, skip_bad_images)
-    except APGAError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except APGAError as problem:
+        error(str(problem))
         sys.exit(2)
 
 

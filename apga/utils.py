@@ -6,6 +6,7 @@ import errno
 import functools
 import hashlib
 import json
+import logging
 import os
 import random
 import shutil
@@ -18,6 +19,47 @@ import numpy as np
 import torch
 
 from apga.errors import ConfigError, StorageError
+
+
+LOG = logging.getLogger("apga")
+
+
+class _CurrentStderr(logging.StreamHandler):
+    """A handler that writes to whatever sys.stderr is when a message comes (a redirect, a test's capture)."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def configure_logging(level: int = logging.INFO) -> None:
+    """How the command lines show messages: one line each on stderr, 'notice: ...', 'warning: ...',
+    'error: ...'. Called by every entry point; a library user configures the 'apga' logger as they like."""
+    if not any(isinstance(handler, _CurrentStderr) for handler in LOG.handlers):
+        handler = _CurrentStderr()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        LOG.addHandler(handler)
+    LOG.setLevel(level)
+    LOG.propagate = False
+
+
+def notice(message: str) -> None:
+    """Something the user should know that needs no action (a cache rebuilt, a run trained anew)."""
+    LOG.info("notice: %s", message)
+
+
+def warn(message: str) -> None:
+    """Something that may make a result other than the user expects (images skipped, one class)."""
+    LOG.warning("warning: %s", message)
+
+
+def error(message: str) -> None:
+    """Why a command (or one of its runs) stopped: one line, what is wrong and how to fix it."""
+    LOG.error("error: %s", message)
 
 
 def seed_everything(seed: int) -> None:
@@ -36,7 +78,7 @@ def derive_seed(*parts) -> int:
 def resolve_device(gpu_id: int) -> torch.device:
     """CUDA device `gpu_id`, or the CPU with a notice when CUDA is absent."""
     if not torch.cuda.is_available():
-        print("notice: CUDA is not available; running on the CPU", file=sys.stderr)
+        notice("CUDA is not available; running on the CPU")
         return torch.device("cpu")
     count = torch.cuda.device_count()
     if gpu_id >= count:

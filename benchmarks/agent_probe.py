@@ -7,7 +7,7 @@
 Trains (or, when it is already there, loads) the demo's baseline (seed `--baseline-seed`) on the generated data
 (`--preset cpu`, the paper's protocol: the classifier under study, as the full loop starts from
 it), freezes it, and for each estimator and agent seed trains a fresh agent alone for `--steps`
-steps: each step is APGA's policy phase (METHOD.md steps 2-7, or the estimator's) on a batch of
+steps: each step is APGA's policy phase (steps 2-7 of docs/method.md) on a batch of
 `--batch-size` training images, with the classifier in eval mode. 10 % of the training patients are held out
 from the agent: every `--select-every` steps the agent is scored on them by its location gap
 (apga/evaluation/mask_quality.py), which needs no ground truth, and the best-scoring checkpoint is then
@@ -30,7 +30,6 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from apga.training.checkpoint import load_checkpoint  # noqa: E402
 from apga.config import make_config  # noqa: E402
 from apga.data import make_loader, prepare_run_data, to_model_input  # noqa: E402
 from apga.evaluation.evaluate import evaluate, occlusion_maps  # noqa: E402
@@ -38,8 +37,8 @@ from apga.evaluation.floors import FLOORS, Floor  # noqa: E402
 from apga.evaluation.mask_quality import COLUMNS, location_gap, region_precision  # noqa: E402
 from apga.methods.masks import top_fraction  # noqa: E402
 from apga.methods.apga import APGA  # noqa: E402
-from apga.models import build_agent, build_classifier  # noqa: E402
-from apga.experiment import DEMO_DATA, memory_format, run_stage  # noqa: E402
+from apga.models import build_agent  # noqa: E402
+from apga.experiment import DEMO_DATA, baseline_classifier, memory_format, run_stage  # noqa: E402
 from apga.data.synthetic import ensure_generated  # noqa: E402
 from apga.training.loop import Precision  # noqa: E402
 from apga.utils import derive_seed, eval_mode, resolve_device, seed_everything  # noqa: E402
@@ -122,9 +121,7 @@ def main(body_part: str = "elbow", seeds: str = "0,1,2,3,4", estimators: str = "
     print(f"frozen baseline: accuracy {baseline['accuracy']:.3f}, AUROC {baseline['auroc']:.3f} on "
           f"{len(data.report.index)} report images; agents train on {len(data.train.index)} images, "
           f"select on {len(data.select.index)} of held-out patients")
-    classifier = build_classifier(config.classifier)
-    classifier.load_state_dict(load_checkpoint(seed_dir / "baseline" / "best.pt", "cpu")["classifier"])
-    classifier = classifier.to(device, memory_format=memory_format(config)).eval().requires_grad_(False)
+    classifier = baseline_classifier(config, seed_dir, device).eval().requires_grad_(False)
     eval_kwargs = dict(batch_size=config.batch_size, autocast=precision.autocast, channels_last=config.channels_last)
     occlusion = occlusion_maps(classifier, data.report, device, fill=config.fill, **eval_kwargs)
 
@@ -161,8 +158,7 @@ def main(body_part: str = "elbow", seeds: str = "0,1,2,3,4", estimators: str = "
 
 def print_summary(table: pd.DataFrame, config, training: str) -> None:
     """Mean ± sd over seeds of each estimator and floor, and the rloo targets."""
-    shown = ["bone_precision_10", "bone_precision_30", "finding_cover_10", "pointing_hit", "bone_auroc",
-             "location_gap_10", "swap_gap_10", "occlusion_agreement_10", "mask_sd", "last_bone_precision"]
+    shown = [c for c in COLUMNS if c not in ("finding_auroc", "collapsed")] + ["last_bone_precision"]
     print(f"\nfrozen-classifier probe, {training}: {body_settings(config)}; mean ± sd over seeds "
           f"(min for bone precision) at the selected step; last_bone_precision: on the selection split at the "
           f"last step (drift)\n")

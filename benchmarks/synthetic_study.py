@@ -43,7 +43,7 @@ def main(body_part: str = "elbow", shots: str = "25,100,all", seeds: int = 5, ou
         raise SystemExit(f"error: unknown --variants {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
     grid = dict(body_part=body_part, n_shot=shots, seeds=seeds, selections=selections, executor="local",
                 workers=workers)
-    common = dict(demo=True, data_root=data_root, gallery="end")
+    common = dict(demo=True, preset="cpu", data_root=data_root, gallery="end")
     failed = sweep(out_dir, **grid, **common)
     for variant in as_list(variants):
         failed |= sweep(out_dir, **grid, **common, **APGA_AND_FLOOR, **VARIANTS[variant])

@@ -13,6 +13,14 @@ TINY = dict(preset="cpu", image_size=32, batch_size=8, epochs=2, finetune_epochs
             agent_width=2, gallery="end", log_every=2)
 
 
+@pytest.fixture(autouse=True)
+def command_line_messages():
+    """Notices and warnings on stderr, as every entry point shows them."""
+    from apga.utils import configure_logging
+
+    configure_logging()
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """Two body parts, a few patients each, small images: generated once per test session."""

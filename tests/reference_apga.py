@@ -62,7 +62,7 @@ def reference_step(classifier, agent, classifier_optimizer, agent_optimizer, ima
 
 def reference_rloo_loss(classifier, logits, images, labels, uniform, cell: int, area: float, area_weight: float,
                         prior_weight: float):
-    """The rloo estimator's loss (apga/methods/estimators.py, METHOD.md section 8) one image and one sample
+    """The rloo estimator's loss (apga/methods/estimators.py, docs/method.md) one image and one sample
     at a time, from the same uniform draws (K, B, 1, h, w) as the batched step."""
     k_samples, b = uniform.shape[:2]
     h, w = images.shape[-2] // cell, images.shape[-1] // cell

@@ -72,7 +72,7 @@ def test_help_lists_every_flag():
     for name, help_text in field_help().items():
         assert f"--{name.replace('_', '-')} " in shown.stdout and help_text[:30] in shown.stdout, name
     assert "_" not in " ".join(w for w in shown.stdout.split() if w.startswith("--"))  # flags as typed: kebab-case
-    assert "Optional" not in shown.stdout and len(shown.stdout.splitlines()) < 110
+    assert "Optional" not in shown.stdout and len(shown.stdout.splitlines()) < 120  # no pager needed
 
 
 @pytest.mark.parametrize("where", ["end", "middle", "short"])
@@ -100,15 +100,6 @@ def test_a_command_line_fire_would_misread_is_refused_before_anything_runs(tiny_
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and lines[0].startswith(f"error: {message}")
     assert not (tmp_path / "runs").exists()
-
-
-def test_readme_documents_every_flag():
-    from apga.config import defaults, field_help
-    from cli_helpers import ROOT
-
-    readme = (ROOT / "README.md").read_text()
-    for name, help_text in field_help().items():
-        assert f"| `--{name.replace('_', '-')}` | `{defaults()[name]!r}` | {help_text} |" in readme, name
 
 
 @pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
@@ -154,5 +145,5 @@ def test_compile_compiles_the_networks_and_computes_what_eager_does(tiny_config,
 def test_the_demo_writes_to_its_own_out_dir():
     from apga.config import make_config
 
-    assert make_config(demo=True).out_dir == "runs/demo" and make_config(demo=True).preset == "cpu"
+    assert make_config(demo=True).out_dir == "runs/demo" and make_config(demo=True).preset == "demo"
     assert make_config(demo=True, out_dir="elsewhere").out_dir == "elsewhere" and make_config().out_dir == "runs"

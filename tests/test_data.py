@@ -56,7 +56,7 @@ def test_model_input_is_three_grey_channels_in_unit_range():
 
 def test_cache_is_reused_and_rebuilt_for_another_size(tmp_path):
     files = [_save(tmp_path / f"{i}.png", "L") for i in range(3)]
-    first, ok, _ = cached_array(files, 16, tmp_path / "cache")
+    first, ok, *_ = cached_array(files, 16, tmp_path / "cache")
     assert ok.all() and first.shape == (3, 16, 16)
     assert np.array_equal(first[1], decode_image(files[1], 16))
     assert len(list((tmp_path / "cache").glob("*.u8"))) == 1
@@ -71,7 +71,7 @@ def test_truncated_png_stops_or_is_skipped(tmp_path):
     files[1].write_bytes(files[1].read_bytes()[:60])
     with pytest.raises(DataError, match=r"cannot read image .*1\.png.*--skip-bad-images"):
         cached_array(files, 8, tmp_path / "cache")
-    array, ok, _ = cached_array(files, 8, tmp_path / "cache", skip_bad=True)
+    array, ok, *_ = cached_array(files, 8, tmp_path / "cache", skip_bad=True)
     assert ok.tolist() == [True, False, True]
 
 
@@ -101,12 +101,12 @@ def test_cache_notices_a_file_replaced_with_the_same_size_and_mtime(tmp_path):
     files = [tmp_path / f"{i}.png" for i in range(3)]
     for file in files:
         Image.fromarray(GREY).save(file, compress_level=0)  # uncompressed: the size depends on the shape only
-    first, _, _ = cached_array(files, 16, tmp_path / "cache")
+    first, _, *_ = cached_array(files, 16, tmp_path / "cache")
     stat = files[1].stat()
     Image.fromarray(255 - GREY).save(files[1], compress_level=0)
     os.utime(files[1], ns=(stat.st_atime_ns, stat.st_mtime_ns))  # and the old mtime back
     assert files[1].stat().st_size == stat.st_size and files[1].stat().st_mtime_ns == stat.st_mtime_ns
-    second, _, _ = cached_array(files, 16, tmp_path / "cache")
+    second, _, *_ = cached_array(files, 16, tmp_path / "cache")
     assert np.array_equal(second[1], decode_image(files[1], 16)) and not np.array_equal(second[1], first[1])
 
 
@@ -115,19 +115,19 @@ def test_cache_rebuilds_a_truncated_entry_with_a_notice(tmp_path, capsys):
     cached_array(files, 16, tmp_path / "cache")
     (entry,) = (tmp_path / "cache").glob("*.u8")
     entry.write_bytes(entry.read_bytes()[:100])  # a writer killed mid-write, a full disk
-    array, ok, _ = cached_array(files, 16, tmp_path / "cache")
+    array, ok, *_ = cached_array(files, 16, tmp_path / "cache")
     assert "rebuilding it" in capsys.readouterr().err and ok.all()
     assert np.array_equal(array[2], decode_image(files[2], 16))
     (meta,) = (tmp_path / "cache").glob("*.json")
     meta.write_text("{not json")
-    array, _, _ = cached_array(files, 16, tmp_path / "cache")
+    array, _, *_ = cached_array(files, 16, tmp_path / "cache")
     assert "unreadable" in capsys.readouterr().err and np.array_equal(array[0], decode_image(files[0], 16))
 
 
 def test_cache_key_covers_the_decoding_settings(tmp_path):
     files = [_save(tmp_path / f"{i}.png", "L") for i in range(3)]
-    images, _, _ = cached_array(files, 16, tmp_path / "cache")
-    masks, _, _ = cached_array(files, 16, tmp_path / "cache", masks=True)  # thresholded, not grey
+    images, _, *_ = cached_array(files, 16, tmp_path / "cache")
+    masks, _, *_ = cached_array(files, 16, tmp_path / "cache", masks=True)  # thresholded, not grey
     assert set(np.unique(masks)) <= {0, 1} and images.max() > 1
     files[1].write_bytes(files[1].read_bytes()[:60])
     cached_array(files, 16, tmp_path / "cache", skip_bad=True)  # a cache made while skipping ...
@@ -139,11 +139,11 @@ def test_cache_content_check_alone_catches_a_changed_file(tmp_path, monkeypatch,
     """Where ctime is not to be trusted (some network file systems), the CRC check still is."""
     from apga.data import cache as data
 
-    monkeypatch.setattr(data, "_cache_key", lambda files, size, masks: f"fixed-{size}-{masks}")
+    monkeypatch.setattr(data, "_cache_key", lambda files, size, masks, bit_depth=None: f"fixed-{size}-{masks}")
     files = [_save(tmp_path / f"{i}.png", "L") for i in range(3)]
     cached_array(files, 16, tmp_path / "cache")
     Image.fromarray(255 - GREY).save(files[2])
-    array, _, _ = cached_array(files, 16, tmp_path / "cache")
+    array, _, *_ = cached_array(files, 16, tmp_path / "cache")
     assert "changed since it was cached" in capsys.readouterr().err
     assert np.array_equal(array[2], decode_image(files[2], 16))
 
@@ -155,13 +155,13 @@ def test_cache_rebuilds_an_array_whose_bytes_were_lost(tmp_path, capsys):
     cached_array(files, 16, tmp_path / "cache")
     (entry,) = (tmp_path / "cache").glob("*.u8")
     entry.write_bytes(bytes(entry.stat().st_size))
-    array, ok, _ = cached_array(files, 16, tmp_path / "cache")
+    array, ok, *_ = cached_array(files, 16, tmp_path / "cache")
     assert "3 of its 3 rows do not match their checksums" in capsys.readouterr().err
     assert np.array_equal(array[1], decode_image(files[1], 16))
     flipped = bytearray(entry.read_bytes())
     flipped[16 * 16 + 5] ^= 1  # one bit of row 1
     entry.write_bytes(bytes(flipped))
-    array, _, _ = cached_array(files, 16, tmp_path / "cache")
+    array, _, *_ = cached_array(files, 16, tmp_path / "cache")
     assert "1 of its 3 rows do not match their checksums (e.g. row 1" in capsys.readouterr().err
     assert np.array_equal(array[1], decode_image(files[1], 16))
 

@@ -283,3 +283,99 @@ def test_a_dicom_task_trains_and_a_folder_of_dicom_files_is_predicted(tiny_data,
     assert len(predictions) == len(valid) and predictions["probability"].between(0, 1).all()
     assert predictions["study"].nunique() == valid["study"].nunique()  # one Study Instance UID per study
     assert (predictions.groupby("study")["study_probability"].nunique() == 1).all()
+
+
+def test_presentation_lut_inverse_with_monochrome1_inverts_once(tmp_path):
+    """Digital radiographs (DX) pair MONOCHROME1 with Presentation LUT Shape INVERSE: one inversion,
+    bone bright; INVERSE on a MONOCHROME2 image inverts it too."""
+    ds = pydicom.dcmread(data_file("RG3_UNCR.dcm"))
+    ds.PresentationLUTShape = "INVERSE"
+    ds.save_as(tmp_path / "dx.dcm")
+    assert np.array_equal(decode_image(tmp_path / "dx.dcm", SIZE), decode_image(data_file("RG3_UNCR.dcm"), SIZE))
+    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.save_as(tmp_path / "mono2_inverse.dcm")
+    assert close(decode_image(tmp_path / "mono2_inverse.dcm", SIZE), decode_image(data_file("RG3_UNCR.dcm"), SIZE))
+
+
+def test_a_window_under_a_negative_rescale_slope(tmp_path):
+    """pydicom's window output range runs from high to low under a negative slope; the window still
+    maps its lower side to black."""
+    ds = pydicom.dcmread(data_file("MR_small.dcm"))
+    ds.RescaleSlope, ds.RescaleIntercept = -1, 4000
+    values = 4000.0 - ds.pixel_array
+    center, width = float(np.median(values)), float(values.max() - values.min())
+    ds.WindowCenter, ds.WindowWidth = center, width
+    ds.save_as(tmp_path / "negative.dcm")
+    expected = np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0, 1)
+    decoded = decode_image(tmp_path / "negative.dcm", SIZE)
+    assert decoded.max() > 100 and close(decoded, resized(expected))  # not the black picture of an empty range
+
+
+def test_a_voi_lut_that_spans_part_of_its_range_is_shown_over_its_own_output(tmp_path):
+    """A LUT whose entries span 1000-3000 of 16 bits (descriptors are often wrong about the bits):
+    displayed over the table's own output range, not darkened to its 5 %."""
+    from pydicom.dataset import Dataset
+
+    ds = pydicom.dcmread(data_file("MR_small.dcm"))
+    low, high = int(ds.pixel_array.min()), int(ds.pixel_array.max())
+    item = Dataset()
+    item.LUTDescriptor = [high - low + 1, low, 16]
+    item.add_new(0x00283006, "US", [int(v) for v in np.linspace(1000, 3000, high - low + 1).round()])
+    ds.VOILUTSequence = [item]
+    ds.save_as(tmp_path / "partial.dcm")
+    lut = apply_voi_lut(ds.pixel_array, pydicom.dcmread(tmp_path / "partial.dcm")).astype(float)
+    assert close(decode_image(tmp_path / "partial.dcm", SIZE), resized((lut - 1000) / 2000))
+
+
+def test_sbit_of_a_grey_and_alpha_png_is_the_greys(tmp_path):
+    values = np.rint(_smooth() * 4095).astype(np.uint16)
+    grey_alpha = np.stack([values, np.full_like(values, 65535)], axis=2).reshape(values.shape[0], -1)
+    buffer = io.BytesIO()
+    png.Writer(values.shape[1], values.shape[0], greyscale=True, alpha=True, bitdepth=16).write(buffer, grey_alpha.tolist())
+    chunks = list(png.Reader(bytes=buffer.getvalue()).chunks())
+    chunks.insert(next(i for i, (kind, _) in enumerate(chunks) if kind == b"IDAT"), (b"sBIT", bytes([12, 16])))
+    with open(tmp_path / "alpha.png", "wb") as handle:
+        png.write_chunks(handle, chunks)
+    assert close(decode_image(tmp_path / "alpha.png", SIZE), resized(values / 4095.0))
+
+
+def test_bit_depth_flag_and_the_warning_for_mixed_inferred_depths(tmp_path, capsys):
+    """Without sBIT, a 12-bit image whose values stay below 2048 reads as 11 bits (twice as bright);
+    the cache warns when a data set mixes inferred depths, and --bit-depth 12 reads both alike."""
+    from apga.data.cache import cached_array
+
+    picture = _smooth()
+    files = []
+    for name, top in (("bright", 4095), ("dark", 2000)):
+        Image.fromarray(np.rint(picture * top).astype(np.uint16)).save(tmp_path / f"{name}.png")
+        files.append(tmp_path / f"{name}.png")
+    inferred = cached_array(files, SIZE, tmp_path / "cache").array
+    assert "read with different bit depths (11, 12 bits" in capsys.readouterr().err
+    assert close(inferred[1], resized(picture * 2000 / 2047))
+    fixed = cached_array(files, SIZE, tmp_path / "cache", bit_depth=12).array
+    assert "different bit depths" not in capsys.readouterr().err
+    assert close(fixed[0], resized(picture)) and close(fixed[1], resized(picture * 2000 / 4095))
+    with pytest.raises(ImageError, match="holds values up to 4095, more than --bit-depth 10 allows"):
+        decode_image(files[0], SIZE, bit_depth=10)
+
+
+def test_what_a_run_learns_from_is_in_its_fingerprint(tiny_config, tmp_path):
+    """The decoded images enter the data fingerprint: reading a 12-bit task with another
+    --bit-depth is other data for a run; a flag that leaves the pixels as they were is not."""
+    from apga.data import prepare_run_data
+
+    rows = []
+    for split, count in (("train", 6), ("valid", 4)):
+        for i in range(count):
+            Image.fromarray(np.rint(_smooth() * (i % 2 * 1000 + 3000)).astype(np.uint16)).save(
+                tmp_path / f"{split}{i}.png")
+            rows.append(f"{split}{i}.png,{i % 2},{split}")
+    (tmp_path / "task.csv").write_text("path,label,split\n" + "\n".join(rows) + "\n")
+
+    def fingerprint(**flags):
+        config = tiny_config(data_csv=str(tmp_path / "task.csv"), body_part=None, cache_dir=str(tmp_path / "c"),
+                             **flags)
+        return prepare_run_data(config, 89).fingerprint
+
+    assert fingerprint() != fingerprint(bit_depth=16)  # 16 bits: a darker picture
+    assert fingerprint() == fingerprint(bit_depth=12)  # the depth each image implies anyway

@@ -92,7 +92,7 @@ def test_random_floor_takes_apgas_selection_area_and_is_retrained_when_it_change
     capsys.readouterr()
     run(tiny_config(model_selection="holdout", holdout_fraction=0.3, train_cutout=0, train_gradcam=0, train_end2end=0))
     apga, floor = _row(config.out_dir, "apga"), _row(config.out_dir, "random")
-    assert "training it anew" in capsys.readouterr().out
+    assert "training it anew" in capsys.readouterr().err  # a notice
     assert floor["keep_area"] == apga["selection_mask_area"] != 0.5  # from the selection split, not the report
     assert _saved(config.out_dir, floor["run_id"], "config.json")["inputs"]["keep_area"] == floor["keep_area"]
 
@@ -109,7 +109,7 @@ def test_a_fine_tuned_run_is_retrained_when_its_baseline_changed(tiny_config, ca
     save_checkpoint(best, state)  # as if the baseline had been trained again
     capsys.readouterr()
     run(config)
-    assert "training it anew" in capsys.readouterr().out
+    assert "training it anew" in capsys.readouterr().err  # a notice
     cutout_after = _row(out, "cutout")
     assert cutout_after["run_id"] == cutout_before["run_id"]
     assert cutout_after["accuracy"] == _saved(out, cutout_after["run_id"])["accuracy"]

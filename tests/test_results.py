@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import multiprocessing
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -27,9 +28,11 @@ def _worker(args):
 
 
 def test_concurrent_runs_and_rebuilds_lose_no_row(tmp_path):
+    """Each worker writes a result, then rebuilds; rebuilds take turns, so the file the last one
+    leaves holds every row."""
     with multiprocessing.get_context("fork").Pool(4) as pool:
         pool.map(_worker, [(tmp_path, w) for w in range(4)])
-    table = rebuild(tmp_path)
+    table = read_results(tmp_path)  # as the last concurrent rebuild left it
     assert len(table) == 40 and table["run_id"].is_unique
     assert not list(tmp_path.glob(".results.csv.*"))  # no temporary file left behind
 
@@ -97,3 +100,35 @@ def test_the_report_deletes_the_plots_of_rows_it_leaves_out(tmp_path):
     table.loc[table["body_part"] == "wrist", "superseded"] = 1
     write(table, tmp_path)
     assert not list(tmp_path.glob("*wrist*.png")) and len(list(tmp_path.glob("*elbow*.png"))) == 3
+
+
+def test_rows_of_runs_finished_by_an_older_version_are_kept_and_then_migrated(tiny_config, capsys):
+    """Runs finished before result.json carried the row keep their row of the old results.csv, and
+    the next command that reaches them writes it into their result.json."""
+    import json
+
+    from apga.experiment import run
+
+    config = tiny_config(train_cutout=0, train_gradcam=0, train_end2end=0, train_apga=0, train_random=0)
+    run(config)
+    out = config.out_dir
+    first = read_results(out)
+    result = next(Path(out).glob("*/seed*/baseline/result.json"))
+    row = json.loads(result.read_text())
+    json.dump({k: v for k, v in row.items() if k not in ("run_id", "body_part", "method")}, result.open("w"))
+    kept = rebuild(out)
+    assert "written by an older version; 1 keep their row" in capsys.readouterr().err
+    assert kept.query("method == 'baseline'")["accuracy"].tolist() == first.query("method == 'baseline'")["accuracy"].tolist()
+    run(config)  # reaches the finished run: reused, and its row written into its result.json
+    assert json.loads(result.read_text())["run_id"] == row["run_id"]
+    assert "older version" not in capsys.readouterr().err
+
+
+def test_rows_whose_baseline_is_being_trained_again_are_superseded(tmp_path):
+    _finish(tmp_path, 89, 0, method="baseline", checkpoint_digest="a", data_fingerprint="f")
+    atomic_write_json(tmp_path / "elbow-all-val/seed89/apga/result.json", {
+        "body_part": "elbow", "seed": 89, "n_shot": "all", "method": "apga", "variant": "", "model_selection": "val",
+        "run_id": "elbow-all-val/seed89/apga", "baseline_digest": "a", "data_fingerprint": "f", "accuracy": 0.7})
+    assert rebuild(tmp_path).set_index("method").loc["apga", "superseded"] == 0
+    (tmp_path / "elbow-all-val/seed89/m0/result.json").unlink()  # the baseline starts anew: its row is gone
+    assert rebuild(tmp_path).set_index("method").loc["apga", "superseded"] == 1

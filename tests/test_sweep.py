@@ -65,11 +65,11 @@ def test_a_sweep_gives_the_rows_of_its_cells_run_one_by_one(tiny_data, tmp_path,
     flags = [*GRID, *_flags(tiny_data, tmp_path / "cache")]
     done = _sweep(out, *flags)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "4 cells, 0 finished, 4 to run" in done.stdout and "4 cells: 4 done" in done.stdout
+    assert "4 cells (seeds 89): 0 finished, 0 still queued or running, 4 to run" in done.stdout and "4 cells: 4 done" in done.stdout
     pd.testing.assert_frame_equal(_rows(out), _rows(one_by_one))
     assert len(read_results(out).query("method == 'floor'")) == 4 * 4
     again = _sweep(out, *flags)  # everything is finished: nothing is submitted
-    assert again.returncode == 0 and "4 cells, 4 finished, 0 to run" in again.stdout
+    assert again.returncode == 0 and "4 cells (seeds 89): 4 finished, 0 still queued or running, 0 to run" in again.stdout
     assert len(list((out / "sweep" / "logs").glob("*_submitted.pkl"))) == 4
     index = (out / RESULTS_FILE).read_bytes()
     (out / RESULTS_FILE).unlink()
@@ -98,7 +98,7 @@ def test_a_killed_job_is_finished_by_rerunning_the_sweep(tiny_data, tmp_path, on
     assert "log: " in status.stdout
     again = _sweep(out, *flags)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "1 cells, 0 finished, 1 to run" in again.stdout and "1 cells: 1 done" in again.stdout
+    assert "1 cells (seeds 89): 0 finished, 0 still queued or running, 1 to run" in again.stdout and "1 cells: 1 done" in again.stdout
     expected = _rows(one_by_one)
     pd.testing.assert_frame_equal(_rows(out), expected[expected.index.str.startswith("elbow-all-val/")])
 
@@ -148,6 +148,8 @@ def test_the_slurm_submission_is_one_job_array_of_the_unfinished_cells(tiny_data
     (["--executor", "pbs"], "unknown --executor 'pbs'"),
     (["--body-part", "knee"], "unknown --body-part 'knee'"),
     (["--executor", "slurm"], "--executor slurm needs Slurm's commands (srun, sbatch) on this machine"),
+    (["--resume", "0"], "--resume does not go with a sweep: a sweep resumes"),
+    (["--gpu-id", "1"], "--gpu-id does not go with a sweep"),
 ])
 def test_a_bad_setting_submits_nothing(tiny_data, tmp_path, capsys, flags, message):
     from apga.sweep import entry_point
@@ -159,3 +161,106 @@ def test_a_bad_setting_submits_nothing(tiny_data, tmp_path, capsys, flags, messa
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_.value.code == 2 and last.startswith("error: ") and message in last, last
     assert not list((tmp_path / "table").glob("sweep/logs/*"))
+
+
+def test_a_preempted_job_is_requeued_by_submitit_and_resumes(tiny_data, tmp_path, one_by_one):
+    """Slurm's preemption or time-limit signal (USR2, sent here to the job's process) makes the job
+    checkpoint and requeue itself through submitit; the requeued job resumes the cell's runs from
+    their last.pt and ends with the rows of an uninterrupted run."""
+    import submitit
+
+    from apga.sweep.grid import make_cells
+    from apga.sweep.jobs import CellJob, cell_file
+
+    out = tmp_path / "table"
+    settings = {**TINY, **ONLY_APGA, "data_root": str(tiny_data), "cache_dir": str(tmp_path / "cache")}
+    (cell,) = make_cells(str(out), "elbow", "all", 1, "val", settings)
+    executor = submitit.LocalExecutor(folder=tmp_path / "logs")
+    executor.update_parameters(timeout_min=30)
+    job = executor.submit(CellJob(), cell.overrides(), cell.name, 1)
+    history = out / "elbow-all-val" / "seed89" / "baseline" / "metrics.csv"
+    deadline = time.time() + 300
+    while time.time() < deadline and not history.is_file():
+        time.sleep(0.02)
+    import json
+
+    pid = json.loads(cell_file(out, cell.name).read_text())["pid"]  # the process training the cell
+    os.kill(pid, signal.SIGUSR2)  # what Slurm sends before a preemption or the time limit
+    assert job.result() == []
+    assert "Requeued" in Path(job.paths.stdout).read_text() + Path(job.paths.stderr).read_text()
+    assert '"state": "done"' in cell_file(out, cell.name).read_text()
+    expected = _rows(one_by_one)
+    pd.testing.assert_frame_equal(_rows_of_runs(out), expected[expected.index.str.startswith("elbow-all-val/")])
+
+
+def _rows_of_runs(out) -> pd.DataFrame:
+    from apga.reporting.results import rebuild
+
+    return rebuild(out).set_index("run_id")[COMPARED].sort_index()
+
+
+def test_local_jobs_get_one_gpu_each_of_those_this_process_may_use(monkeypatch, capsys):
+    """CUDA_VISIBLE_DEVICES=2,3 stays GPUs 2 and 3; three workers run two cells at once, one per GPU."""
+    import torch
+
+    from apga.sweep import jobs
+    from apga.sweep.grid import Cell
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert jobs.local_gpus() == [2, 3]
+    submitted, running = [], set()
+
+    class FakeJob:
+        def __init__(self, gpu):
+            self.gpu, self.polls, self.job_id = gpu, 0, str(len(submitted))
+            self.paths = type("Paths", (), {"stderr": "log"})()
+
+        def done(self):
+            self.polls += 1
+            if self.polls > 1:
+                running.discard(self.gpu)
+            return self.polls > 1
+
+        def result(self):
+            return []
+
+    class FakeExecutor:
+        def __init__(self, folder):
+            self.parameters = {}
+
+        def update_parameters(self, **parameters):
+            self.parameters.update(parameters)
+
+        def submit(self, function, overrides, name, threads):
+            (gpu,) = self.parameters["visible_gpus"]
+            assert gpu not in running and self.parameters["gpus_per_node"] == 1  # no GPU shared
+            running.add(gpu)
+            submitted.append((gpu, threads))
+            return FakeJob(gpu)
+
+    monkeypatch.setattr(jobs.submitit, "LocalExecutor", FakeExecutor)
+    monkeypatch.setattr(jobs, "_submitted", lambda *args, **kwargs: None)
+    monkeypatch.setattr(jobs.time, "sleep", lambda seconds: None)
+    cells = [Cell("elbow", None, "val", seed, {"out_dir": "unused"}) for seed in range(89, 94)]
+    assert jobs.run_local(cells, "unused", workers=3, timeout_min=10) == {}
+    assert "2 GPU(s) for 3 workers: running 2 cells at once" in capsys.readouterr().err
+    assert sorted(gpu for gpu, _ in submitted) == [2, 2, 2, 3, 3] or sorted(gpu for gpu, _ in submitted) == [2, 2, 3, 3, 3]
+
+
+def test_cells_still_queued_or_running_are_not_submitted_again(tiny_data, tmp_path, capsys):
+    """Rerunning the command while a job works on a cell leaves that cell to its job."""
+    from apga.sweep import sweep
+    from apga.sweep.grid import make_cells
+    from apga.sweep.jobs import write_state
+
+    out = str(tmp_path / "table")
+    settings = {**TINY, **ONLY_APGA, "data_root": str(tiny_data), "cache_dir": str(tmp_path / "cache")}
+    (cell,) = make_cells(out, "elbow", "all", 1, "val", settings)
+    import socket
+
+    write_state(out, cell.name, state="running", executor="local", host=socket.gethostname(), pid=os.getpid())
+    assert sweep(out, "elbow", "all", 1, "val", **settings) == {}
+    shown = capsys.readouterr().out
+    assert "0 finished, 1 still queued or running, 0 to run" in shown and "elbow-all-val/seed89" in shown
+    assert not (Path(out) / "elbow-all-val" / "seed89").exists()  # nothing trained

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -204,3 +205,38 @@ def test_a_run_killed_after_a_mid_epoch_improvement_selects_what_an_uninterrupte
     assert {k: resumed[k] for k in keys} == {k: uninterrupted[k] for k in keys}
     assert _same(load_checkpoint(tmp_path / "killed" / "best.pt")["classifier"],
                  load_checkpoint(tmp_path / "whole" / "best.pt")["classifier"])
+
+
+def test_tensorboard_shows_a_runs_metrics_and_masks(tiny_config, capsys):
+    """--tensorboard 1: every metrics.csv column as a scalar at its iteration, and the gallery."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from apga.experiment import run
+
+    config = tiny_config(train_cutout=0, train_gradcam=0, train_end2end=0, train_random=0, estimator="rloo",
+                         tensorboard=True, gallery="epoch", finetune_epochs=2)
+    run(config)
+    run_dir = next(Path(config.out_dir).glob("*/seed89/apga-rloo"))
+    events = EventAccumulator(str(run_dir / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    history = pd.read_csv(run_dir / "metrics.csv")
+    for tag in ("train/clean_loss", "train/keep_loss", "train/reward", "train/policy_loss", "train/mask_area",
+                "val/accuracy", "val/accuracy_tta"):
+        assert tag in events.Tags()["scalars"], tag
+    rewards = [event.value for event in events.Scalars("train/reward")]
+    assert rewards == pytest.approx(history["train_reward"].dropna().tolist(), rel=1e-6)
+    steps = [event.step for event in events.Scalars("val/accuracy")]
+    assert steps == sorted(steps) and steps[-1] == 2 * steps[0]  # iterations: the end of epochs 1 and 2
+    assert {"masks", "masks/selected"} <= set(events.Tags()["images"])
+    assert len(events.Images("masks")) == 2  # one per epoch
+
+
+def test_tensorboard_without_its_package_is_one_line(monkeypatch):
+    import importlib.util
+
+    from apga.config import make_config
+    from apga.errors import ConfigError
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "tensorboard" else real(name, *a))
+    with pytest.raises(ConfigError, match="--tensorboard 1 needs the tensorboard package: pip install tensorboard"):
+        make_config(tensorboard=True)

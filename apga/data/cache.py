@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import sys
 import zlib
 from pathlib import Path
 from typing import NamedTuple
@@ -24,9 +23,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from apga.data.decode import decode_bytes, decoder_settings
+from apga.data.decode import decode_with_depth, decoder_settings
 from apga.errors import DataError, ImageError
-from apga.utils import atomic_write_json, fsync_folder, storage_error
+from apga.utils import atomic_write_json, fsync_folder, notice, storage_error, warn
 
 CONTENT_CHECKS = 256  # source files whose bytes are checked against the cache each time it is reused
 UNREADABLE = -1  # the CRC recorded for a file that could not be read at all
@@ -37,11 +36,12 @@ class ImageFiles(torch.utils.data.Dataset):
     path in benchmarks.
 
     Yields (index, (size, size) uint8 array or None, CRC-32 of the file's bytes, None or the
-    reason it could not be decoded): the caller decides whether to stop or skip a bad file.
+    reason it could not be decoded, the bit depth read off a 16-bit file's largest value or None):
+    the caller decides whether to stop or skip a bad file.
     """
 
-    def __init__(self, files: list[Path], size: int, masks: bool = False):
-        self.files, self.size, self.masks = files, size, masks
+    def __init__(self, files: list[Path], size: int, masks: bool = False, bit_depth: int | None = None):
+        self.files, self.size, self.masks, self.bit_depth = files, size, masks, bit_depth
 
     def __len__(self) -> int:
         return len(self.files)
@@ -50,11 +50,12 @@ class ImageFiles(torch.utils.data.Dataset):
         try:
             content = Path(self.files[i]).read_bytes()
         except OSError as error:
-            return i, None, UNREADABLE, f"cannot read image {self.files[i]} ({error.strerror or error})"
+            return i, None, UNREADABLE, f"cannot read image {self.files[i]} ({error.strerror or error})", None
         try:
-            return i, decode_bytes(content, self.size, str(self.files[i]), mask=self.masks), zlib.crc32(content), None
+            pixels, bits = decode_with_depth(content, self.size, str(self.files[i]), self.masks, self.bit_depth)
+            return i, pixels, zlib.crc32(content), None, bits
         except ImageError as error:
-            return i, None, zlib.crc32(content), str(error)
+            return i, None, zlib.crc32(content), str(error), None
 
 
 def keep_as_list(batch):
@@ -62,12 +63,12 @@ def keep_as_list(batch):
     return batch
 
 
-def _cache_key(files: list[Path], size: int, masks: bool) -> str:
+def _cache_key(files: list[Path], size: int, masks: bool, bit_depth: int | None = None) -> str:
     """The decoding settings, and each file's path, size, mtime and ctime.
 
     ctime changes whenever a file's content is replaced, also when its mtime is set back."""
     settings = json.dumps(decoder_settings(), sort_keys=True)
-    digest = hashlib.sha256(f"{settings}|{size}|{'masks' if masks else 'images'}".encode())
+    digest = hashlib.sha256(f"{settings}|{size}|{'masks' if masks else 'images'}|{bit_depth}".encode())
     for file in files:
         stat = file.stat()
         digest.update(f"{file}|{stat.st_size}|{stat.st_mtime_ns}|{stat.st_ctime_ns}\n".encode())
@@ -112,26 +113,33 @@ class Cached(NamedTuple):
     array: np.ndarray   # (N, size, size) uint8, memory-mapped
     usable: np.ndarray  # (N,) bool: readable rows
     crcs: np.ndarray    # (N,) CRC-32 of each file's bytes when it was decoded (part of the data fingerprint)
+    rows: np.ndarray    # (N,) CRC-32 of each decoded row: what a run learns from (part of the data fingerprint)
 
 
 def cached_array(files: list[Path], size: int, cache_dir: Path, *, masks: bool = False,
-                 skip_bad: bool = False, num_workers: int = 0, desc: str = "decode") -> Cached:
+                 skip_bad: bool = False, num_workers: int = 0, desc: str = "decode",
+                 bit_depth: int | None = None) -> Cached:
     """(N, size, size) uint8 memory map of the decoded files, a bool array of usable rows, and the
     files' CRC-32s. Built once (with a progress bar), then reused while it checks out (module
     docstring); a damaged entry is rebuilt with a notice. An unreadable file stops with a
     `DataError` naming it and why, unless `skip_bad` (then it is left out, with a warning)."""
     cache_dir = Path(cache_dir)
-    key = _cache_key(files, size, masks)
+    key = _cache_key(files, size, masks, bit_depth)
     data_file, meta_file = cache_dir / f"{key}.u8", cache_dir / f"{key}.json"
-    fresh = not (data_file.is_file() and meta_file.is_file())
-    if not fresh:
+    meta = None
+    if data_file.is_file() and meta_file.is_file():
         damage = _damage(data_file, meta_file, files, size)
         if damage:
-            print(f"notice: the image cache {data_file} cannot be used ({damage}); rebuilding it", file=sys.stderr)
-            fresh = True
-    if fresh:
-        _build_cache(files, size, masks, data_file, meta_file, num_workers, desc)
-    meta = json.loads(meta_file.read_text())
+            notice(f"the image cache {data_file} cannot be used ({damage}); rebuilding it")
+        else:
+            meta = json.loads(meta_file.read_text())
+    if meta is None:
+        meta = _build_cache(files, size, masks, data_file, meta_file, num_workers, desc, bit_depth)
+    depths = sorted(set(meta.get("inferred_bits", [])) - {None})
+    if len(depths) > 1:
+        warn(f"the 16-bit images of {desc} were read with different bit depths ({', '.join(map(str, depths))} bits, "
+             f"each from its largest value; the darker ones come out brighter); if they share one, pass --bit-depth "
+             f"(e.g. {depths[-1]})")
     usable = np.ones(len(files), dtype=bool)
     usable[meta["bad"]] = False
     if meta["bad"]:
@@ -139,21 +147,23 @@ def cached_array(files: list[Path], size: int, cache_dir: Path, *, masks: bool =
         if not skip_bad:
             raise DataError(f"{first}; replace it, or pass --skip-bad-images 1 to leave it out "
                             f"({len(meta['bad'])} unreadable in all)")
-        print(f"warning: skipped {len(meta['bad'])} unreadable image(s) ({desc}); the first: {first}", file=sys.stderr)
+        warn(f"skipped {len(meta['bad'])} unreadable image(s) ({desc}); the first: {first}")
     array = np.memmap(data_file, dtype=np.uint8, mode="r", shape=tuple(meta["shape"]))
-    return Cached(array, usable, np.asarray(meta["crc32"], dtype=np.int64))
+    return Cached(array, usable, np.asarray(meta["crc32"], dtype=np.int64), np.asarray(meta["row_crc32"], dtype=np.int64))
 
 
-def _build_cache(files, size, masks, data_file: Path, meta_file: Path, num_workers: int, desc: str) -> None:
+def _build_cache(files, size, masks, data_file: Path, meta_file: Path, num_workers: int, desc: str,
+                 bit_depth: int | None = None) -> dict:
     """Decode every file into the array, row by row in file order (unreadable ones are zeros, listed in
-    the description with their reason); the array is fsynced and renamed before its description."""
+    the description with their reason); the array is fsynced and renamed before its description.
+    Returns the description. Concurrent builders of one key write the same bytes: each renames its
+    own complete files into place, and an old description beside a new array still matches it."""
     try:
         data_file.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise storage_error(data_file.parent, error) from None
-    meta_file.unlink(missing_ok=True)  # never a description beside an array it does not describe
-    bad, reasons, crcs, rows = [], [], [0] * len(files), [0] * len(files)
-    loader = torch.utils.data.DataLoader(ImageFiles(files, size, masks), batch_size=64,
+    bad, reasons, crcs, rows, inferred = [], [], [0] * len(files), [0] * len(files), [None] * len(files)
+    loader = torch.utils.data.DataLoader(ImageFiles(files, size, masks, bit_depth), batch_size=64,
                                          num_workers=num_workers, collate_fn=keep_as_list)
     partial = data_file.with_name(f".{data_file.name}.{os.getpid()}.partial")
     blank = np.zeros((size, size), dtype=np.uint8)
@@ -161,8 +171,8 @@ def _build_cache(files, size, masks, data_file: Path, meta_file: Path, num_worke
         with open(partial, "wb") as handle:
             for batch in tqdm(loader, desc=f"{desc} ({len(files)} images -> cache)", leave=False,
                               disable=len(files) < 500):
-                for i, pixels, crc, reason in batch:  # in file order: the loader keeps it
-                    crcs[i] = crc
+                for i, pixels, crc, reason, bits in batch:  # in file order: the loader keeps it
+                    crcs[i], inferred[i] = crc, bits
                     if pixels is None:
                         bad.append(i)
                         reasons.append(reason)
@@ -180,5 +190,7 @@ def _build_cache(files, size, masks, data_file: Path, meta_file: Path, num_worke
     except BaseException:
         partial.unlink(missing_ok=True)
         raise
-    atomic_write_json(meta_file, {"shape": [len(files), size, size], "bad": bad, "reasons": reasons,
-                                  "files": len(files), "crc32": crcs, "row_crc32": rows})
+    meta = {"shape": [len(files), size, size], "bad": bad, "reasons": reasons, "files": len(files), "crc32": crcs,
+            "row_crc32": rows, "inferred_bits": inferred}
+    atomic_write_json(meta_file, meta)
+    return meta

@@ -18,12 +18,12 @@ is line 1) and what to fix.
 from __future__ import annotations
 
 import io
-import sys
 from pathlib import Path
 
 import pandas as pd
 
 from apga.errors import DataError
+from apga.utils import notice
 
 REQUIRED = ("path", "label", "split")
 SPLITS = ("train", "valid")
@@ -99,8 +99,8 @@ def _filled(csv_path: Path, table: pd.DataFrame, line: pd.Series, column: str, f
         return fallback.copy()
     blank = table[column] == ""
     if blank.any() and not blank.all():
-        print(f"notice: {csv_path}: {int(blank.sum())} row(s) have no {column} (the first on line "
-              f"{line[blank].iloc[0]}); {_FALLBACK_TEXT[column]}", file=sys.stderr)
+        notice(f"{csv_path}: {int(blank.sum())} row(s) have no {column} (the first on line {line[blank].iloc[0]}); "
+               f"{_FALLBACK_TEXT[column]}")
     return table[column].where(~blank, fallback)
 
 

@@ -5,14 +5,18 @@ One decoder serves MURA, `--data-csv` tasks and `apga.predict`:
   (JPEG, BMP, 8-bit TIFF): to grey with Pillow, alpha dropped, then resized: MURA's images decode
   exactly as they always have. EXIF orientation is applied the way viewers show the picture.
 - **16-bit PNG and TIFF**: divided by 2**b - 1, where b is the PNG's sBIT (the bits the exporter
-  says are significant) when the file has one, and otherwise the fewest bits (8 to 16) that hold
-  the image's largest value: a radiograph exported with 10 or 12 bits in a 16-bit file decodes to
-  the full grey range, not to its bottom 2 %. sBIT with values that fill 16 bits (the PNG
-  standard's scaling) means b = 16. Colour and alpha 16-bit PNGs are read with pypng (Pillow keeps
-  only their top 8 bits).
+  says are significant) when the file has one; else `bit_depth` (`--bit-depth`, the bits the data
+  set's values use) when given; else the fewest bits (8 to 16) that hold the image's largest value.
+  A radiograph exported with 10 or 12 bits in a 16-bit file so decodes to the full grey range, not
+  to its bottom 2 %. sBIT with values that fill 16 bits (the PNG standard's scaling) means b = 16.
+  The last rule is per image: an image whose values stay below half its true range comes out
+  twice as bright (the image cache warns when a data set's images were read with different b;
+  pass --bit-depth then). Colour and alpha 16-bit PNGs are read with pypng (Pillow keeps only
+  their top 8 bits).
 - **DICOM** (with pydicom): the modality LUT (rescale slope and intercept), then the VOI LUT, or
   else the first window, or else the image's own range; MONOCHROME1 is inverted so that bone is
-  bright, as a viewer shows it; colour (RGB, YBR, palette) goes to grey. JPEG 2000 through
+  bright, as a viewer shows it (Presentation LUT Shape INVERSE, which digital radiographs pair with
+  MONOCHROME1, inverts the same way, once); colour (RGB, YBR, palette) goes to grey. JPEG 2000 through
   pylibjpeg-openjpeg; other compressed syntaxes decode when their pydicom plug-in is installed.
   Multi-frame files and files without pixel data are refused.
 
@@ -40,14 +44,24 @@ LUMA = (0.299, 0.587, 0.114)
 _HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 
-def decoder_settings() -> dict:
-    """What decoding depends on beyond a file's bytes: part of the image cache's key."""
-    import PIL
-    import png
-    import pydicom
+PLUGINS = ("pillow", "pydicom", "pypng", "pylibjpeg", "pylibjpeg-openjpeg", "pylibjpeg-libjpeg", "pylibjpeg-rle",
+           "pyjpegls", "python-gdcm")
 
-    return {"decoder": DECODER_VERSION, "pillow": PIL.__version__, "pydicom": pydicom.__version__,
-            "pypng": png.__version__, "voi": "lut, else first window, else range", "png16": "sBIT, else max bits"}
+
+def decoder_settings() -> dict:
+    """What decoding depends on beyond a file's bytes and its flags: the decoder's version and the
+    installed decoding packages (a DICOM that no plug-in could decode is tried again once one is
+    installed). Part of the image cache's key."""
+    from importlib import metadata
+
+    def version(package: str) -> str | None:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {"decoder": DECODER_VERSION, **{package: version(package) for package in PLUGINS},
+            "voi": "lut, else first window, else range", "png16": "sBIT, else --bit-depth, else max bits"}
 
 
 def is_dicom(content: bytes, name: str = "") -> bool:
@@ -55,15 +69,16 @@ def is_dicom(content: bytes, name: str = "") -> bool:
     return content[128:132] == b"DICM" or Path(name).suffix.lower() in DICOM_SUFFIXES
 
 
-def decode_image(path, size: int) -> np.ndarray:
-    """Any supported image file -> (size, size) uint8 grey, bone bright.
+def decode_image(path, size: int, bit_depth: int | None = None) -> np.ndarray:
+    """Any supported image file -> (size, size) uint8 grey, bone bright. `bit_depth`: the bits the
+    values of 16-bit files without sBIT use (module docstring).
 
     Raises `ImageError` naming the file when it cannot be read or decoded."""
     try:
         content = Path(path).read_bytes()
     except OSError as error:
         raise ImageError(f"cannot read image {path} ({error.strerror or error})") from None
-    return decode_bytes(content, size, str(path))
+    return decode_bytes(content, size, str(path), bit_depth=bit_depth)
 
 
 def decode_mask(path, size: int) -> np.ndarray:
@@ -71,10 +86,18 @@ def decode_mask(path, size: int) -> np.ndarray:
     return (decode_image(path, size) >= 128).astype(np.uint8)
 
 
-def decode_bytes(content: bytes, size: int, name: str, mask: bool = False) -> np.ndarray:
+def decode_bytes(content: bytes, size: int, name: str, mask: bool = False, bit_depth: int | None = None) -> np.ndarray:
     """`decode_image` of a file's bytes (`name`: its path, for format hints and messages)."""
+    return decode_with_depth(content, size, name, mask, bit_depth)[0]
+
+
+def decode_with_depth(content: bytes, size: int, name: str, mask: bool = False,
+                      bit_depth: int | None = None) -> tuple[np.ndarray, int | None]:
+    """`decode_bytes`, and the bit depth b read off a 16-bit file's largest value (None when b came
+    from sBIT or `bit_depth`, or the file is no 16-bit PNG or TIFF)."""
+    inferred = []
     try:
-        grey = _grey(content, name)
+        grey = _grey(content, name, bit_depth, inferred)
     except ImageError:
         raise
     except Image.DecompressionBombError as error:
@@ -89,7 +112,7 @@ def decode_bytes(content: bytes, size: int, name: str, mask: bool = False) -> np
         resized = Image.fromarray(np.ascontiguousarray(grey, dtype=np.float32), mode="F")
         resized = np.asarray(resized.resize((size, size), Image.BILINEAR))
         pixels = np.clip(np.rint(resized * 255.0), 0, 255).astype(np.uint8)
-    return (pixels >= 128).astype(np.uint8) if mask else pixels
+    return ((pixels >= 128).astype(np.uint8) if mask else pixels), (inferred[0] if inferred else None)
 
 
 def _bomb_reason(error: Exception) -> str:
@@ -98,8 +121,9 @@ def _bomb_reason(error: Exception) -> str:
             f"{2 * limit / 1e6:.0f} Mpx: downscale the image")
 
 
-def _grey(content: bytes, name: str):
-    """An "L" image (8-bit sources) or a float32 (H, W) array in [0, 1] (everything else)."""
+def _grey(content: bytes, name: str, bit_depth: int | None = None, inferred: list | None = None):
+    """An "L" image (8-bit sources) or a float32 (H, W) array in [0, 1] (everything else); a bit
+    depth read off an image's largest value is appended to `inferred`."""
     if is_dicom(content, name):
         return _dicom_grey(content, name)
     if content.startswith(PNG_SIGNATURE):
@@ -108,48 +132,57 @@ def _grey(content: bytes, name: str):
         header = png.Reader(bytes=content)
         header.preamble()
         if header.bitdepth == 16:
-            return _png16_grey(content, header)
+            return _png16_grey(content, header, name, bit_depth, inferred)
     with Image.open(io.BytesIO(content)) as image:
         image.load()
         image = ImageOps.exif_transpose(image)
         if image.mode in _HIGH_DEPTH_MODES:
-            return _high_depth_grey(np.asarray(image))
+            return _high_depth_grey(np.asarray(image), name, bit_depth, inferred)
         if image.mode in ("LA", "RGBA", "PA") or (image.mode == "P" and "transparency" in image.info):
             image = image.convert("RGBA").convert("RGB")  # drop alpha, keep the intensities
         return image.convert("L")
 
 
-def unit_range(values: np.ndarray, significant_bits: int | None = None) -> np.ndarray:
+def unit_range(values: np.ndarray, significant_bits: int | None = None, bit_depth: int | None = None,
+               name: str = "", inferred: list | None = None) -> np.ndarray:
     """Unsigned integer samples of a 16-bit container -> float32 in [0, 1] (see the module docstring)."""
     top = int(values.max()) if values.size else 0
-    if significant_bits and top < 2 ** significant_bits:
-        bits = significant_bits
-    elif significant_bits:
-        bits = 16  # scaled to the container's range, as the PNG standard asks
+    if significant_bits:
+        bits = significant_bits if top < 2 ** significant_bits else 16  # else scaled to 16 bits, as the standard asks
+    elif bit_depth:
+        if top >= 2 ** bit_depth:
+            raise ImageError(f"cannot read image {name}: it holds values up to {top}, more than --bit-depth {bit_depth} "
+                             f"allows ({2 ** bit_depth - 1}); pass the bits its values use, or leave --bit-depth out")
+        bits = bit_depth
     else:
         bits = max(8, top.bit_length())
+        if inferred is not None:
+            inferred.append(bits)
     return (values.astype(np.float32) / np.float32(2 ** bits - 1)).clip(0, 1)
 
 
-def _high_depth_grey(values: np.ndarray) -> np.ndarray:
+def _high_depth_grey(values: np.ndarray, name: str = "", bit_depth: int | None = None,
+                     inferred: list | None = None) -> np.ndarray:
     """16-bit grey (and 32-bit integer or float TIFF) samples -> [0, 1]."""
     if values.dtype.kind == "u" or (values.dtype.kind == "i" and values.min() >= 0 and values.max() < 2 ** 16):
-        return unit_range(values.astype(np.uint32))
+        return unit_range(values.astype(np.uint32), None, bit_depth, name, inferred)
     return _min_max(values.astype(np.float64))  # signed or float samples: their own range
 
 
-def _png16_grey(content: bytes, header) -> np.ndarray:
-    significant = max(header.sbit) if header.sbit else None  # one byte per channel
+def _png16_grey(content: bytes, header, name: str = "", bit_depth: int | None = None,
+                inferred: list | None = None) -> np.ndarray:
+    colours = 1 if header.greyscale else 3
+    significant = max(header.sbit[:colours]) if header.sbit else None  # one byte per channel; alpha's is not ours
     if header.greyscale and not header.alpha:  # the common case: Pillow decodes it fast
         with Image.open(io.BytesIO(content)) as image:
             image = ImageOps.exif_transpose(image)
-            return unit_range(np.asarray(image).astype(np.uint32), significant)
+            return unit_range(np.asarray(image).astype(np.uint32), significant, bit_depth, name, inferred)
     width, height, rows, info = header.read()
     planes = info["planes"]
     samples = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes)
-    colour = samples[..., :3] if planes >= 3 else samples[..., :1]  # alpha dropped
-    scaled = unit_range(colour, significant)
-    return scaled[..., 0] if colour.shape[-1] == 1 else scaled @ np.asarray(LUMA, dtype=np.float32)
+    colour = samples[..., :colours]  # alpha dropped
+    scaled = unit_range(colour, significant, bit_depth, name, inferred)
+    return scaled[..., 0] if colours == 1 else scaled @ np.asarray(LUMA, dtype=np.float32)
 
 
 def _min_max(values: np.ndarray) -> np.ndarray:
@@ -191,8 +224,9 @@ def _dicom_grey(content: bytes, name: str) -> np.ndarray:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         unit = _displayed(arr, ds)
-        inverse = str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
-        return 1.0 - unit if (photometric == "MONOCHROME1") != inverse else unit
+        # MONOCHROME1 (or Presentation LUT Shape INVERSE, which DX images pair with it): one inversion
+        inverse = photometric == "MONOCHROME1" or str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
+        return 1.0 - unit if inverse else unit
     from pydicom.pixels import apply_color_lut
 
     if photometric == "PALETTE COLOR":
@@ -241,6 +275,8 @@ def _displayed(arr: np.ndarray, ds) -> np.ndarray:
 
 
 def _scaled(values: np.ndarray, low: float, high: float) -> np.ndarray:
-    if high <= low:
+    """`low` -> 0 and `high` -> 1, linearly. `low` may exceed `high`: pydicom's window output range
+    under a negative rescale slope, where the window's lower side is still `low`."""
+    if high == low:
         return np.zeros(values.shape, dtype=np.float32)
     return ((values.astype(np.float64) - low) / (high - low)).clip(0, 1).astype(np.float32)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from apga.data import mura
 from apga.errors import APGAError, DataError
-from apga.utils import storage_error
+from apga.utils import configure_logging, error, storage_error
 
 FORMATS = ("dicom", "png16")
 STORED_BITS = 12
@@ -84,10 +84,11 @@ def write_cr_dicom(path: Path, grey: np.ndarray, patient: str, study: str) -> No
 
 def main(source: str, out: str, format: str = "dicom", body_part: str = "elbow") -> None:  # noqa: A002 - the flag's name
     """Write SOURCE's BODY_PART images (MURA layout) as a --data-csv task of DICOM files or 16-bit PNGs in OUT."""
+    configure_logging()
     try:
         csv = export_task(source, out, format, body_part)
-    except APGAError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except APGAError as problem:
+        error(str(problem))
         sys.exit(2)
     print(f"{len(pd.read_csv(csv))} images: {csv}")
 

@@ -1,6 +1,6 @@
 """The MURA v1.1 index: CSV parsing, labels from paths, body parts, k-shot and holdout splits.
 
-Layout (METHOD.md section 7):
+Layout (Rajpurkar et al., MURA v1.1):
     <data_root>/MURA-v1.1/{train,valid}/XR_<PART>/patientNNNNN/studyK_{positive,negative}/imageM.png
 with `{train,valid}_image_paths.csv` (one column, no header in the official files) and
 `{train,valid}_labeled_studies.csv` (study folder with a trailing '/', label 0/1).

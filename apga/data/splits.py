@@ -9,7 +9,6 @@ batch's device (apga/data/batches.py).
 from __future__ import annotations
 
 import hashlib
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from apga.data import csv_index, mura
 from apga.data.batches import CachedImages
 from apga.data.cache import cached_array
 from apga.errors import DataError
+from apga.utils import warn
 
 
 @dataclass
@@ -43,9 +43,10 @@ TRUTH_DIRS = {"bone": mura.MASK_DIR, "finding": mura.FINDING_DIR}
 
 def _cached_split(config, root: Path, index: pd.DataFrame, cache_dir: Path, desc: str, truths: tuple[str, ...]):
     """Decoded images (and ground-truth masks) of every row of `index`, and which rows are readable."""
-    images, usable, crcs = cached_array([root / p for p in index["path"]], config.image_size, cache_dir,
-                                        skip_bad=config.skip_bad_images, num_workers=config.num_workers, desc=desc)
-    index["crc32"] = crcs  # the images' content, for the data fingerprint
+    images, usable, crcs, rows = cached_array([root / p for p in index["path"]], config.image_size, cache_dir,
+                                              skip_bad=config.skip_bad_images, num_workers=config.num_workers,
+                                              desc=desc, bit_depth=config.bit_depth)
+    index["crc32"], index["row_crc32"] = crcs, rows  # the files' and the decoded images' content: the fingerprint
     masks = {}
     for name in truths:
         files = [root / TRUTH_DIRS[name] / Path(p).relative_to(mura.MURA_DIR) for p in index["path"]]
@@ -71,18 +72,19 @@ def require_both_classes(labels, what: str, fix: str) -> None:
 
 def data_fingerprint(root: Path, splits: dict[str, Split]) -> str:
     """A short digest of what a run learns from and is measured on: every split's image paths,
-    labels and file contents (their CRC-32s; after k-shot, holdout and skipped unreadable images)
-    and, for generated data, the generator's parameters and version. Part of a run's identity: a
-    finished run is reused only on the same fingerprint (an image replaced in place changes it; a
-    data set copied elsewhere does not)."""
+    labels, file contents and decoded images (their CRC-32s; after k-shot, holdout and skipped
+    unreadable images) and, for generated data, the generator's parameters and version. Part of a
+    run's identity: a finished run is reused only on the same fingerprint (an image replaced in
+    place, or decoded otherwise by a new decoder or --bit-depth, changes it; a data set copied
+    elsewhere does not)."""
     digest = hashlib.sha256()
     generated = Path(root) / "GENERATED.json"
     if generated.is_file():
         digest.update(generated.read_bytes())
     for name, split in splits.items():
         digest.update(f"[{name} {len(split.index)}]\n".encode())
-        rows = zip(split.index["path"], split.index["label"], split.index["crc32"])
-        digest.update("".join(f"{p},{y},{c}\n" for p, y, c in rows).encode())
+        rows = zip(split.index["path"], split.index["label"], split.index["crc32"], split.index["row_crc32"])
+        digest.update("".join(f"{p},{y},{c},{r}\n" for p, y, c, r in rows).encode())
     return digest.hexdigest()[:16]
 
 
@@ -134,8 +136,8 @@ def prepare_run_data(config, seed: int) -> RunData:
     if holdout:
         held = mura.holdout_patients(train.iloc[train_rows], config.holdout_fraction, seed)
         if len(np.unique(train["label"].to_numpy()[train_rows[held]])) < 2:
-            print(f"warning: the held-out selection split of seed {seed} ({int(held.sum())} images) holds one class: "
-                  f"selecting on it rewards predicting that class; raise --holdout-fraction", file=sys.stderr)
+            warn(f"the held-out selection split of seed {seed} ({int(held.sum())} images) holds one class: selecting "
+                 f"on it rewards predicting that class; raise --holdout-fraction")
         select = _split(train, train_images, train_masks, train_rows[held])
         train_rows = train_rows[~held]
     if config.n_shot is not None:

@@ -2,7 +2,7 @@
 
 Everything is batched on the device and moved to the host once, at the end.
 - plain: softmax of the original image;
-- TTA (masking methods, METHOD.md section 3): mean of the softmax of the original and of the
+- TTA (masking methods, the paper's evaluation; docs/method.md): mean of the softmax of the original and of the
   kept-region image;
 - kept / removed: the classifier shown only the kept region, or the image with the kept
   region blanked (a deletion/insertion check that needs no ground truth);

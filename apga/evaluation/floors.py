@@ -1,5 +1,5 @@
 """Floors for mask quality: maps that need no training, scored beside every method at the same
-areas (METHOD.md section 9). A method whose masks do not beat them has not found anything.
+areas (docs/method.md). A method whose masks do not beat them has not found anything.
 
 - `random-pixels`: uniform noise (its top-rho pixels are random pixels);
 - `random-boxes`: one box per image of random aspect (1:2 to 2:1) around a random centre in the
@@ -20,7 +20,7 @@ import math
 import torch
 
 from apga.methods.gradcam import grad_cam
-from apga.methods.masks import top_fraction
+from apga.methods.masks import scale_to_unit, top_fraction
 
 FLOORS = ("random-pixels", "random-boxes", "brightest", "gradcam")
 
@@ -53,9 +53,7 @@ class Floor:
 
     def mask_probabilities(self, images: torch.Tensor) -> torch.Tensor:
         """The floor's map of a batch in [0, 1]; random floors draw from a generator seeded per batch."""
-        maps = self._maps(images).flatten(1)
-        maps = maps - maps.min(1, keepdim=True).values
-        return (maps / maps.max(1, keepdim=True).values.clamp(min=1e-12)).view(len(images), 1, *images.shape[-2:])
+        return scale_to_unit(self._maps(images).float())
 
     def _maps(self, images: torch.Tensor) -> torch.Tensor:
         generator = torch.Generator(images.device).manual_seed(self.seed * 1000 + self.batches)

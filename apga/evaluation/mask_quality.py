@@ -1,4 +1,4 @@
-"""Does a mask find what matters? The measures of METHOD.md section 9, batched on the device.
+"""Does a mask find what matters? The measures of docs/method.md, batched on the device.
 
 From a method's probability map (B, 1, H, W), at fixed areas rho (its top-rho pixels):
 - `bone_precision_10`, `bone_precision_30`: the share of the top-10 % / 30 % pixels inside the bone;
@@ -7,7 +7,7 @@ From a method's probability map (B, 1, H, W), at fixed areas rho (its top-rho pi
   share of the maximal pixels that do: a constant map scores the finding's area, not 1);
 - `bone_auroc`, `finding_auroc`: the pixel AUROC of the map against the bone / the finding, per image;
 - `location_gap_10`: CE increase from blanking the top-10 % mask minus the increase from blanking
-  the same mask rolled by half the image (the issue's definition): near 0 for a pattern that
+  the same mask rolled by half the image: near 0 for a pattern that
   ignores the image and anatomy alike, but above 0 for one that sits where anatomy usually is;
 - `swap_gap_10`: the same against the mask of another patient's image (the nearest earlier image
   of the batch whose patient differs) blanked on this image: near 0 for any mask that ignores the
@@ -110,7 +110,7 @@ def location_gaps(classifier, images: torch.Tensor, labels: torch.Tensor, top: t
     """Two controls for where a mask is, per image (B,), from one classifier call on 3 B images:
 
     - location gap: CE(f(x with `top` blanked)) - CE(f(x with `top` rolled by half the image
-      blanked)), the issue's definition. A mask that ignores the image but sits where anatomy
+      blanked)). A mask that ignores the image but sits where anatomy
       usually is (centre-biased boxes) still scores above 0 on it;
     - swap gap: the same against the mask of another patient's image of the batch
       (`other_patient_partners`; without `patients`, every image counts as its own patient),

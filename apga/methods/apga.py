@@ -1,4 +1,4 @@
-"""APGA: Adversarial Policy Gradient Augmentation (METHOD.md section 2; paper Fig. 1).
+"""APGA: Adversarial Policy Gradient Augmentation (the paper's Fig. 1; docs/method.md).
 
 Each step: (1) a classifier step on the clean batch; (2-7) the agent proposes masks and learns,
 by policy gradient, to mark the pixels whose blanking hurts the classifier most (how is the
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from apga.methods import estimators
-from apga.methods.base import Method, blanking_variant
+from apga.methods.base import Method, variant_name
 from apga.utils import eval_mode
 
 
@@ -65,21 +65,5 @@ class APGA(Method):
 
 
 def apga_variant(config) -> str:
-    """'' for the paper's settings, else what differs: estimator (with its settings that differ from
-    their defaults), agent warm-up, fill, kept-region norm, agent scale. Variants sit side by side in one out-dir."""
-    from apga.config import defaults, default_mask_cell
-
-    parts = [] if config.estimator == "greedy" else [config.estimator]
-    if config.estimator == "rloo":
-        standard = defaults() | {"mask_cell": default_mask_cell(config.image_size)}
-        for name, short in (("mask_cell", "cell"), ("policy_samples", "k"), ("mask_area", "rho"),
-                            ("area_weight", "lambda"), ("prior_weight", "w")):
-            if getattr(config, name) != standard[name]:
-                parts.append(f"{short}{getattr(config, name):g}")
-    if config.agent_warmup:
-        parts.append(f"warmup{config.agent_warmup}")
-    if blanking_variant(config):
-        parts.append(blanking_variant(config))
-    if config.agent_scale != 1:
-        parts.append(f"scale{config.agent_scale:g}")
-    return "-".join(parts)
+    """APGA's variant: its estimator and settings, warm-up, fill, kept-region norm, agent scale."""
+    return variant_name(config, policy=True, kept_step=True, agent=True)

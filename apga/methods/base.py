@@ -20,11 +20,30 @@ from apga.distributed import Dist
 from apga.methods.masks import greedy_action, kept_images
 
 
-def blanking_variant(config, kept_step: bool = True) -> str:
-    """The non-paper settings of how pixels are blanked and kept: the fill, the kept-region norm."""
-    parts = [f"{config.fill}fill"] if config.fill != "zero" else []
+def variant_name(config, *, policy: bool = False, kept_step: bool = False, agent: bool = False) -> str:
+    """What a run's settings change from the paper's, in one name ('' for the paper's): with
+    `policy`, APGA's estimator (and its settings that differ from their defaults) and agent
+    warm-up; always the fill; with `kept_step`, the kept-region batch norm; with `agent`, the
+    agent's input scale. E.g. 'rloo-warmup300-frozenbn'. Variants sit side by side in one out-dir."""
+    from apga.config import default_mask_cell, defaults
+
+    parts = []
+    if policy:
+        parts += [] if config.estimator == "greedy" else [config.estimator]
+        if config.estimator == "rloo":
+            standard = defaults() | {"mask_cell": default_mask_cell(config.image_size)}
+            for name, short in (("mask_cell", "cell"), ("policy_samples", "k"), ("mask_area", "rho"),
+                                ("area_weight", "lambda"), ("prior_weight", "w")):
+                if getattr(config, name) != standard[name]:
+                    parts.append(f"{short}{getattr(config, name):g}")
+        if config.agent_warmup:
+            parts.append(f"warmup{config.agent_warmup}")
+    if config.fill != "zero":
+        parts.append(f"{config.fill}fill")
     if kept_step and config.kept_norm != "batch":
         parts.append(f"{config.kept_norm}bn")
+    if agent and config.agent_scale != 1:
+        parts.append(f"scale{config.agent_scale:g}")
     return "-".join(parts)
 
 
@@ -100,7 +119,12 @@ class Method:
     @property
     def variant(self) -> str:
         """Distinguishes settings of one method in results ('' for the paper's)."""
-        return blanking_variant(self.config, kept_step=self.name not in ("baseline", "cutout")) if self.fine_tuned else ""
+        return variant_name(self.config, kept_step=self.has_kept_step) if self.fine_tuned else ""
+
+    @property
+    def has_kept_step(self) -> bool:
+        """Trains on kept-region images (so --kept-norm can change it)."""
+        return self.name not in ("baseline", "cutout")
 
     def inputs(self) -> dict:
         """What this run starts from beyond its settings and data (part of its identity)."""

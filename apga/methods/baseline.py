@@ -1,4 +1,4 @@
-"""The baseline: DenseNet trained from scratch on the clean images (METHOD.md section 4)."""
+"""The baseline: DenseNet trained from scratch on the clean images (the paper's baseline; docs/method.md)."""
 from __future__ import annotations
 
 from apga.methods.base import Method

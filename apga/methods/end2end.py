@@ -1,7 +1,7 @@
 """End-to-end masking: the agent's soft mask is trained cooperatively by backpropagation.
 
 CE(f(x * p), y) + 0.5 BCE(p, 0) + 0.6 BCE(p, 1) is backpropagated into both networks, then
-the same kept-region classifier step as APGA (METHOD.md section 4).
+the same kept-region classifier step as APGA (docs/method.md).
 """
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from apga.methods.masks import area_penalty
-from apga.methods.base import Method, Phase
+from apga.methods.base import Method, Phase, variant_name
 
 EMPTY_PENALTY, FULL_PENALTY = 0.5, 0.6
 
@@ -21,8 +21,7 @@ class EndToEnd(Method):
 
     @property
     def variant(self) -> str:
-        parts = [super().variant] + ([f"scale{self.config.agent_scale:g}"] if self.config.agent_scale != 1 else [])
-        return "-".join(p for p in parts if p)
+        return variant_name(self.config, kept_step=True, agent=True)
 
     def phases(self, images, labels):
         yield self.classifier_phase(images, labels, "clean_loss")

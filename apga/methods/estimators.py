@@ -2,14 +2,14 @@
 
 One small class per estimator, found through `ESTIMATORS` (name -> class). An estimator says:
 - `probabilities(logits)`: the agent's mask probability map p, (B, 1, H, W);
-- `policy_phase(method, images, labels, clean_loss)`: the agent's loss (METHOD.md steps 2-7);
+- `policy_phase(method, images, labels, clean_loss)`: the agent's loss (steps 2-7 of docs/method.md);
 - `keep_mask(probabilities)`: the deterministic mask of the kept-region step and of evaluation;
 - `policy_area(probabilities)`: the expected fraction of pixels its policy marks, per image;
 - `state_dict()` / `load_state_dict()`: what it carries between steps (for checkpoints).
 
 `greedy` is the paper's: threshold at 0.5, one reward per batch with a moving-average baseline.
 `sample` draws Bernoulli actions instead (proper REINFORCE, still one reward per batch). `rloo`
-(METHOD.md section 8) acts on a coarse grid of cells, draws K samples per image, and rewards
+(docs/method.md) acts on a coarse grid of cells, draws K samples per image, and rewards
 each with its own loss against a leave-one-out baseline, under an area budget and a prior.
 """
 from __future__ import annotations
@@ -111,7 +111,7 @@ class Sampled(Greedy):
 
 
 class RLOO:
-    """REINFORCE with a leave-one-out baseline on a coarse grid (METHOD.md section 8).
+    """REINFORCE with a leave-one-out baseline on a coarse grid (docs/method.md).
 
     Cells of `mask_cell` px: p_c = sigmoid(avgpool(agent(x))). K samples a^(k) ~ Bernoulli(p_c)
     per image; all B K masked images go through the classifier as one batch. Per-image reward

@@ -1,6 +1,6 @@
 """Batched Grad-CAM (Selvaraju et al. 2017) at a named layer, entirely in torch on the device.
 
-Used by the Grad-CAM masking method (METHOD.md section 4) with a frozen copy of the baseline.
+Used by the Grad-CAM masking method (docs/method.md) with a frozen copy of the baseline.
 The model's parameters get no gradient and its train/eval mode is restored afterwards: the
 gradient is taken with `torch.autograd.grad` with respect to the layer's output alone.
 """
@@ -11,6 +11,8 @@ import contextlib
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from apga.methods.masks import scale_to_unit
 
 
 @contextlib.contextmanager
@@ -32,13 +34,6 @@ def capture_layer_output(module: nn.Module):
         yield captured
     finally:
         handle.remove()
-
-
-def _min_max(maps: torch.Tensor) -> torch.Tensor:
-    """Scale each (1, H, W) map of a batch to [0, 1]."""
-    flat = maps.flatten(1)
-    flat = flat - flat.min(1, keepdim=True).values
-    return (flat / (flat.max(1, keepdim=True).values + 1e-7)).view_as(maps)
 
 
 def grad_cam(model: nn.Module, images: torch.Tensor, target_layer: str = "features.norm5",
@@ -65,5 +60,5 @@ def grad_cam(model: nn.Module, images: torch.Tensor, target_layer: str = "featur
     activation = F.relu(captured["activation"].detach())  # (B, C, h, w)
     weights = gradient.mean((2, 3), keepdim=True)  # (B, C, 1, 1)
     cam = F.relu((weights * activation).sum(1, keepdim=True))  # (B, 1, h, w)
-    cam = F.interpolate(_min_max(cam), size=images.shape[-2:], mode="bilinear", align_corners=False)
-    return _min_max(cam).clamp_(0, 1)  # (B, 1, H, W)
+    cam = F.interpolate(scale_to_unit(cam), size=images.shape[-2:], mode="bilinear", align_corners=False)
+    return scale_to_unit(cam).clamp_(0, 1)  # (B, 1, H, W)

@@ -1,4 +1,4 @@
-"""Mask semantics and batched mask samplers (METHOD.md sections 2 and 4).
+"""Mask semantics and batched mask samplers (docs/method.md: APGA's step, end-to-end, Cutout).
 
 A mask is (B, 1, H, W) with 1 on the pixels the agent *marked*. Adversarial images blank the
 marked pixels; kept-region images keep only them. Blanked pixels are filled with 0 (the paper),
@@ -12,13 +12,20 @@ import math
 import torch
 import torch.nn.functional as F
 
+from apga.config import FILLS
+
+
+def scale_to_unit(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Each map of a batch (B, ...) scaled to [0, 1]: (x - min) / (max - min + eps). Monotone per
+    map, so it keeps every ranking (top-rho masks); a constant map becomes 0."""
+    flat = maps.flatten(1)
+    flat = flat - flat.min(1, keepdim=True).values
+    return (flat / (flat.max(1, keepdim=True).values + eps)).view_as(maps)
+
 
 def greedy_action(probabilities: torch.Tensor) -> torch.Tensor:
     """The paper's action: mark a pixel when its probability exceeds 0.5."""
     return (probabilities > 0.5).to(probabilities.dtype)
-
-
-FILLS = ("zero", "mean", "blur")
 
 
 def fill_values(images: torch.Tensor, fill: str = "zero") -> torch.Tensor | float:

@@ -14,7 +14,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from apga.data import to_model_input
-from apga.methods.masks import adversarial_images, kept_images
+from apga.methods.masks import adversarial_images, kept_images, scale_to_unit
 from apga.utils import atomic_write_bytes, eval_mode
 
 COLUMNS = ("image", "map (min-max)", "adversarial", "kept")
@@ -32,9 +32,7 @@ def mask_panels(method, images: torch.Tensor, probabilities: torch.Tensor | None
     if probabilities is None:
         return None
     keep = method.keep_mask(probabilities)
-    flat = probabilities.flatten(1).float()
-    low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
-    scaled = ((flat - low) / (high - low).clamp(min=1e-6)).view_as(probabilities)  # (N, 1, S, S)
+    scaled = scale_to_unit(probabilities.float())  # (N, 1, S, S)
     panels = [images[:, :1], scaled, adversarial_images(images, keep, method.fill)[:, :1],
               kept_images(images, keep, method.fill)[:, :1]]
     grid = torch.cat([torch.nn.functional.interpolate(p.float(), size=(tile, tile), mode="nearest") for p in panels], dim=3)

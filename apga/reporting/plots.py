@@ -15,14 +15,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from apga.evaluation.mask_quality import COLUMNS as MASK_QUALITY_COLUMNS
 from apga.reporting.results import method_rank
+from apga.reporting.stats import t_interval
 from apga.utils import atomic_write_bytes
 
 SHOT_ORDER_LAST = "all"
 REPORT_PLOTS = ("accuracy_vs_shots-*.png", "paired_differences-*.png", "mask_quality-*.png")  # what the report draws
 QUALITY_PANELS = (("bone_precision_10", "bone precision, top 10 %"), ("finding_cover_10", "finding covered, top 10 %"),
                   ("location_gap_10", "location gap, top 10 % (CE)"), ("swap_gap_10", "swap gap, top 10 % (CE)"),
-                  ("occlusion_agreement_10", "agreement with occlusion, top 10 %"))
+                  ("occlusion_agreement_10", "agreement with occlusion, top 10 %"))  # a choice among MASK_QUALITY_COLUMNS
+assert {column for column, _ in QUALITY_PANELS} <= set(MASK_QUALITY_COLUMNS)
 
 
 def _pyplot():
@@ -42,19 +45,6 @@ def _save(figure, path: Path) -> Path:
     _pyplot().close(figure)
     atomic_write_bytes(Path(path), buffer.getvalue())
     return Path(path)
-
-
-def mean_interval(values) -> tuple[float, float]:
-    """Mean and the half-width of its 95 % t interval (0 with one value, NaN with none)."""
-    from scipy import stats
-
-    values = np.asarray(values, dtype=float)
-    values = values[np.isfinite(values)]
-    if len(values) == 0:
-        return math.nan, math.nan
-    if len(values) == 1:
-        return float(values[0]), 0.0
-    return float(values.mean()), float(stats.t.ppf(0.975, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values)))
 
 
 def _shot_key(shot) -> float:
@@ -82,7 +72,7 @@ def plot_shots(table: pd.DataFrame, out_dir: Path) -> list[Path]:
                 axis = axes[metric_row, column]
                 for number, label in enumerate(labels):  # each method a little to the side, so intervals do not hide
                     group = runs[runs["label"] == label]
-                    stats = [mean_interval(pd.to_numeric(group[group["n_shot"].astype(str) == k][metric], errors="coerce"))
+                    stats = [t_interval(pd.to_numeric(group[group["n_shot"].astype(str) == k][metric], errors="coerce"))
                              for k in shots]
                     means, halves = zip(*stats)
                     dodge = 0.06 * (number - (len(labels) - 1) / 2)
@@ -140,7 +130,7 @@ def plot_mask_quality(table: pd.DataFrame, out_dir: Path) -> list[Path]:
         width = 0.8 / len(shots)
         for axis, (column, title) in zip(axes[:, 0], panels):
             for i, shot in enumerate(shots):
-                stats = [mean_interval(pd.to_numeric(part[(part["label"] == label)
+                stats = [t_interval(pd.to_numeric(part[(part["label"] == label)
                                                           & (part["n_shot"].astype(str) == shot)][column],
                                                      errors="coerce")) for label in labels]
                 means, halves = zip(*stats)

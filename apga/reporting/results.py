@@ -18,23 +18,21 @@ import io
 import json
 import math
 import os
-import sys
 from pathlib import Path
 
 import pandas as pd
 
-from apga.utils import atomic_write_bytes
+from apga.evaluation.mask_quality import COLUMNS as MASK_QUALITY_COLUMNS
+from apga.utils import atomic_write_bytes, notice
 
 RESULTS_FILE = "results.csv"
 RESULT_FILE = "result.json"
 METHOD_ORDER = ["baseline", "cutout", "gradcam", "end2end", "apga", "random", "floor"]  # how tables and plots list them
 IDENTITY = ["body_part", "seed", "n_shot", "method", "variant", "model_selection"]
-METRICS = ["accuracy", "accuracy_tta", "auroc", "kappa", "study_accuracy", "study_accuracy_tta",
-           "study_auroc", "study_kappa", "bone_precision_10", "bone_precision_30", "finding_cover_10",
-           "pointing_hit", "bone_auroc", "finding_auroc", "location_gap_10", "swap_gap_10", "mask_sd",
-           "occlusion_agreement_10",
-           "collapsed", "policy_area", "mask_area", "keep_area", "mask_iou", "mask_recall", "kept_accuracy",
-           "removed_accuracy", "selection_accuracy", "selection_evaluations", "best_epoch", "epochs_trained"]
+METRICS = ["accuracy", "accuracy_tta", "auroc", "kappa", "study_accuracy", "study_accuracy_tta", "study_auroc",
+           "study_kappa", *MASK_QUALITY_COLUMNS, "policy_area", "mask_area", "keep_area", "mask_iou", "mask_recall",
+           "kept_accuracy", "removed_accuracy", "selection_accuracy", "selection_evaluations", "best_epoch",
+           "epochs_trained"]  # the columns results.csv lists first, in this order
 RUN_PATTERNS = ("*/seed*/*/" + RESULT_FILE, "*/seed*/floors/*/" + RESULT_FILE)  # run folders under an out-dir
 
 
@@ -63,10 +61,10 @@ def locked(path: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def collect(out_dir: Path) -> pd.DataFrame:
-    """Every finished run's row under `out_dir`, sorted by run id (result.json files without a row,
-    written by versions before 0.2, are counted in a notice)."""
-    rows, old = [], 0
+def collect(out_dir: Path) -> tuple[pd.DataFrame, list[str]]:
+    """Every finished run's row under `out_dir`, sorted by run id, and the run ids of finished runs
+    whose result.json carries no row (written by versions before 0.2)."""
+    rows, old = [], []
     for pattern in RUN_PATTERNS:
         for path in Path(out_dir).glob(pattern):
             try:
@@ -76,20 +74,25 @@ def collect(out_dir: Path) -> pd.DataFrame:
             if "run_id" in row:
                 rows.append({k: v for k, v in row.items() if k not in ("inputs",)})
             else:
-                old += 1
-    if old:
-        print(f"notice: {old} finished run(s) in {out_dir} were written by an older version and carry no results "
-              f"row; rerun their command to index them", file=sys.stderr)
-    if not rows:
-        return pd.DataFrame(columns=IDENTITY + METRICS)
-    return pd.DataFrame(rows).sort_values("run_id", kind="stable").reset_index(drop=True)
+                old.append(str(path.parent.relative_to(out_dir)))
+    table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=IDENTITY + METRICS + ["run_id"])
+    return table.sort_values("run_id", kind="stable").reset_index(drop=True), old
 
 
 def rebuild(out_dir: str | Path) -> pd.DataFrame:
-    """results.csv of `out_dir` from its runs' result.json files; returns the table as written."""
+    """results.csv of `out_dir` from its runs' result.json files; returns the table as written.
+
+    Runs finished by a version before 0.2 (their result.json carries no row) keep the row the old
+    results.csv has for them; the next command that reaches them writes their row into result.json."""
     path = Path(out_dir) / RESULTS_FILE
     with locked(path):
-        table = collect(Path(out_dir))
+        table, old = collect(Path(out_dir))
+        if old:
+            previous = read_results(path)
+            kept = previous[previous["run_id"].isin(old)] if "run_id" in previous.columns else previous.iloc[:0]
+            notice(f"{len(old)} finished run(s) in {out_dir} were written by an older version; {len(kept)} keep their "
+                   f"row from the old {RESULTS_FILE}")
+            table = pd.concat([table, kept], ignore_index=True).sort_values("run_id", kind="stable")
         _write(path, table)
     return read_results(path)
 
@@ -114,8 +117,9 @@ def read_results(path: Path) -> pd.DataFrame:
 def mark_superseded(table: pd.DataFrame) -> pd.DataFrame:
     """`superseded` = 1 for rows whose run no longer matches what it depends on, in the same seed
     folder: a fine-tuned run or floor whose baseline digest or data fingerprint is not the current
-    baseline row's (the baseline was trained again), or a random floor whose kept area is not the
-    current area of its APGA variant. The report leaves them out; they stay in the file as history."""
+    baseline row's (the baseline was trained again), or that has no baseline row at all (it is
+    being trained again), or a random floor whose kept area is not the current area of its APGA
+    variant. The report leaves them out; they stay in the file as history."""
     table = table.copy()
     if table.empty or "run_id" not in table.columns:
         return table
@@ -136,7 +140,8 @@ def mark_superseded(table: pd.DataFrame) -> pd.DataFrame:
     stale = []
     for i in table.index:  # a loop over the rows of a results table (hundreds), not in any training step
         baseline = baseline_of.get(seed_dir[i])
-        outdated = not is_baseline[i] and baseline is not None and (started_from[i], fingerprint[i]) != baseline
+        # no baseline row: it is being trained anew (or was deleted), and these rows came from the old one
+        outdated = not is_baseline[i] and (baseline is None or (started_from[i], fingerprint[i]) != baseline)
         area = area_of.get(key[i])
         if table["method"][i] == "random" and keep_area is not None and area is not None and area == area:
             outdated = outdated or keep_area[i] != area

@@ -20,16 +20,16 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
+from apga.evaluation.mask_quality import COLUMNS as MASK_QUALITY_COLUMNS
 from apga.reporting import plots
+from apga.reporting.stats import t_interval
 from apga.reporting.results import method_rank, rebuild
-from apga.utils import atomic_write_bytes
+from apga.utils import atomic_write_bytes, error
 
 SUMMARY_FILE = "summary.md"
 GROUP = ["body_part", "n_shot", "model_selection"]
-QUALITY = ["bone_precision_10", "bone_precision_30", "finding_cover_10", "pointing_hit", "bone_auroc",
-           "finding_auroc", "location_gap_10", "swap_gap_10", "occlusion_agreement_10", "mask_sd"]
+QUALITY = [column for column in MASK_QUALITY_COLUMNS if column != "collapsed"]  # collapsed: counted, not averaged
 
 
 def label(method: str, variant) -> str:
@@ -38,14 +38,7 @@ def label(method: str, variant) -> str:
 
 def paired_interval(differences, level: float = 0.95) -> tuple[float, float, float]:
     """Mean of paired differences and its two-sided t confidence interval (NaN with < 2 pairs)."""
-    values = np.asarray(differences, dtype=float)
-    values = values[np.isfinite(values)]
-    if len(values) == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(values.mean())
-    if len(values) < 2:
-        return mean, math.nan, math.nan
-    half = stats.t.ppf(0.5 + level / 2, len(values) - 1) * values.std(ddof=1) / math.sqrt(len(values))
+    mean, half = t_interval(differences, level)
     return mean, mean - half, mean + half
 
 
@@ -202,11 +195,11 @@ def write(table: pd.DataFrame, out_dir: str | Path) -> Path:
 def main(out_dir: str = "runs") -> None:
     """Rebuild <out_dir>/results.csv from its runs' result.json files; print and write the summary."""
     if not Path(out_dir).is_dir():
-        print(f"error: no folder {out_dir}; pass the --out-dir of a training command or sweep", file=sys.stderr)
+        error(f"no folder {out_dir}; pass the --out-dir of a training command or sweep")
         sys.exit(2)
     table = rebuild(out_dir)
     if table.empty:
-        print(f"error: no finished runs in {out_dir}; run apga_mura.py (or python -m apga.sweep) first", file=sys.stderr)
+        error(f"no finished runs in {out_dir}; run apga_mura.py (or python -m apga.sweep) first")
         sys.exit(2)
     path = write(table, out_dir)
     print(render(table))

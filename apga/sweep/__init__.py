@@ -13,14 +13,15 @@ plots are rebuilt from them by the sweep at the end and by `--status`.
 """
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
 from apga.cli import Command, Flag, config_flags
 from apga.errors import APGAError, ConfigError
-from apga.sweep.grid import SET_BY_THE_SWEEP, Cell, make_cells
-from apga.sweep.status import grid_file, has_sweep, status_text
-from apga.utils import atomic_write_json
+from apga.sweep.grid import REFUSED, SET_BY_THE_SWEEP, Cell, make_cells
+from apga.sweep.status import cell_states, grid_file, has_sweep, status_text
+from apga.utils import atomic_write_json, error
 
 EXECUTORS = ("local", "slurm")
 
@@ -28,8 +29,9 @@ EXECUTORS = ("local", "slurm")
 def sweep(out_dir: str, body_part="all", n_shot="all", seeds=5, selections="val", executor: str = "local",
           workers: int = 1, partition: str | None = None, gpus_per_job: int = 1, cpus_per_job: int = 8,
           timeout_min: int = 720, parallel: int = 16, mem_gb: int | None = None, threads_per_job: int | None = None,
-          **training) -> dict[str, str]:
-    """Run (local) or submit (slurm) every unfinished cell; returns cell -> error of failed local cells."""
+          force: bool = False, **training) -> dict[str, str]:
+    """Run (local) or submit (slurm) every unfinished cell that no job is working on (with `force`,
+    also those whose job cannot be checked from here); returns cell -> error of failed local cells."""
     from tqdm import tqdm
 
     from apga.experiment import unfinished_runs
@@ -46,13 +48,20 @@ def sweep(out_dir: str, body_part="all", n_shot="all", seeds=5, selections="val"
     if not isinstance(gpus_per_job, int) or gpus_per_job < 0:
         raise ConfigError(f"--gpus-per-job must be an integer >= 0, got {gpus_per_job!r}")
     cells = make_cells(out_dir, body_part, n_shot, seeds, selections, training)
-    atomic_write_json(grid_file(out_dir), {"cells": [cell.name for cell in cells], "flags": training,
-                                           "executor": executor})
     pending = []
     for cell in tqdm(cells, desc="checking cells (and building image caches)", leave=False):
         if unfinished_runs(cell.config(), cell.seed):
             pending.append(cell)
-    print(f"{len(cells)} cells, {len(cells) - len(pending)} finished, {len(pending)} to run")
+    finished = len(cells) - len(pending)
+    busy = {name: kind for name, kind, detail in cell_states(out_dir, [cell.name for cell in pending])
+            if kind in ("submitted", "running", "requeued") and not (force and "cannot be checked" in detail)}
+    pending = [cell for cell in pending if cell.name not in busy]
+    _remember(out_dir, cells, training, executor)
+    print(f"{len(cells)} cells (seeds {', '.join(map(str, sorted({cell.seed for cell in cells})))}): {finished} finished, "
+          f"{len(busy)} still queued or running, {len(pending)} to run")
+    if busy:
+        print(f"the cells still queued or running are left to their jobs: {', '.join(sorted(busy))} "
+              f"(--status {out_dir}; --force 1 resubmits those whose job cannot be checked from here)")
     failed: dict[str, str] = {}
     if pending and executor == "slurm":
         jobs = submit_slurm(pending, out_dir, partition=partition, gpus_per_job=gpus_per_job,
@@ -75,6 +84,14 @@ def sweep(out_dir: str, body_part="all", n_shot="all", seeds=5, selections="val"
     return failed
 
 
+def _remember(out_dir: str, cells: list[Cell], training: dict, executor: str) -> None:
+    """The sweep's cells for --status: added to those of earlier sweeps into the same folder."""
+    path = grid_file(out_dir)
+    known = json.loads(path.read_text())["cells"] if path.is_file() else []
+    names = known + [cell.name for cell in cells if cell.name not in known]
+    atomic_write_json(path, {"cells": names, "last_flags": training, "last_executor": executor})
+
+
 def show_status(out_dir: str) -> None:
     from apga.reporting import summary
     from apga.reporting.results import rebuild
@@ -91,7 +108,7 @@ def show_status(out_dir: str) -> None:
 def main(out_dir: str | None = None, status: str | None = None, body_part="all", n_shot="all", seeds=5,
          selections="val", executor: str = "local", workers: int = 1, partition: str | None = None,
          gpus_per_job: int = 1, cpus_per_job: int = 8, timeout_min: int = 720, parallel: int = 16,
-         mem_gb: int | None = None, threads_per_job: int | None = None, **training) -> None:
+         mem_gb: int | None = None, threads_per_job: int | None = None, force: bool = False, **training) -> None:
     try:
         if status is not None:
             show_status(status)
@@ -99,13 +116,13 @@ def main(out_dir: str | None = None, status: str | None = None, body_part="all",
         if not out_dir:
             raise ConfigError("--out-dir is required: the folder the sweep's runs and results go to")
         failed = sweep(out_dir, body_part, n_shot, seeds, selections, executor, workers, partition, gpus_per_job,
-                       cpus_per_job, timeout_min, parallel, mem_gb, threads_per_job, **training)
-    except APGAError as error:
-        print(f"error: {error}", file=sys.stderr)
+                       cpus_per_job, timeout_min, parallel, mem_gb, threads_per_job, force, **training)
+    except APGAError as problem:
+        error(str(problem))
         sys.exit(2)
     if failed:
-        print(f"error: {len(failed)} cell(s) failed ({', '.join(sorted(failed))}); see --status {out_dir} for their "
-              f"errors and logs, fix, and rerun the same command", file=sys.stderr)
+        error(f"{len(failed)} cell(s) failed ({', '.join(sorted(failed))}); see --status {out_dir} for their errors and "
+              f"logs, fix, and rerun the same command")
         sys.exit(2)
 
 
@@ -129,9 +146,11 @@ SWEEP_FLAGS = [
     Flag("timeout_min", 720, "a job's time limit in minutes; a job past it is requeued and resumes", "N", "The sweep"),
     Flag("parallel", 16, "slurm: at most this many jobs of the array at once", "N", "The sweep"),
     Flag("mem_gb", None, "slurm: memory per job in GB (default: the partition's)", "N", "The sweep"),
+    Flag("force", False, "also submit cells whose earlier job cannot be checked from here (cancel it first)", "0|1",
+         "The sweep"),
 ]
 TRAINING_FLAGS = [Flag(f.name, f.default, f.help, f.metavar, f"apga_mura.py's flags, {f.section[0].lower() + f.section[1:]}")
-                  for f in config_flags() if f.name not in SET_BY_THE_SWEEP]
+                  for f in config_flags() if f.name not in SET_BY_THE_SWEEP and f.name not in REFUSED]
 SWEEP = Command(
     usage="python -m apga.sweep --out-dir DIR [--flag VALUE ...]   or   python -m apga.sweep --status DIR",
     summary="Train every (body part, n_shot, protocol, seed) cell of a grid, each cell a job (its baseline, the "
@@ -139,6 +158,7 @@ SWEEP = Command(
             "as one Slurm job array (--executor slurm). Finished cells are skipped, so rerunning the command submits "
             "only what is unfinished. Every training flag of apga_mura.py passes through.",
     flags=SWEEP_FLAGS + TRAINING_FLAGS,
+    unlisted=tuple(REFUSED),
 )
 
 

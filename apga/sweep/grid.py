@@ -13,6 +13,9 @@ from apga.errors import ConfigError
 
 FIRST_SEED = 89  # the paper: --seed 88, incremented before each run
 SET_BY_THE_SWEEP = ("body_part", "n_shot", "seed", "n_runs", "model_selection", "out_dir")
+# not for a sweep: a job's GPU is the one it is given; a requeued job must resume, not start over
+REFUSED = {"gpu_id": "each job uses the GPU the sweep gives it (CUDA_VISIBLE_DEVICES)",
+           "resume": "a sweep resumes; to train runs anew, delete their folders or use another --out-dir"}
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,9 @@ def make_cells(out_dir: str, body_part, n_shot, seed_list, selection_list, train
     if unknown:
         raise ConfigError(f"unknown flag(s) {', '.join('--' + u.replace('_', '-') for u in unknown)}; see "
                           f"python apga_mura.py --help for the training flags")
+    for name, why in REFUSED.items():
+        if name in training:
+            raise ConfigError(f"--{name.replace('_', '-')} does not go with a sweep: {why}")
     placed = sorted(set(training) & set(SET_BY_THE_SWEEP))
     if placed:
         raise ConfigError(f"{', '.join('--' + p.replace('_', '-') for p in placed)} is set by the sweep for each cell; "

@@ -20,7 +20,7 @@ import submitit
 
 from apga.errors import APGAError, ConfigError
 from apga.sweep.grid import Cell
-from apga.utils import atomic_write_json
+from apga.utils import atomic_write_json, configure_logging, notice
 
 STATE_DIR = "sweep"
 
@@ -48,6 +48,7 @@ class CellJob(submitit.helpers.Checkpointable):
         from apga.config import make_config
         from apga.experiment import run
 
+        configure_logging()  # a job is its own process
         out_dir = overrides["out_dir"]
         if threads:
             torch.set_num_threads(threads)
@@ -56,6 +57,8 @@ class CellJob(submitit.helpers.Checkpointable):
                     job_id=environment.job_id if environment else "", error="")
         try:
             failures = run(make_config(**overrides), write_index=False)
+        except SystemExit:
+            raise  # submitit requeues the job (preemption, time limit): its state says so already
         except BaseException as error:
             line = str(error).splitlines()[0] if str(error) else type(error).__name__
             if not isinstance(error, APGAError):
@@ -100,17 +103,44 @@ def submit_slurm(cells: list[Cell], out_dir, *, partition: str | None, gpus_per_
     return jobs
 
 
+def local_gpus() -> list[int]:
+    """The GPUs this process may use, as indices the jobs' CUDA_VISIBLE_DEVICES take: the parent's
+    own CUDA_VISIBLE_DEVICES where it is set (so 2,3 stays 2 and 3), else every GPU."""
+    import torch
+
+    count = torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
+    if not count:
+        return []
+    if not visible:
+        return list(range(count))
+    try:
+        return [int(entry) for entry in visible.split(",") if entry.strip()][:count]
+    except ValueError:
+        raise ConfigError(f"CUDA_VISIBLE_DEVICES={visible} names GPUs by UUID; give their indices for the sweep's "
+                          f"local executor") from None
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity, which containers and Slurm set)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def run_local(cells: list[Cell], out_dir, *, workers: int, timeout_min: int, threads: int | None = None,
               progress=None) -> dict[str, str]:
     """The cells as local jobs, `workers` at a time: each on its own GPU when there are GPUs
-    (CUDA_VISIBLE_DEVICES), else on the CPU with `threads` torch threads (default: the cores
-    divided among the workers). Returns cell -> error for the cells that failed. Waits for them all."""
-    import torch
-
+    (CUDA_VISIBLE_DEVICES; at most one job per GPU), with `threads` torch threads (default: the
+    cores divided among the workers). Returns cell -> error for the cells that failed (a job that
+    raised, or runs that stopped on non-finite values). Waits for them all."""
     executor = submitit.LocalExecutor(folder=state_dir(out_dir) / "logs")
-    gpus = list(range(torch.cuda.device_count()))
-    if threads is None:
-        threads = 0 if gpus else max(1, (os.cpu_count() or 1) // workers)
+    gpus = local_gpus()
+    if gpus and workers > len(gpus):
+        notice(f"{len(gpus)} GPU(s) for {workers} workers: running {len(gpus)} cells at once, one per GPU")
+        workers = len(gpus)
+    threads = threads or max(1, usable_cores() // workers)
     queue, running, failed = list(cells), {}, {}
     while queue or running:
         while queue and len(running) < workers:
@@ -127,7 +157,9 @@ def run_local(cells: list[Cell], out_dir, *, workers: int, timeout_min: int, thr
             if gpu is not None:
                 gpus.append(gpu)
             try:
-                job.result()
+                stopped = job.result()
+                if stopped:
+                    failed[cell.name] = f"{len(stopped)} run(s) stopped: {'; '.join(stopped)}"
             except Exception as error:  # noqa: BLE001 - the job's own error, kept in its log and state
                 failed[cell.name] = _last_line(error)
             if progress is not None:
@@ -140,21 +172,35 @@ def _last_line(error: Exception) -> str:
     return lines[-1].strip() if lines else type(error).__name__
 
 
-def job_is_alive(state: dict) -> bool | None:
-    """Whether the job behind a submitted or running cell still lives; None when this machine cannot
-    tell (another host's process, a cluster without sacct here)."""
-    if state.get("executor") == "slurm":
-        quiet = logging.getLogger("submitit")
-        level, quiet.level = quiet.level, logging.ERROR  # its sacct warnings are not this command's output
-        try:
-            job_state = submitit.SlurmJob(folder=Path(state["log"]).parent, job_id=state["job_id"]).state
-        except Exception:  # noqa: BLE001 - sacct failed: the state is not known here
-            return None
-        finally:
-            quiet.level = level
-        if job_state == "UNKNOWN":  # no sacct on this machine (or not yet in its records)
-            return None
-        return job_state in ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED")
+ACTIVE = ("submitted", "running", "requeued")
+SLURM_ALIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING")
+
+
+def jobs_alive(states: list[dict]) -> list[bool | None]:
+    """For each cell state, whether the job behind it still lives; None when this machine cannot
+    tell (another host's process, a cluster whose sacct is not reachable here). Slurm's states come
+    from one sacct call for all jobs (submitit's watcher)."""
+    quiet = logging.getLogger("submitit")
+    level, quiet.level = quiet.level, logging.ERROR  # its sacct warnings are not this command's output
+    try:
+        slurm = {i: submitit.SlurmJob(folder=Path(state["log"]).parent, job_id=state["job_id"])
+                 for i, state in enumerate(states) if state.get("executor") == "slurm" and state.get("job_id")}
+        alive = []
+        for i, state in enumerate(states):
+            if i in slurm:
+                try:
+                    job_state = slurm[i].state
+                except Exception:  # noqa: BLE001 - sacct failed: not known here
+                    job_state = "UNKNOWN"
+                alive.append(None if job_state == "UNKNOWN" else job_state in SLURM_ALIVE)
+            else:
+                alive.append(_local_alive(state))
+        return alive
+    finally:
+        quiet.level = level
+
+
+def _local_alive(state: dict) -> bool | None:
     if state.get("host") != socket.gethostname():
         return None
     # a running cell: its own process; a submitted one: submitit's controller (its job id is that pid)

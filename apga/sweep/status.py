@@ -5,31 +5,37 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from apga.sweep.jobs import cell_file, job_is_alive, state_dir
+from apga.sweep.jobs import ACTIVE, cell_file, jobs_alive, state_dir
 
 GRID_FILE = "grid.json"
 
 
-def cell_states(out_dir) -> list[tuple[str, str, str]]:
-    """(cell, state, detail) for every cell of the last sweep: state is done, running, submitted,
-    requeued, failed or not started; detail is the error line and log of a failed cell."""
-    grid = json.loads((state_dir(out_dir) / GRID_FILE).read_text())
+def cell_states(out_dir, names: list[str] | None = None) -> list[tuple[str, str, str]]:
+    """(cell, state, detail) for the cells `names` (default: every cell of the sweeps into DIR):
+    state is done, running, submitted, requeued, failed or not started; detail is the error line
+    and log of a failed cell. A queued or running cell whose job is gone is failed."""
+    if names is None:
+        names = json.loads(grid_file(out_dir).read_text())["cells"]
+    saved = {name: json.loads(cell_file(out_dir, name).read_text()) for name in names
+             if cell_file(out_dir, name).is_file()}
+    active = [name for name, state in saved.items() if state.get("state") in ACTIVE]
+    alive = dict(zip(active, jobs_alive([saved[name] for name in active])))
     states = []
-    for name in grid["cells"]:
-        path = cell_file(out_dir, name)
-        if not path.is_file():
+    for name in names:
+        state = saved.get(name)
+        if state is None:
             states.append((name, "not started", ""))
             continue
-        state = json.loads(path.read_text())
         kind, detail = state.get("state", "not started"), ""
-        if kind in ("submitted", "running", "requeued") and job_is_alive(state) is False:
+        if alive.get(name) is False:
             kind, state["error"] = "failed", "the job stopped without a word (killed, or out of memory)"
         if kind == "failed":
             detail = f"{state.get('error', '')}" + (f"  (log: {state['log']})" if state.get("log") else "")
         elif kind == "running" and state.get("host"):
             detail = f"on {state['host']}" + (f", pid {state['pid']}" if state.get("pid") else "")
-        elif kind == "submitted" and state.get("job_id"):
-            detail = f"{state.get('executor', '')} job {state['job_id']}"
+        elif kind in ("submitted", "requeued") and state.get("job_id"):
+            detail = f"{state.get('executor', '')} job {state['job_id']}" + (
+                "" if alive.get(name) else " (its state cannot be checked from here)")
         states.append((name, kind, detail))
     return states
 

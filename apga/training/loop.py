@@ -25,7 +25,9 @@ and it is trained anew with a notice.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import json
 import math
 import shutil
@@ -43,13 +45,15 @@ from apga.data import RunData, make_loader, to_model_input
 from apga.distributed import Dist, plain_networks
 from apga.errors import CheckpointError, NonFiniteError
 from apga.evaluation.evaluate import evaluate
+from apga.reporting.board import BOARD_DIR, RunBoard
 from apga.reporting.gallery import save_gallery
 from apga.reporting.plots import plot_curves
 from apga.reporting.results import RESULT_FILE, run_row
 from apga.training.checkpoint import (check_same_config, load_checkpoint, load_networks, network_states, restore_rng,
                                       retrain_hint, save_checkpoint, save_state)
 from apga.training.precision import Precision
-from apga.utils import atomic_write_bytes, atomic_write_json, code_version, derive_seed, file_digest
+from apga.utils import (atomic_write_bytes, atomic_write_json, code_version, derive_seed, file_digest, notice,
+                        storage_error)
 
 GALLERY_IMAGES = 8
 
@@ -89,9 +93,12 @@ def run_state(run_dir: Path, values: dict, ignored: set[str]) -> tuple[str, dict
     check_same_config(config_file, saved, values, ignored)
     if saved.get("inputs", {}) != values["inputs"]:
         return "stale", None
-    if result_file.is_file():
+    try:
         return "finished", json.loads(result_file.read_text())
-    return "unfinished", None
+    except FileNotFoundError:
+        return "unfinished", None
+    except (OSError, ValueError):  # damaged: the run resumes from last.pt and writes it again
+        return "unfinished", None
 
 
 class _Logs:
@@ -201,19 +208,45 @@ def fit(method, data: RunData, stage: Stage) -> dict:
     A finished run of the same identity (its `result.json` exists) is not redone when resuming.
     """
     run = _Run(method, data, stage)
-    finished = run.open()
-    if finished is not None:
-        return finished
-    run.restore()
-    if method.warmup_steps and not run.progress["warmed_up"] and run.progress["epoch"] == 0:
-        run.warm_up()
-    config = stage.config
-    max_epochs = config.finetune_epochs if method.fine_tuned and config.finetune_epochs else config.epochs
-    for epoch in range(run.progress["epoch"] + 1, max_epochs + 1):
-        if run.progress["epochs_since_best"] >= config.patience:
-            break
-        run.epoch(epoch)
-    return run.finish()
+    with run_folder_lock(stage.run_dir, stage.dist.is_main):
+        finished = run.open()
+        if finished is not None:
+            return finished
+        run.restore()
+        if method.warmup_steps and not run.progress["warmed_up"] and run.progress["epoch"] == 0:
+            run.warm_up()
+        config = stage.config
+        max_epochs = config.finetune_epochs if method.fine_tuned and config.finetune_epochs else config.epochs
+        for epoch in range(run.progress["epoch"] + 1, max_epochs + 1):
+            if run.progress["epochs_since_best"] >= config.patience:
+                break
+            run.epoch(epoch)
+        return run.finish()
+
+
+@contextlib.contextmanager
+def run_folder_lock(run_dir: Path, take: bool = True):
+    """An exclusive lock on a run folder while it trains: a second process (a sweep resubmitted while
+    its jobs still run, a shell loop) stops with one line instead of writing the same checkpoints.
+    Where the file system does not honour locks, it is advice only."""
+    if not take:
+        yield
+        return
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        handle = open(run_dir / ".lock", "a")
+    except OSError as error:
+        raise storage_error(run_dir / ".lock", error) from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CheckpointError(f"another process is training {run_dir} (it holds {run_dir / '.lock'}); wait for "
+                                  f"it to finish, or stop it and rerun") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class _Run:
@@ -241,19 +274,24 @@ class _Run:
         if config.resume:
             state, result = run_state(stage.run_dir, self.config_values, self.method.ignored_settings())
             if state == "finished":
+                if stage.identity and "run_id" not in result and self.main:  # finished by a version before 0.2
+                    saved = json.loads(files["config"].read_text())
+                    result = run_row(stage.identity, saved, stage.inputs, result)
+                    atomic_write_json(files["result"], result)
                 return result  # not redone
             if state == "stale":
                 self.fresh = True
                 if self.main:
                     saved = json.loads(files["config"].read_text()).get("inputs", {})
-                    print(f"notice: {stage.run_dir} started from other inputs "
-                          f"({_difference(saved, stage.inputs)}); training it anew")
+                    notice(f"{stage.run_dir} started from other inputs ({_difference(saved, stage.inputs)}); "
+                           f"training it anew")
         if self.main:
             if self.fresh:
                 for name in ("result", "last", "best", "history"):
                     files[name].unlink(missing_ok=True)
                 (stage.run_dir / "curves.png").unlink(missing_ok=True)
-                shutil.rmtree(stage.run_dir / "gallery", ignore_errors=True)
+                for folder in ("gallery", BOARD_DIR):
+                    shutil.rmtree(stage.run_dir / folder, ignore_errors=True)
                 if stage.on_fresh is not None:
                     stage.on_fresh()
             stage.run_dir.mkdir(parents=True, exist_ok=True)
@@ -292,6 +330,10 @@ class _Run:
         select = self.data.select.dataset
         self.gallery_images = select.__getitems__(list(range(min(GALLERY_IMAGES, len(select)))))["image"]
         method.generator = torch.Generator(stage.device)
+        steps = len(self.loader) if self.config.steps_per_epoch is None else min(self.config.steps_per_epoch,
+                                                                                   len(self.loader))
+        self.board = RunBoard(stage.run_dir, steps) if self.config.tensorboard and self.main else None
+        self.logged = len(self.history)  # rows already on the board (a resumed run's earlier epochs)
 
     # --- training ---------------------------------------------------------------------------------
     def seed_pass(self, epoch: int) -> None:
@@ -307,6 +349,7 @@ class _Run:
     def warm_up(self) -> None:
         self.history.append(warm_up(self.method, self.loader, self.optimizers, self.scaler, self.stage,
                                     self.seed_pass))
+        self.to_board()
         self.progress["warmed_up"] = True
         if self.main:  # a run killed in epoch 1 resumes after the warm-up
             save_state(self.files["last"], self.method, self.optimizers, self.scaler, self.progress,
@@ -338,14 +381,24 @@ class _Run:
             save_state(self.files["last"], method, self.optimizers, self.scaler, self.progress, self.config_values,
                        self.history)
             atomic_write_bytes(self.files["history"], pd.DataFrame(self.history).to_csv(index=False).encode())
+            self.to_board()
             if config.gallery == "epoch":
                 with plain_networks(method):
-                    save_gallery(method, self.gallery_images, stage.run_dir / "gallery" / f"epoch{epoch:03d}.png",
-                                 stage.device)
+                    picture = save_gallery(method, self.gallery_images,
+                                           stage.run_dir / "gallery" / f"epoch{epoch:03d}.png", stage.device)
+                if picture is not None and self.board is not None:
+                    self.board.picture(picture, epoch)
         if stage.progress:
             shown = ", ".join(f"{k} {v:.3f}" for k, v in train_logs.items() if k.endswith("loss"))
             print(f"  {method.name} epoch {epoch}: {shown}; selection accuracy {val['accuracy']:.3f}"
                   f"{' (best)' if improved else ''}")
+
+    def to_board(self) -> None:
+        """The history rows not yet on the TensorBoard log (--tensorboard 1)."""
+        if self.board is not None:
+            for row in self.history[self.logged:]:
+                self.board.scalars(row)
+        self.logged = len(self.history)
 
     # --- selection --------------------------------------------------------------------------------
     def validate(self, epoch_position: float) -> dict:
@@ -394,7 +447,10 @@ class _Run:
             load_networks(method, load_checkpoint(files["best"], stage.device))
             with plain_networks(method):
                 if config.gallery != "off":
-                    save_gallery(method, self.gallery_images, stage.run_dir / "gallery" / "final.png", stage.device)
+                    picture = save_gallery(method, self.gallery_images, stage.run_dir / "gallery" / "final.png",
+                                           stage.device)
+                    if picture is not None and self.board is not None:
+                        self.board.picture(picture, self.progress["best_epoch"], "masks/selected")
                 result = evaluate(method, self.data.report, stage.device, mask_quality=True, seed=stage.seed,
                                   **self.eval_kwargs())
             if self.history:
@@ -411,6 +467,8 @@ class _Run:
             if stage.identity:  # the whole results row: results.csv is rebuilt from these files
                 result = run_row(stage.identity, self.config_values, stage.inputs, result)
             atomic_write_json(files["result"], result)
+            if self.board is not None:
+                self.board.close()
         return stage.dist.from_main(result)
 
 
