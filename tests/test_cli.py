@@ -11,6 +11,7 @@ ALL_METHODS = {"baseline", "cutout", "gradcam", "end2end", "apga", "random"}
 FLOORS = {"random-pixels", "random-boxes", "brightest", "gradcam"}
 
 
+@pytest.mark.slow
 def test_cli_runs_every_method_and_collects_seeds(tiny_data, tmp_path):
     out = tmp_path / "runs"
     done = run_cli(tiny_data, out)

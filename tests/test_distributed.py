@@ -1,6 +1,8 @@
 """Data-parallel training: torchrun with 2 CPU processes (gloo) on generated data."""
 from __future__ import annotations
 
+import pytest
+
 import subprocess
 import sys
 
@@ -10,6 +12,7 @@ import torch
 from cli_helpers import ROOT, TINY_FLAGS, environment
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_write_one_set_of_results(tiny_data, tmp_path):
     out = tmp_path / "runs"
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",

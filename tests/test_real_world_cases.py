@@ -117,7 +117,7 @@ def _limited(limit_bytes: int):
 def test_a_disk_that_fills_up_is_one_line_and_a_rerun_finishes(tiny_data, tmp_path, limit, where):
     """Case 05: the image cache (8 kB), then a checkpoint (200 kB) cannot be written: one line naming
     the file and the free space, exit 2; the same command with room finishes, nothing lost."""
-    command = cli_command(tiny_data, tmp_path / "runs", *BASELINE_ONLY, "--epochs", "2")
+    command = cli_command(tiny_data, tmp_path / "runs", *BASELINE_ONLY, "--epochs", "1")
     done = subprocess.run(command, capture_output=True, text=True, env=environment(), cwd=ROOT, timeout=300,
                           preexec_fn=_limited(limit))
     last = _one_line_error(done, "cannot write", "free on that disk", "rerun the same command")
@@ -229,6 +229,7 @@ def test_weights_that_overflow_stop_the_run_with_the_one_line_message(tmp_path, 
 
 # --- 19: the commands from another folder -------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_module_commands_work_from_any_folder(tiny_data, tmp_path):
     """Case 19: after the README's install (`pip install -e .`), `python -m apga.report` and
     `python -m apga.predict` run from any folder, and a --data-csv given relative to the current

@@ -28,6 +28,7 @@ def _comparable(out):
     return table[[m for m in metrics if m in table.columns]], history
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_result(tiny_data, tmp_path):
     uninterrupted = tmp_path / "a" / "runs"
     assert run_cli(tiny_data, uninterrupted, *FLAGS).returncode == 0
