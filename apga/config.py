@@ -40,15 +40,16 @@ class Config:
     train_gradcam: int = _f(1, "1 to fine-tune with Grad-CAM masking, 0 to skip")
     train_end2end: int = _f(1, "1 to fine-tune with end-to-end (cooperative) masking, 0 to skip")
     train_random: int = _f(1, "1 to fine-tune with the random-mask floor (kept area as APGA's), 0 to skip")
+    train_oracle: int = _f(0, "1 to fine-tune with the ceiling: the kept-region step on ground-truth masks, beside a random floor of their area")
     # --- data ------------------------------------------------------------------------------
     data_root: str = _f("datasets", "folder that holds MURA-v1.1/ (and, for generated data, MURA-v1.1-masks/)")
-    data_csv: str | None = _f(None, "your own binary task instead of MURA: a CSV with columns path,label,split[,study,patient] (paths relative to it)")
-    demo: bool = _f(False, "generate the synthetic MURA-layout data set (once) and run on it with --preset demo (unless another is given), into --out-dir runs/demo unless given")
+    data_csv: str | None = _f(None, "your own task instead of MURA: a CSV with columns path,label,split[,study,patient,mask]")
+    demo: bool = _f(False, "run on the generated MURA-layout data (made once) with --preset demo, into runs/demo (unless given otherwise)")
     image_size: int = _f(224, "images are resized to this square side (the agent pads it to a multiple of 32)")
     num_workers: int = _f(2, "DataLoader worker processes")
     skip_bad_images: bool = _f(False, "skip unreadable PNGs (counted in the log) instead of stopping")
     cache_dir: str | None = _f(None, "where decoded, resized images are cached (default: <data-root>/.apga-cache)")
-    bit_depth: int | None = _f(None, "16-bit PNG/TIFF without an sBIT chunk: the bits their values use, e.g. 12 (default: each image's own, the fewest bits that hold its largest value)")
+    bit_depth: int | None = _f(None, "16-bit PNG/TIFF without sBIT: the bits their values use, e.g. 12 (default: each image's largest value decides)")
     # --- models ----------------------------------------------------------------------------
     classifier: str = _f("densenet169", "classifier: densenet121, densenet161, densenet169, densenet201 or densenet-small")
     pretrained: bool = _f(False, "start the classifier and the agent's encoder from torchvision ImageNet weights (downloads)")
@@ -59,18 +60,20 @@ class Config:
     epochs: int = _f(100, "maximum epochs of the baseline (and of each fine-tuning stage unless --finetune-epochs)")
     finetune_epochs: int | None = _f(None, "maximum epochs of each fine-tuning stage (default: --epochs)")
     patience: int = _f(15, "early stopping: epochs without a better selection accuracy")
-    lr: float = _f(1e-4, "baseline classifier learning rate (Adam); not defined by the published script, 1e-4 as in the MURA paper")
+    lr: float = _f(1e-4, "baseline learning rate (Adam; the published script defined none: 1e-4, the MURA paper's)")
     finetune_lr: float = _f(1e-5, "learning rate of every fine-tuning stage (Adam), as the paper")
     agent_lr: float = _f(1e-5, "agent learning rate (Adam), as the paper")
-    agent_warmup: int = _f(0, "APGA: steps that train the agent alone against the frozen baseline before fine-tuning starts (0: none, the paper)")
-    estimator: str = _f("greedy", "APGA policy gradient: 'greedy' (the paper: threshold at 0.5), 'sample' (Bernoulli REINFORCE) or 'rloo' (per-image leave-one-out REINFORCE on a grid of cells)")
+    agent_warmup: int = _f(0, "APGA: steps that train the agent alone against the frozen baseline first (0: none, the paper)")
+    estimator: str = _f("greedy", "APGA policy gradient: 'greedy' (the paper), 'sample' (Bernoulli REINFORCE) or 'rloo' (leave-one-out, on cells)")
     mask_cell: int | None = _f(None, "rloo: side of the agent's action cells in pixels (default: about 1/8 of --image-size)")
     policy_samples: int = _f(4, "rloo: masks sampled per image; all of them go through the classifier as one batch")
     mask_area: float = _f(0.1, "rloo: the area budget rho, the prior of every cell and the area of the deterministic (top-rho) mask")
     area_weight: float = _f(1.0, "rloo: weight lambda of the area budget (mean_c p_c - rho)^2")
     prior_weight: float = _f(0.3, "rloo: weight w of the per-cell prior BCE(p_c, rho) (0: off)")
     fill: str = _f("zero", "what blanked pixels become: 'zero' (the paper), the image's 'mean', or a 'blur'red copy")
-    kept_norm: str = _f("batch", "kept-region step's batch norm: 'batch' (the paper: its own statistics, folded into the running ones) or 'frozen' (the clean running statistics, left unchanged)")
+    kept_norm: str = _f("batch", "kept-region step's batch norm: 'batch' (the paper: its own statistics) or 'frozen' (the clean running statistics)")
+    clean_step: bool = _f(True, "fine-tuned methods: 1 = a clean step beside each masked one (the paper); 0 = the masked step alone")
+    floor_area: str = _f("apga", "the random floor's kept area: 'apga' (APGA's), 'oracle' (the ground-truth masks') or a number in (0, 1)")
     val_every: int = _f(100, "APGA and end-to-end also validate every this many iterations (0: epoch end only)")
     val_cadence: str = _f("paper", "'paper': only APGA and end-to-end validate every --val-every iterations; 'equal': every method does")
     steps_per_epoch: int | None = _f(None, "cap on training iterations per epoch (default: the whole training set)")
@@ -80,14 +83,14 @@ class Config:
     holdout_fraction: float = _f(0.1, "fraction of training patients held out for --model-selection holdout")
     gallery: str = _f("epoch", "mask gallery PNG: every 'epoch', at the 'end' only, or 'off'")
     # --- speed -----------------------------------------------------------------------------
-    amp: bool | None = _f(None, "mixed precision (bf16 autocast, fp16 with a gradient scaler on GPUs without bf16); default on for CUDA, off on the CPU")
+    amp: bool | None = _f(None, "mixed precision (bf16, or fp16 with a gradient scaler); default on for CUDA, off on the CPU")
     channels_last: bool = _f(True, "channels_last memory format (measured faster on CUDA and on the CPU); 0 for NCHW")
     compile: bool = _f(False, "wrap the models in torch.compile")
     # --- output ----------------------------------------------------------------------------
     out_dir: str = _f("runs", "results.csv, summary and per-run folders (checkpoints, metrics) go here")
     resume: bool = _f(True, "continue a killed run from its last checkpoint; finished runs are skipped (0: start fresh)")
-    tensorboard: bool = _f(False, "also write each run's metrics and mask gallery as TensorBoard logs (<run>/tensorboard/; needs the tensorboard package)")
-    preset: str = _f("paper", "named settings: 'paper' (defaults), 'cpu' (small images and models for a 2-core CPU) or 'demo' (cpu, fewer epochs)")
+    tensorboard: bool = _f(False, "also write each run's metrics and masks as TensorBoard logs (<run>/tensorboard/; needs tensorboard)")
+    preset: str = _f("paper", "named settings: 'paper' (defaults), 'cpu' (small images and models for a CPU) or 'demo' (cpu, fewer epochs)")
 
 
 # The first field of each group of flags, and the group's title (--help and docs/flags.md).
@@ -123,7 +126,7 @@ PRESETS["demo"] = {**PRESETS["cpu"], "epochs": 15, "finetune_epochs": 2, "patien
 # other field (output folders, worker counts, ...) can still be resumed.
 NON_TRAINING_FIELDS = {
     "n_runs", "gpu_id", "train_cutout", "train_apga", "train_gradcam", "train_end2end",
-    "train_random", "data_root", "data_csv", "demo", "num_workers", "cache_dir", "out_dir", "resume",
+    "train_random", "train_oracle", "data_root", "data_csv", "demo", "num_workers", "cache_dir", "out_dir", "resume",
     "log_every", "gallery", "preset", "skip_bad_images", "tensorboard",
     "inputs",  # a run's inputs (baseline checkpoint, floor area) are checked on their own: apga/training/loop.py
     "seed",  # the first seed of a series; a run's own seed is its folder (seedN), whichever series it came from
@@ -188,7 +191,7 @@ def validate(c: Config) -> None:
     _require(c.n_shot is None or (_is_int(c.n_shot) and c.n_shot > 0),
              f"--n-shot must be a positive integer (or left out for all images), got {c.n_shot!r}")
     _require(_is_int(c.gpu_id) and c.gpu_id >= 0, f"--gpu-id must be a GPU index >= 0, got {c.gpu_id!r}")
-    for name in ("train_cutout", "train_apga", "train_gradcam", "train_end2end", "train_random"):
+    for name in ("train_cutout", "train_apga", "train_gradcam", "train_end2end", "train_random", "train_oracle"):
         value = getattr(c, name)
         _require(value in (0, 1), f"--{name.replace('_', '-')} must be 0 or 1, got {value!r}")
         setattr(c, name, int(value))
@@ -238,7 +241,15 @@ def validate(c: Config) -> None:
              f"it needs at least 32 px (e.g. --image-size 224, or 64 with --preset cpu)")
     _require(not c.tensorboard or importlib.util.find_spec("tensorboard") is not None,
              "--tensorboard 1 needs the tensorboard package: pip install tensorboard (or pip install -e '.[tensorboard]')")
-    for name in ("demo", "pretrained", "skip_bad_images", "compile", "resume", "amp", "channels_last", "tensorboard"):
+    if c.floor_area not in ("apga", "oracle"):
+        try:
+            area = float(c.floor_area)
+        except (TypeError, ValueError):
+            area = -1.0
+        _require(0 < area < 1, f"--floor-area must be apga, oracle or a number in (0, 1), got {c.floor_area!r}")
+        c.floor_area = f"{area:g}"
+    for name in ("demo", "pretrained", "skip_bad_images", "compile", "resume", "amp", "channels_last", "tensorboard",
+                 "clean_step"):
         value = getattr(c, name)
         if value is None and name == "amp":
             continue  # decided by the device

@@ -23,7 +23,7 @@ from apga.data import RunData, data_source, prepare_run_data
 from apga.data.mura import require_mura
 from apga.data.synthetic import ensure_generated
 from apga.distributed import Dist, wrap
-from apga.errors import ConfigError, NonFiniteError
+from apga.errors import ConfigError, DataError, NonFiniteError
 from apga.evaluation.evaluate import evaluate, occlusion_maps
 from apga.evaluation.floors import FLOORS, Floor
 from apga.evaluation.mask_quality import COLUMNS as MASK_QUALITY_COLUMNS
@@ -39,11 +39,36 @@ from apga.training.loop import Precision, Stage, fit, identity_values, run_state
 from apga.utils import atomic_write_json, code_version, derive_seed, file_digest, seed_everything
 
 DEMO_DATA = "synthetic"
-MASKING_METHODS = ("gradcam", "end2end", "apga", "random")
+MASKING_METHODS = ("gradcam", "end2end", "apga", "oracle", "random")
+
+
+def stages(config: Config) -> list[tuple[str, Config]]:
+    """(method, its settings) in training order: the baseline, every selected method, and with the
+    oracle and the random floor both selected, a second random floor at the oracle's area (the
+    floor of the ceiling)."""
+    chosen = [("baseline", config)] + [(name, config) for name in METHODS
+                                       if name in FLAGS and getattr(config, FLAGS[name])]
+    if config.train_oracle and config.train_random and config.floor_area != "oracle":
+        chosen.append(("random", dataclasses.replace(config, floor_area="oracle")))
+    return chosen
 
 
 def selected_methods(config: Config) -> list[str]:
-    return ["baseline"] + [name for name in METHODS if name in FLAGS and getattr(config, FLAGS[name])]
+    return [name for name, _ in stages(config)]
+
+
+def require_truths(config: Config, data: RunData) -> None:
+    """The oracle needs every image's ground-truth relevance region."""
+    if config.train_oracle and "bone" not in data.truths:
+        raise DataError(f"--train-oracle 1 needs the ground-truth relevance mask of every image: the generated data "
+                        f"has them (MURA-v1.1-masks/), a --data-csv task gives them in a 'mask' column; "
+                        f"{data_source(config)[1]} has none (drop --train-oracle)")
+
+
+def oracle_area(data: RunData) -> float:
+    """The mean area of the training images' ground-truth masks: the oracle's kept area."""
+    split = data.train.dataset
+    return float(split.truths["bone"][split.rows].mean())
 
 
 def shot_label(config: Config) -> str:
@@ -97,8 +122,8 @@ class StagePlan:
     extra: dict = field(default_factory=dict)  # keyword arguments of the method (the floor's keep_area)
 
 
-def plan_stage(name: str, config: Config, seed: int, seed_dir: Path) -> StagePlan:
-    extra = {"keep_area": apga_kept_area(config, seed_dir)} if name == "random" else {}
+def plan_stage(name: str, config: Config, seed: int, seed_dir: Path, data: RunData | None = None) -> StagePlan:
+    extra = {"keep_area": floor_keep_area(config, seed_dir, data)} if name == "random" else {}
     method = METHODS[name](config, None, None, **extra)  # no networks: names, inputs and settings only
     baseline = seed_dir / "baseline" / "best.pt"
     inputs = {"baseline": file_digest(baseline) if baseline.is_file() else None} if method.fine_tuned else {}
@@ -116,7 +141,7 @@ def run_stage(name: str, config: Config, data: RunData, seed: int, seed_dir: Pat
     `write_index`, results.csv is rebuilt as soon as the run starts anew (its old row leaves the
     table, so a run killed half way never leaves the previous run's numbers in it) and when it ends."""
     seed_everything(derive_seed(seed, name, "init"))  # the same initial networks on every rank
-    plan = plan_stage(name, config, seed, seed_dir)
+    plan = plan_stage(name, config, seed, seed_dir, data)
     method = build_method(name, config, device, seed_dir / "baseline" / "best.pt", **plan.extra)
     method.classifier, method.agent, method.dist = wrap(method.classifier, dist, device), wrap(method.agent, dist, device), dist
     index = (lambda: rebuild(config.out_dir)) if write_index else None
@@ -126,6 +151,15 @@ def run_stage(name: str, config: Config, data: RunData, seed: int, seed_dir: Pat
     if dist.is_main and index is not None:
         index()
     return result
+
+
+def floor_keep_area(config: Config, seed_dir: Path, data: RunData | None) -> float:
+    """The random floor's kept area, by --floor-area: APGA's, the oracle's (needs `data`), or a number."""
+    if config.floor_area == "apga":
+        return apga_kept_area(config, seed_dir)
+    if config.floor_area == "oracle":
+        return oracle_area(data)
+    return float(config.floor_area)
 
 
 def apga_kept_area(config: Config, seed_dir: Path) -> float:
@@ -189,11 +223,12 @@ def unfinished_runs(config: Config, seed: int) -> list[str]:
     `CheckpointError` for a run folder that holds a run of other settings or data."""
     config = with_data(config)
     data = prepare_run_data(config, seed)
+    require_truths(config, data)
     seed_dir = seed_folder(config, seed)
     pending = []
-    for name in selected_methods(config):
-        plan = plan_stage(name, config, seed, seed_dir)
-        state, _ = run_state(plan.run_dir, identity_values(config, data.fingerprint, plan.inputs), plan.ignored)
+    for name, settings in stages(config):
+        plan = plan_stage(name, settings, seed, seed_dir, data)
+        state, _ = run_state(plan.run_dir, identity_values(settings, data.fingerprint, plan.inputs), plan.ignored)
         if state != "finished" or not config.resume:
             pending.append(plan.identity["run_id"])
     if any(m in selected_methods(config) for m in MASKING_METHODS):
@@ -235,21 +270,22 @@ def _run(config: Config, dist: Dist, device, write_index: bool = True) -> list[s
     if not dist.from_main(writable_dir(out_dir) if dist.is_main else None):
         raise ConfigError(f"cannot write to --out-dir {out_dir}; choose a writable folder")
     precision = Precision.for_device(device, config.amp)
-    names = selected_methods(config)
+    chosen = stages(config)
+    names = [name for name, _ in chosen]
     label = data_source(config)[1]
     say(f"APGA on {label} (n_shot {shot_label(config)}, {config.n_runs} run(s), {device}"
         f"{f' x {dist.world_size} ranks' if dist.enabled else ''}): {', '.join(names)}")
     for run_index in range(config.n_runs):
         seed = config.seed + run_index + 1  # incremented before each run, as the paper
         data = _main_first(dist, lambda: prepare_run_data(config, seed))
+        require_truths(config, data)
         seed_dir = seed_folder(config, seed)
         say(f"seed {seed}: {len(data.train.index)} training, {len(data.select.index)} selection, "
             f"{len(data.report.index)} report images")
-        results: dict[str, dict] = {}
-        for name in names:
+        for name, settings in chosen:
             try:
-                results[name] = run_stage(name, config, data, seed, seed_dir, device, precision, dist=dist,
-                                          write_index=write_index)
+                result = run_stage(name, settings, data, seed, seed_dir, device, precision, dist=dist,
+                                   write_index=write_index)
             except NonFiniteError as problem:
                 if dist.is_main:
                     utils.error(str(problem))
@@ -259,8 +295,9 @@ def _run(config: Config, dist: Dist, device, write_index: bool = True) -> list[s
                 continue
             if name == "baseline" and dist.is_main and any(m in names for m in MASKING_METHODS):
                 run_floors(config, data, seed, seed_dir, device, precision)
-            say(f"  {name}: accuracy {results[name]['accuracy']:.3f}"
-                + (f", TTA {results[name]['accuracy_tta']:.3f}" if "accuracy_tta" in results[name] else ""))
+            shown = name + (f"[{result['variant']}]" if result.get("variant") else "")
+            say(f"  {shown}: accuracy {result['accuracy']:.3f}"
+                + (f", TTA {result['accuracy_tta']:.3f}" if "accuracy_tta" in result else ""))
     if not dist.is_main or not write_index:
         return failures
     table = rebuild(out_dir)
@@ -277,7 +314,8 @@ def where_things_are(config: Config, out_dir: Path) -> str:
     """The closing lines of a command: where its tables, pictures and run folders are."""
     plots = sorted(p.name for pattern in report.plots.REPORT_PLOTS for p in out_dir.glob(pattern))
     group = out_dir / group_name(config)
-    apga = next(iter(sorted(group.glob("seed*/apga*"))), group / "seed<S>" / "apga")
+    masking = [run for name in ("apga", "end2end", "gradcam", "oracle") for run in sorted(group.glob(f"seed*/{name}*"))]
+    apga = masking[0] if masking else group / "seed<S>" / "<method>"
     return "\n".join([
         f"tables:   {out_dir / RESULTS_FILE} (one row per run), {out_dir / report.SUMMARY_FILE} (all runs' summary)",
         f"plots:    {out_dir}/{{{', '.join(plots)}}}" if plots else f"plots:    none yet ({out_dir})",

@@ -91,7 +91,7 @@ def _method_and_step(name, config, device, precision, checkpoint):
     scaler = precision.scaler()
 
     def step(images, labels):
-        for _ in run_step(method, images, labels, optimizers, scaler, precision):
+        for _ in run_step(method, {"image": images, "label": labels}, optimizers, scaler, precision):
             pass
     return method, optimizers, step
 

@@ -63,7 +63,7 @@ def test_batched_step_equals_per_image_reference():
     expected_actions, reward, baseline, loss = reference_policy_step(reference_classifier, agent, images, labels,
                                                                      clean_loss, 0.3)
     loss = loss.item()
-    phases = method.phases(images, labels)
+    phases = method.phases({"image": images, "label": labels})
     next(phases)  # clean phase: compare on the same, un-stepped networks
     policy = next(phases)
     actions = method.keep_mask(method.mask_probabilities(images))
@@ -82,7 +82,7 @@ def test_one_step_changes_both_networks_with_a_detached_reward():
     optimizers = make_optimizers(method)
     before = {name: [p.detach().clone() for p in net.parameters()] for name, (net, _) in method.networks().items()}
     images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 1, 0])
-    for phase in method.phases(images, labels):
+    for phase in method.phases({"image": images, "label": labels}):
         for name in ("classifier", "agent"):
             optimizers[name].zero_grad(set_to_none=True)
         phase.loss.backward()

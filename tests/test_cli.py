@@ -135,7 +135,7 @@ def test_compile_compiles_the_networks_and_computes_what_eager_does(tiny_config,
         method = build_method("baseline", tiny_config(body_part="elbow", compile=compile_), torch.device("cpu"))
         optimizers = make_optimizers(method)
         scaler = Precision("cpu", None).scaler()
-        losses = [next(iter(run_step(method, images, labels, optimizers, scaler, Precision("cpu", None))))["loss"]
+        losses = [next(iter(run_step(method, {"image": images, "label": labels}, optimizers, scaler, Precision("cpu", None))))["loss"]
                   for _ in range(3)]
         trained[compile_] = torch.stack(losses)
     assert compiled == ["DenseNet"]  # only the compiled run asked for it

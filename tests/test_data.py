@@ -92,7 +92,7 @@ def test_run_data_splits(tiny_config):
     assert not set(data.select.index["patient"]) & set(data.train.index["patient"])
     assert data.truths == ("bone", "finding")
     assert set(data.report.dataset.truths) == set(data.select.dataset.truths) == {"bone", "finding"}
-    assert not data.train.dataset.truths  # training batches do not read ground-truth masks
+    assert set(data.train.dataset.truths) == {"bone"}  # the oracle trains on the relevance region, never the finding
     again = prepare_run_data(config, seed=5)
     assert again.train.index["path"].tolist() == data.train.index["path"].tolist()
 

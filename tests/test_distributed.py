@@ -66,7 +66,7 @@ def _apga_after_one_step(rank: int, world_size: int, store: str, out: str) -> No
     method.estimator.reward_baseline = torch.tensor(0.0)
     share = slice(rank * 8 // world_size, (rank + 1) * 8 // world_size)
     optimizers = make_optimizers(method)
-    logs = list(run_step(method, images[share], labels[share], optimizers, torch.amp.GradScaler("cpu", enabled=False),
+    logs = list(run_step(method, {"image": images[share], "label": labels[share]}, optimizers, torch.amp.GradScaler("cpu", enabled=False),
                          Precision("cpu", None)))
     torch.save({"classifier": classifier.state_dict(), "agent": agent.state_dict(), "reward": logs[1]["reward"]}, out)
     if world_size > 1:

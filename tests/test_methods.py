@@ -17,9 +17,10 @@ from apga.methods.masks import kept_images
 from apga.methods import METHODS
 from apga.models import build_agent, build_classifier
 from apga.experiment import build_method
-from apga.training.loop import Precision, Stage, make_optimizers, run_step, train_one_epoch
+from apga.training.loop import Precision, Stage, make_optimizers, model_batch, run_step, train_one_epoch
 
-CHANGES_AGENT = {"baseline": False, "cutout": False, "gradcam": False, "random": False, "end2end": True, "apga": True}
+CHANGES_AGENT = {"baseline": False, "cutout": False, "gradcam": False, "random": False, "end2end": True, "apga": True,
+                 "oracle": False}
 
 
 def _untrained_baseline(config, tmp_path) -> Path:
@@ -65,7 +66,8 @@ def test_method_runs_real_steps(name, tiny_config, tmp_path):
     if reference_before is not None:  # Grad-CAM's frozen baseline copy never trains
         assert not _changed(reference_before, method.reference)
     images = torch.rand(2, 3, config.image_size, config.image_size)
-    probabilities = method.mask_probabilities(images)
+    truths = {"bone": (torch.rand(2, 1, config.image_size, config.image_size) > 0.5).float()}
+    probabilities = method.mask_probabilities(images, truths)  # the oracle's map is the ground truth
     if name in ("baseline", "cutout"):
         assert probabilities is None
     else:
@@ -135,9 +137,7 @@ def test_mixed_precision_step_follows_full_precision(name, dtype, tiny_config, t
     losses of the full-precision step from the same state, and trains the same networks."""
     config = tiny_config(body_part="elbow")
     data = prepare_run_data(config, seed=1)
-    batch = data.train.dataset.__getitems__(list(range(8)))
-    images_u8, labels = batch["image"], batch["label"]
-    images = to_model_input(images_u8)
+    batch = model_batch(data.train.dataset.__getitems__(list(range(8))), torch.device("cpu"))  # with its "bone"
     torch.manual_seed(0)
     baseline_checkpoint = _untrained_baseline(config, tmp_path)
     runs = {}
@@ -150,10 +150,10 @@ def test_mixed_precision_step_follows_full_precision(name, dtype, tiny_config, t
         before = copy.deepcopy({n: net.state_dict() for n, (net, _) in method.networks().items()})
         scaler, optimizers = precision.scaler(), make_optimizers(method)
         logs = {}
-        for phase_logs in run_step(method, images, labels, optimizers, scaler, precision):
+        for phase_logs in run_step(method, batch, optimizers, scaler, precision):
             logs.update({k: v.item() for k, v in phase_logs.items()})
         for _ in range(2):  # fp16's scaler may skip the first steps (an overflow at its initial scale) by design
-            list(run_step(method, images, labels, optimizers, scaler, precision))
+            list(run_step(method, batch, optimizers, scaler, precision))
         moved = {n: _changed(before[n], net) for n, (net, _) in method.networks().items()}
         runs[precision.dtype] = logs, moved, scaler
     (full, full_moved, _), (mixed, mixed_moved, scaler) = runs[None], runs[dtype]
@@ -193,10 +193,11 @@ def test_training_step_has_no_host_sync(name, estimator, tiny_config, tmp_path):
     method = build_method(name, config, torch.device("cpu"), _untrained_baseline(config, tmp_path))
     method.generator = torch.Generator().manual_seed(0)
     optimizers, scaler = make_optimizers(method), torch.amp.GradScaler("cpu", enabled=False)
-    images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 1, 0])
+    batch = {"image": torch.rand(4, 3, 32, 32), "label": torch.tensor([0, 1, 1, 0]),
+             "bone": (torch.rand(4, 1, 32, 32) > 0.5).float()}  # the oracle's ground truth
     with host_syncs_forbidden():
         for _ in range(2):  # the second step also runs APGA's reward-baseline update
-            logs = list(run_step(method, images, labels, optimizers, scaler, Precision("cpu", None)))
+            logs = list(run_step(method, batch, optimizers, scaler, Precision("cpu", None)))
     assert logs and all(isinstance(v, torch.Tensor) for phase in logs for v in phase.values())
 
 
@@ -226,7 +227,7 @@ def test_apga_kept_region_step_uses_the_updated_agents_mask(estimator, tiny_conf
     images, labels = torch.rand(8, 3, 32, 32), torch.tensor([0, 1] * 4)
     keep_before = method.keep_mask(method.mask_probabilities(images))
     calls = _inputs_of_classifier_calls(method.classifier)
-    list(run_step(method, images, labels, make_optimizers(method), torch.amp.GradScaler("cpu", enabled=False),
+    list(run_step(method, {"image": images, "label": labels}, make_optimizers(method), torch.amp.GradScaler("cpu", enabled=False),
                   Precision("cpu", None)))
     keep_after = method.keep_mask(method.mask_probabilities(images))
     assert not torch.equal(keep_before, keep_after)  # the agent's step changed the mask
@@ -240,7 +241,7 @@ def test_end2end_loss_weights_and_gradient_through_the_soft_mask(tiny_config, tm
         method.agent.final.bias.fill_(0.8)  # p near 0.69, so BCE(p, 0) != BCE(p, 1)
     torch.manual_seed(0)
     images, labels = torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 1, 0])
-    phases = method.phases(images, labels)
+    phases = method.phases({"image": images, "label": labels})
     next(phases)
     masked = next(phases)
     assert masked.networks == ("classifier", "agent")
@@ -271,7 +272,7 @@ def test_gradcam_keeps_where_the_frozen_baselines_cam_exceeds_one_half(tiny_conf
     keep = (cam > 0.5).float()
     assert 0.02 < keep.mean() < 0.98
     calls = _inputs_of_classifier_calls(method.classifier)
-    phases = list(method.phases(images, labels))
+    phases = list(method.phases({"image": images, "label": labels}))
     assert torch.equal(calls[-1], images * keep) and phases[-1].logs["keep_area"].item() == pytest.approx(keep.mean().item())
 
 
@@ -282,7 +283,7 @@ def test_random_floor_keeps_boxes_of_its_area(area, tiny_config, tmp_path):
     method.generator = torch.Generator().manual_seed(0)
     images = torch.rand(64, 3, 32, 32) + 0.1  # no pixel is 0, so the kept region is where the input is not
     calls = _inputs_of_classifier_calls(method.classifier)
-    list(method.phases(images, torch.zeros(64, dtype=torch.long)))
+    list(method.phases({"image": images, "label": torch.zeros(64, dtype=torch.long)}))
     kept_area = (calls[-1][:, 0] != 0).float().flatten(1).mean(1)
     assert abs(kept_area.mean().item() - area) < 0.02 and kept_area.std() < 0.05
     assert method.inputs() == {"keep_area": area}
@@ -296,7 +297,7 @@ def test_frozen_kept_norm_leaves_the_running_statistics_to_the_clean_images(tiny
                               keep_area=0.2)
         method.generator = torch.Generator().manual_seed(0)
         norm = method.classifier.features.norm0
-        phases = method.phases(images, labels)
+        phases = method.phases({"image": images, "label": labels})
         next(phases)  # the clean step updates the running statistics
         after_clean = norm.running_mean.clone(), norm.running_var.clone()
         kept = next(phases)

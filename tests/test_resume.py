@@ -62,8 +62,8 @@ class _Diverging(Method):
     def networks(self):
         return {"classifier": (self.classifier, 1e-3)}
 
-    def phases(self, images, labels):
-        phase = self.classifier_phase(images, labels, "loss")
+    def phases(self, batch):
+        phase = self.classifier_phase(batch["image"], batch["label"], "loss")
         _Diverging.calls += 1
         if _Diverging.calls > 2:
             phase.loss = phase.loss * float("nan")
@@ -95,8 +95,8 @@ class _Overflowing(Method):
     def networks(self):
         return {"classifier": (self.classifier, 1e-3)}
 
-    def phases(self, images, labels):
-        yield self.classifier_phase(images, labels, "loss")
+    def phases(self, batch):
+        yield self.classifier_phase(batch["image"], batch["label"], "loss")
         _Overflowing.calls += 1
         if _Overflowing.calls == 4:  # after the last step of epoch 2: weights no loss has seen
             with torch.no_grad():

@@ -111,3 +111,43 @@ def test_files_and_folders_are_written_with_the_umask(tmp_path):
         os.umask(previous)
     assert (tmp_path / "file.txt").stat().st_mode & 0o777 == 0o640
     assert (tmp_path / "data").stat().st_mode & 0o777 == 0o750
+
+
+def test_a_condition_changes_only_what_it_names(tmp_path):
+    """--spurious adds a corner marker to the same images (its draws have their own stream);
+    --clutter adds finding-like marks outside the bones and nothing else; the default data stays
+    the data of version 8 (the same record, so the same fingerprint)."""
+    import json
+
+    small = dict(seed=5, train_patients=4, valid_patients=2, parts=("elbow",), min_side=40, max_side=48)
+    default = generate(tmp_path / "default", **small)
+    spurious = generate(tmp_path / "spurious", **small, spurious=0.9)
+    clutter = generate(tmp_path / "clutter", **small, clutter=3)
+    assert default["train_images"] == spurious["train_images"] == clutter["train_images"]
+    assert "clutter" not in json.loads((tmp_path / "default" / "GENERATED.json").read_text())
+    marked = 0
+    for path in mura.load_split(tmp_path / "default", "train")["path"]:
+        plain = np.asarray(Image.open(tmp_path / "default" / path).convert("L"), dtype=int)
+        with_marker = np.asarray(Image.open(tmp_path / "spurious" / path).convert("L"), dtype=int)
+        changed = np.argwhere(plain != with_marker)
+        if len(changed):
+            marked += 1
+            assert changed[:, 0].max() < 6 and changed[:, 1].min() >= plain.shape[1] - 6  # the top-right corner only
+        cluttered = np.asarray(Image.open(tmp_path / "clutter" / path).convert("L"), dtype=int)
+        bone = np.asarray(Image.open(tmp_path / "default" / mura.MASK_DIR / path.removeprefix("MURA-v1.1/"))) > 0
+        assert np.array_equal(cluttered[bone], plain[bone])  # the bones (and their findings) untouched
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "clutter" / mura.MASK_DIR / path.removeprefix("MURA-v1.1/"))),
+                              bone.astype(np.uint8) * 255)
+    assert marked > 0
+
+
+def test_a_spurious_data_set_from_before_the_separate_stream_is_made_anew(tmp_path, capsys):
+    import json
+
+    small = dict(seed=5, train_patients=2, valid_patients=1, parts=("elbow",), min_side=40, max_side=48, spurious=0.9)
+    generate(tmp_path / "data", **small)
+    record = json.loads((tmp_path / "data" / "GENERATED.json").read_text())
+    del record["marker_stream"]  # as the generator wrote it before
+    (tmp_path / "data" / "GENERATED.json").write_text(json.dumps(record))
+    ensure_generated(tmp_path / "data", **small)
+    assert json.loads((tmp_path / "data" / "GENERATED.json").read_text())["marker_stream"] == "separate"

@@ -7,7 +7,10 @@ Columns (a header row is required; order does not matter):
 - `study` (optional): images of one study are averaged for the study-level metrics (default, and
   for a blank cell: the image is its own study);
 - `patient` (optional): holdout selection and the leak check keep a patient's images together
-  (default: the study; a blank cell takes the patient its study's other rows name, else the study).
+  (default: the study; a blank cell takes the patient its study's other rows name, else the study);
+- `mask` (optional): the image's ground-truth relevance region, a mask image relative to the CSV
+  (white: relevant): the oracle's masks and the mask-quality measures that need ground truth. Given
+  for one row, it is needed for every row.
 
 A blank cell in an optional column applies to its row only (with a notice), never to the column.
 
@@ -89,7 +92,17 @@ def read_csv_index(csv_path: str | Path, check_files: bool = True) -> pd.DataFra
     index["study"] = _filled(csv_path, table, line, "study", fallback=table["path"])
     index["patient"] = _patients(csv_path, table, line, index["study"])
     _check_splits(csv_path, index, line)
-    return index[["path", "split", "body_part", "patient", "study", "label"]]
+    columns = ["path", "split", "body_part", "patient", "study", "label"]
+    if "mask" in table.columns:
+        _fail_on(csv_path, table, line, table["mask"] == "",
+                 lambda row: "the mask cell is empty; give every image its mask, or leave the mask column out")
+        if check_files:
+            exists = table["mask"].map(lambda p: (csv_path.parent / p).is_file())
+            _fail_on(csv_path, table, line, ~exists,
+                     lambda row: f"mask {row['mask']!r} does not exist (paths are relative to {csv_path.parent})")
+        index["mask"] = table["mask"]
+        columns.append("mask")
+    return index[columns]
 
 
 def _filled(csv_path: Path, table: pd.DataFrame, line: pd.Series, column: str, fallback: pd.Series) -> pd.Series:

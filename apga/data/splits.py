@@ -34,7 +34,7 @@ class RunData:
     train: Split
     select: Split   # the split checkpoints are selected on (valid, or held-out training patients)
     report: Split   # the split that is reported (always MURA's validation split)
-    truths: tuple[str, ...]  # ground-truth masks the selection and report splits carry ("bone", "finding")
+    truths: tuple[str, ...]  # ground-truth masks the splits carry: "bone" (the relevance region), "finding"
     fingerprint: str  # identifies the images and labels of every split (see data_fingerprint)
 
 
@@ -49,10 +49,25 @@ def _cached_split(config, root: Path, index: pd.DataFrame, cache_dir: Path, desc
     index["crc32"], index["row_crc32"] = crcs, rows  # the files' and the decoded images' content: the fingerprint
     masks = {}
     for name in truths:
-        files = [root / TRUTH_DIRS[name] / Path(p).relative_to(mura.MURA_DIR) for p in index["path"]]
-        masks[name] = cached_array(files, config.image_size, cache_dir, masks=True, num_workers=config.num_workers,
-                                   desc=f"{desc} {name} masks").array
+        masks[name] = cached_array(_truth_files(root, index, name), config.image_size, cache_dir, masks=True,
+                                   num_workers=config.num_workers, desc=f"{desc} {name} masks").array
     return images, masks, usable
+
+
+def _truth_files(root: Path, index: pd.DataFrame, name: str) -> list[Path]:
+    """The ground-truth mask file of every row: a CSV task's `mask` column (the relevance region),
+    or the generated data's mask folders beside MURA-v1.1/."""
+    if "mask" in index.columns and name == "bone":
+        return [root / p for p in index["mask"]]
+    return [root / TRUTH_DIRS[name] / Path(p).relative_to(mura.MURA_DIR) for p in index["path"]]
+
+
+def available_truths(root: Path, train: pd.DataFrame, valid: pd.DataFrame) -> tuple[str, ...]:
+    """Which ground truths the data has: the generated data's bones and findings, or a CSV's masks."""
+    if "mask" in train.columns:
+        return ("bone",)
+    in_mura_layout = pd.concat([train, valid])["path"].str.startswith(mura.MURA_DIR + "/").all()
+    return tuple(name for name, folder in TRUTH_DIRS.items() if in_mura_layout and (root / folder).is_dir())
 
 
 def _split(index: pd.DataFrame, images, masks: dict, rows: np.ndarray) -> Split:
@@ -119,11 +134,10 @@ def prepare_run_data(config, seed: int) -> RunData:
     root, name = data_source(config)
     cache_dir = Path(config.cache_dir) if config.cache_dir else root / ".apga-cache"
     train, valid = load_index(config)
-    in_mura_layout = pd.concat([train, valid])["path"].str.startswith(mura.MURA_DIR + "/").all()
-    truths = tuple(name for name, folder in TRUTH_DIRS.items() if in_mura_layout and (root / folder).is_dir())
-    holdout = config.model_selection == "holdout"  # only a held-out selection split needs training masks
-    train_images, train_masks, train_ok = _cached_split(config, root, train, cache_dir, "train",
-                                                        truths if holdout else ())
+    truths = available_truths(root, train, valid)
+    holdout = config.model_selection == "holdout"  # a held-out selection split measures masks on findings too
+    train_truths = truths if holdout else tuple(t for t in truths if t == "bone")  # the oracle trains on "bone"
+    train_images, train_masks, train_ok = _cached_split(config, root, train, cache_dir, "train", train_truths)
     valid_images, valid_masks, valid_ok = _cached_split(config, root, valid, cache_dir, "valid", truths)
 
     train_rows = np.flatnonzero(train_ok)
@@ -142,7 +156,8 @@ def prepare_run_data(config, seed: int) -> RunData:
         train_rows = train_rows[~held]
     if config.n_shot is not None:
         train_rows = train_rows[mura.k_shot_indices(train["label"].to_numpy()[train_rows], config.n_shot, seed)]
-    # the training split carries no masks: the loop never reads them
-    splits = {"train": _split(train, train_images, {}, train_rows), "select": select, "report": report}
+    # the training split carries the relevance region (the oracle's masks), not the findings
+    train_split = _split(train, train_images, {k: v for k, v in train_masks.items() if k == "bone"}, train_rows)
+    splits = {"train": train_split, "select": select, "report": report}
     return RunData(**splits, truths=truths, fingerprint=data_fingerprint(root, splits))
 

@@ -17,7 +17,6 @@ every view shows the abnormality), so image labels carry some noise, like the re
 """
 from __future__ import annotations
 
-import inspect
 import json
 import shutil
 import sys
@@ -72,9 +71,14 @@ def _draw_text(image, rng, text, value):
 
 
 def render_image(rng: np.random.Generator, body_part: str, abnormal: bool, spurious_marker: bool,
-                 min_side: int = 80, max_side: int = 128) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 min_side: int = 80, max_side: int = 128, clutter: int = 0, finding_scale: float = 1.0,
+                 extras: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One radiograph-like image (float in [0, 1]), its relevance mask and its finding mask (both
-    bool; the finding mask is empty for a normal image), all (H, W)."""
+    bool; the finding mask is empty for a normal image), all (H, W).
+
+    Conditions that change only what they name: `clutter` adds that many finding-like dark spots
+    and lines outside the bones, drawn from `extras` (its own stream: the image is otherwise the
+    same); `finding_scale` scales the finding's size (its draws are unchanged)."""
     h, w = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     side = min(h, w)
@@ -122,11 +126,11 @@ def render_image(rng: np.random.Generator, body_part: str, abnormal: bool, spuri
         if len(ys):  # centred on a bone pixel well inside the image, so the finding is always seen
             k = rng.integers(len(ys))
             if rng.random() < 0.5:  # fracture: a dark line across the shaft
-                band = np.abs(t - t[ys[k], xs[k]]) * 2 * length < rng.uniform(1.3, 1.8) * side / 32
+                band = np.abs(t - t[ys[k], xs[k]]) * 2 * length < rng.uniform(1.3, 1.8) * side / 32 * finding_scale
                 finding = band & (dist < r)
                 image = np.where(finding, image - rng.uniform(0.45, 0.55), image)
             else:  # lytic lesion: a dark spot in the bone
-                spot = np.hypot(yy - ys[k], xx - xs[k]) < side * rng.uniform(0.07, 0.095)
+                spot = np.hypot(yy - ys[k], xx - xs[k]) < side * rng.uniform(0.07, 0.095) * finding_scale
                 finding = spot & bone_mask
                 image = np.where(finding, image - rng.uniform(0.4, 0.5), image)
         rng = rng_main
@@ -140,6 +144,15 @@ def render_image(rng: np.random.Generator, body_part: str, abnormal: bool, spuri
             a = rng.uniform(0, np.pi)
             spot = (np.abs(np.cos(a) * (yy - cy) + np.sin(a) * (xx - cx)) < 1.2) & (np.hypot(yy - cy, xx - cx) < side * 0.15)
         image = np.where(spot & ~bone_mask, image - rng.uniform(0.1, 0.2) + 0.3 * (rng.random() < 0.5), image)
+    for _ in range(clutter):  # finding-like look-alikes outside the bones, from their own stream
+        cy, cx = extras.uniform(0, h), extras.uniform(0, w)
+        if extras.random() < 0.5:  # a dark spot, as a lytic lesion
+            spot = np.hypot(yy - cy, xx - cx) < side * extras.uniform(0.07, 0.095) * finding_scale
+        else:  # a dark line, as a fracture
+            a = extras.uniform(0, np.pi)
+            spot = (np.abs(np.cos(a) * (yy - cy) + np.sin(a) * (xx - cx)) < side / 32 * finding_scale) & (
+                np.hypot(yy - cy, xx - cx) < side * 0.15)
+        image = np.where(spot & ~bone_mask, image - extras.uniform(0.4, 0.55), image)
 
     # markers and letters, collimation borders, spurious marker
     _draw_text(image, rng, str(rng.choice(["L", "R"])), 0.95)
@@ -167,9 +180,30 @@ def render_image(rng: np.random.Generator, body_part: str, abnormal: bool, spuri
     return image.astype(np.float32), bone_mask, finding
 
 
+CONDITIONS = {"clutter": 0, "finding_scale": 1.0}  # added later; at these values the data is as before
+
+
+def data_parameters(seed: int = 0, train_patients: int = 200, valid_patients: int = 80,
+                    parts: tuple[str, ...] = BODY_PARTS, min_side: int = 80, max_side: int = 128,
+                    spurious: float = 0.0, colour_fraction: float = 0.1, clutter: int = 0,
+                    finding_scale: float = 1.0) -> dict:
+    """What GENERATED.json records. A condition at its default is left out (the default data's
+    record, and so its fingerprint, are those of version 8); the spurious marker's draws come from
+    their own stream since `marker_stream` was recorded (before, they shifted every later image)."""
+    params = dict(seed=seed, train_patients=train_patients, valid_patients=valid_patients, parts=list(parts),
+                  min_side=min_side, max_side=max_side, spurious=spurious, colour_fraction=colour_fraction,
+                  version=VERSION)
+    params |= {name: value for name, value in (("clutter", clutter), ("finding_scale", finding_scale))
+               if value != CONDITIONS[name]}
+    if spurious > 0:
+        params["marker_stream"] = "separate"
+    return params
+
+
 def generate(out: str | Path, seed: int = 0, train_patients: int = 200, valid_patients: int = 80,
              parts: tuple[str, ...] = BODY_PARTS, min_side: int = 80, max_side: int = 128,
-             spurious: float = 0.0, colour_fraction: float = 0.1) -> dict:
+             spurious: float = 0.0, colour_fraction: float = 0.1, clutter: int = 0,
+             finding_scale: float = 1.0) -> dict:
     """Write the data set under `out` (MURA-v1.1/ and MURA-v1.1-masks/), deterministic in `seed`.
 
     `spurious` in [0, 1]: in the training split, the corner marker appears on abnormal images
@@ -183,9 +217,8 @@ def generate(out: str | Path, seed: int = 0, train_patients: int = 200, valid_pa
     if out.exists() and not (out / "GENERATED.json").is_file() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out} exists and is not a data set this generator made (it has no GENERATED.json); "
                         f"choose a new or empty folder, e.g. --out {out / 'synthetic'}")
-    params = dict(seed=seed, train_patients=train_patients, valid_patients=valid_patients, parts=list(parts),
-                  min_side=min_side, max_side=max_side, spurious=spurious, colour_fraction=colour_fraction,
-                  version=VERSION)
+    params = data_parameters(seed, train_patients, valid_patients, parts, min_side, max_side, spurious,
+                             colour_fraction, clutter, finding_scale)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = private_folder(out.parent, prefix=f".{out.name}.partial-")
@@ -231,7 +264,9 @@ def _draw(tmp: Path, rng: np.random.Generator, params: dict, save) -> dict[str, 
     train_patients, valid_patients = params["train_patients"], params["valid_patients"]
     parts, min_side, max_side = params["parts"], params["min_side"], params["max_side"]
     spurious, colour_fraction = params["spurious"], params["colour_fraction"]
+    clutter, finding_scale = params.get("clutter", 0), params.get("finding_scale", 1.0)
     folders: set[Path] = set()
+    count = 0
     written, pending = [], []
 
     def write(path: Path, function, *args) -> None:
@@ -254,11 +289,14 @@ def _draw(tmp: Path, rng: np.random.Generator, params: dict, save) -> dict[str, 
                     studies[split].append(f"{study}/,{int(abnormal)}")
                     for image_number in range(1, rng.integers(1, 4) + 1):
                         visible = abnormal and rng.random() < FINDING_VISIBLE
+                        extras = np.random.default_rng([params["seed"], 1, count])  # each image's own stream
+                        count += 1
                         if split == "train" and spurious > 0:
-                            marker = rng.random() < (spurious if abnormal else 1 - spurious)
+                            marker = extras.random() < (spurious if abnormal else 1 - spurious)
                         else:
-                            marker = spurious > 0 and rng.random() < 0.5
-                        pixels, relevance, finding = render_image(rng, part, visible, marker, min_side, max_side)
+                            marker = spurious > 0 and extras.random() < 0.5
+                        pixels, relevance, finding = render_image(rng, part, visible, marker, min_side, max_side,
+                                                                  clutter, finding_scale, extras)
                         path = f"{study}/image{image_number}.png"
                         write(tmp / path, _save, pixels, rng.random() < colour_fraction)
                         for tree, mask in ((MASK_DIR, relevance), (FINDING_DIR, finding)):
@@ -290,9 +328,7 @@ def ensure_generated(out: str | Path, **params) -> Path:
     """Generate the data set unless `out` already holds one made with the same parameters."""
     out = Path(out)
     marker = out / "GENERATED.json"
-    wanted = {name: p.default for name, p in inspect.signature(generate).parameters.items() if name != "out"}
-    wanted.update(params, version=VERSION)
-    wanted["parts"] = list(wanted["parts"])
+    wanted = data_parameters(**params)
     if marker.is_file():
         found = json.loads(marker.read_text())
         if found == wanted:
@@ -307,12 +343,15 @@ def ensure_generated(out: str | Path, **params) -> Path:
 
 
 def main(out: str = "datasets/synthetic", seed: int = 0, train_patients: int = 200, valid_patients: int = 80,
-         min_side: int = 80, max_side: int = 128, spurious: float = 0.0) -> None:
-    """Generate the synthetic MURA-layout data set."""
+         min_side: int = 80, max_side: int = 128, spurious: float = 0.0, clutter: int = 0,
+         finding_scale: float = 1.0) -> None:
+    """Generate the synthetic MURA-layout data set (--spurious: a corner marker correlated with the label in
+    training; --clutter N: N finding-like spots or lines outside the bones per image; --finding-scale)."""
     configure_logging()
     try:
         summary = generate(out, seed=seed, train_patients=train_patients, valid_patients=valid_patients,
-                           min_side=min_side, max_side=max_side, spurious=spurious)
+                           min_side=min_side, max_side=max_side, spurious=spurious, clutter=clutter,
+                           finding_scale=finding_scale)
     except APGAError as problem:
         error(str(problem))
         sys.exit(2)

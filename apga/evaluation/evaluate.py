@@ -68,7 +68,7 @@ def predict(method, split: Split, device, *, batch_size: int, autocast, channels
             bone, finding = _truth(batch, "bone", device), _truth(batch, "finding", device)
             with autocast():
                 out = {"position": batch["position"].to(device), "p": abnormal_probability(method.classifier, images)}
-                maps = method.mask_probabilities(images)
+                maps = method.mask_probabilities(images, {"bone": bone.float()} if bone is not None else None)
                 if maps is not None:
                     keep = method.keep_mask(maps)  # (B, 1, H, W)
                     out["p_kept"] = abnormal_probability(method.classifier, kept_images(images, keep, method.fill))

@@ -51,7 +51,7 @@ class Floor:
         self.variant, self.classifier, self.fill, self.seed = kind, classifier, fill, seed
         self.batches = 0
 
-    def mask_probabilities(self, images: torch.Tensor) -> torch.Tensor:
+    def mask_probabilities(self, images: torch.Tensor, truths: dict | None = None) -> torch.Tensor:
         """The floor's map of a batch in [0, 1]; random floors draw from a generator seeded per batch."""
         return scale_to_unit(self._maps(images).float())
 

@@ -9,18 +9,19 @@ from apga.methods.baseline import Baseline
 from apga.methods.cutout import Cutout
 from apga.methods.end2end import EndToEnd
 from apga.methods.gradcam_masking import GradCamMasking
+from apga.methods.oracle import Oracle
 from apga.methods.random_masks import RandomMasking
 from apga.models import build_agent, build_classifier
 from apga.utils import memory_format
 
-# In training order: the random floor comes after APGA, whose kept area it copies.
+# In training order: the random floor comes after APGA and the oracle, whose kept areas it copies.
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Baseline, Cutout, GradCamMasking, EndToEnd, APGA, RandomMasking)
+    cls.name: cls for cls in (Baseline, Cutout, GradCamMasking, EndToEnd, APGA, Oracle, RandomMasking)
 }
 
-# The original script's switches, and the floor's.
+# The original script's switches, the ceiling's and the floor's.
 FLAGS = {"cutout": "train_cutout", "gradcam": "train_gradcam", "end2end": "train_end2end",
-         "apga": "train_apga", "random": "train_random"}
+         "apga": "train_apga", "oracle": "train_oracle", "random": "train_random"}
 
 
 def build_method(name: str, config, device: torch.device, classifier_state: dict | None = None, **extra) -> Method:

@@ -30,10 +30,15 @@ class APGA(Method):
     def variant(self) -> str:
         return apga_variant(self.config)
 
-    def phases(self, images, labels):
-        clean = self.classifier_phase(images, labels, "clean_loss")
-        yield clean  # 1.
-        yield self.estimator.policy_phase(self, images, labels, clean.loss.detach())  # 2-7.
+    def phases(self, batch):
+        images, labels = batch["image"], batch["label"]
+        if self.config.clean_step:
+            clean = self.classifier_phase(images, labels, "clean_loss")
+            yield clean  # 1.
+            clean_loss = clean.loss.detach()
+        else:  # --clean-step 0: the reward's clean loss without a clean step
+            clean_loss = self._clean_loss(images, labels)
+        yield self.estimator.policy_phase(self, images, labels, clean_loss)  # 2-7.
         # 8. a fresh mask from the updated agent; classifier step on the kept region
         yield self.kept_region_phase(images, labels, self.keep_mask(self.mask_probabilities(images)))
 
@@ -41,13 +46,16 @@ class APGA(Method):
     def warmup_steps(self):
         return self.config.agent_warmup
 
-    def warmup_phases(self, images, labels):
+    def warmup_phases(self, batch):
         """Steps 2-7 alone, against the classifier as it is (`--agent-warmup`): no classifier step."""
-        with torch.no_grad(), eval_mode(self.classifier):
-            clean_loss = F.cross_entropy(self.classifier(images), labels)
-        yield self.estimator.policy_phase(self, images, labels, clean_loss)
+        images, labels = batch["image"], batch["label"]
+        yield self.estimator.policy_phase(self, images, labels, self._clean_loss(images, labels))
 
-    def mask_probabilities(self, images):
+    def _clean_loss(self, images, labels):
+        with torch.no_grad(), eval_mode(self.classifier):
+            return F.cross_entropy(self.classifier(images), labels)
+
+    def mask_probabilities(self, images, truths=None):
         with torch.no_grad():
             return self.estimator.probabilities(self.agent(images))
 
@@ -65,5 +73,5 @@ class APGA(Method):
 
 
 def apga_variant(config) -> str:
-    """APGA's variant: its estimator and settings, warm-up, fill, kept-region norm, agent scale."""
-    return variant_name(config, policy=True, kept_step=True, agent=True)
+    """APGA's variant: its estimator and settings, warm-up, fill, kept-region norm, agent scale, scheme."""
+    return variant_name(config, policy=True, kept_step=True, agent=True, clean_step=True)

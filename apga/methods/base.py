@@ -1,7 +1,9 @@
 """What every training method shares, and the protocol between a method and the loop.
 
-A method's `phases(images, labels)` is a generator of `Phase`s: a loss, the networks whose
-optimizers step on it, and detached values to log. The loop owns everything else (zero_grad,
+A method's `phases(batch)` is a generator of `Phase`s: a loss, the networks whose optimizers step
+on it, and detached values to log. A batch is a dict: "image" (B, 3, H, W) model input, "label"
+(B,), and, where the data has ground truth, "bone" (B, 1, H, W) in {0, 1}: the relevance region
+(the bones of generated data, a CSV task's `mask` column). The loop owns everything else (zero_grad,
 backward, AMP scaling, optimizer steps, validation, checkpoints): after each yielded phase it
 steps the named optimizers, then resumes the generator, so a later phase sees the updated
 networks (APGA's step 8 uses the agent updated in step 7).
@@ -20,11 +22,13 @@ from apga.distributed import Dist
 from apga.methods.masks import greedy_action, kept_images
 
 
-def variant_name(config, *, policy: bool = False, kept_step: bool = False, agent: bool = False) -> str:
+def variant_name(config, *, policy: bool = False, kept_step: bool = False, agent: bool = False,
+                 clean_step: bool = False) -> str:
     """What a run's settings change from the paper's, in one name ('' for the paper's): with
     `policy`, APGA's estimator (and its settings that differ from their defaults) and agent
     warm-up; always the fill; with `kept_step`, the kept-region batch norm; with `agent`, the
-    agent's input scale. E.g. 'rloo-warmup300-frozenbn'. Variants sit side by side in one out-dir."""
+    agent's input scale; with `clean_step`, a scheme without the clean classifier step ('noclean').
+    E.g. 'rloo-warmup300-frozenbn'. Variants sit side by side in one out-dir."""
     from apga.config import default_mask_cell, defaults
 
     parts = []
@@ -44,6 +48,8 @@ def variant_name(config, *, policy: bool = False, kept_step: bool = False, agent
         parts.append(f"{config.kept_norm}bn")
     if agent and config.agent_scale != 1:
         parts.append(f"scale{config.agent_scale:g}")
+    if clean_step and not config.clean_step:
+        parts.append("noclean")
     return "-".join(parts)
 
 
@@ -94,7 +100,9 @@ class Method:
         if not self.uses_agent:
             ignored |= {"agent_scale", "agent_width", "agent_lr"}
         if not self.fine_tuned:
-            ignored |= {"finetune_lr", "finetune_epochs", "fill"}
+            ignored |= {"finetune_lr", "finetune_epochs", "fill", "clean_step"}
+        if self.name != "random":
+            ignored.add("floor_area")
         if self.name in ("baseline", "cutout"):
             ignored.add("kept_norm")  # no kept-region step
         if self.mid_epoch_validation:
@@ -119,7 +127,7 @@ class Method:
     @property
     def variant(self) -> str:
         """Distinguishes settings of one method in results ('' for the paper's)."""
-        return variant_name(self.config, kept_step=self.has_kept_step) if self.fine_tuned else ""
+        return variant_name(self.config, kept_step=self.has_kept_step, clean_step=True) if self.fine_tuned else ""
 
     @property
     def has_kept_step(self) -> bool:
@@ -130,20 +138,21 @@ class Method:
         """What this run starts from beyond its settings and data (part of its identity)."""
         return {}
 
-    def phases(self, images: torch.Tensor, labels: torch.Tensor) -> Iterator[Phase]:
-        yield self.classifier_phase(images, labels, "loss")
+    def phases(self, batch: dict[str, torch.Tensor]) -> Iterator[Phase]:
+        yield self.classifier_phase(batch["image"], batch["label"], "loss")
 
     @property
     def warmup_steps(self) -> int:
         """Steps of `warmup_phases` before the first epoch (APGA's `--agent-warmup`; others: none)."""
         return 0
 
-    def warmup_phases(self, images: torch.Tensor, labels: torch.Tensor) -> Iterator[Phase]:
+    def warmup_phases(self, batch: dict[str, torch.Tensor]) -> Iterator[Phase]:
         """A warm-up step's phases; they must not train the classifier (it is in eval mode)."""
         return iter(())
 
-    def mask_probabilities(self, images: torch.Tensor) -> torch.Tensor | None:
+    def mask_probabilities(self, images: torch.Tensor, truths: dict | None = None) -> torch.Tensor | None:
         """(B, 1, H, W) in [0, 1] for masking methods (their map: what evaluation ranks), else None.
+        `truths`: the batch's ground truth ("bone"), for the oracle; the other methods ignore it.
 
         Methods with an agent: its probabilities p = sigmoid(agent(x))."""
         if self.agent is None:
@@ -161,6 +170,11 @@ class Method:
         return self.keep_mask(probabilities).flatten(1).mean(1)
 
     # --- helpers shared by the methods ------------------------------------------------
+    def clean_phase(self, batch: dict[str, torch.Tensor]) -> Iterator[Phase]:
+        """The clean classifier step that opens a fine-tuned method's step (none under --clean-step 0)."""
+        if self.config.clean_step:
+            yield self.classifier_phase(batch["image"], batch["label"], "clean_loss")
+
     def classifier_phase(self, images: torch.Tensor, labels: torch.Tensor, log_name: str) -> Phase:
         loss = F.cross_entropy(self.classifier(images), labels)
         return Phase(loss, ("classifier",), {log_name: loss.detach()})

@@ -8,7 +8,8 @@ from apga.methods.base import Method
 class Cutout(Method):
     name = "cutout"
 
-    def phases(self, images, labels):
-        yield self.classifier_phase(images, labels, "clean_loss")
+    def phases(self, batch):
+        images, labels = batch["image"], batch["label"]
+        yield from self.clean_phase(batch)
         erased = cutout_masks(images, self.generator)  # (B, 1, H, W), a different box per image
         yield self.classifier_phase(adversarial_images(images, erased, self.fill), labels, "cutout_loss")

@@ -21,10 +21,11 @@ class EndToEnd(Method):
 
     @property
     def variant(self) -> str:
-        return variant_name(self.config, kept_step=True, agent=True)
+        return variant_name(self.config, kept_step=True, agent=True, clean_step=True)
 
-    def phases(self, images, labels):
-        yield self.classifier_phase(images, labels, "clean_loss")
+    def phases(self, batch):
+        images, labels = batch["image"], batch["label"]
+        yield from self.clean_phase(batch)
         logits = self.agent(images).float()  # (B, 1, H, W)
         soft_mask = torch.sigmoid(logits)
         masked_loss = F.cross_entropy(self.classifier(images * soft_mask), labels)

@@ -17,10 +17,11 @@ class GradCamMasking(Method):
         # Built from the classifier as it is now: the best baseline checkpoint (none without networks).
         self.reference = None if classifier is None else copy.deepcopy(classifier).eval().requires_grad_(False)
 
-    def phases(self, images, labels):
-        yield self.classifier_phase(images, labels, "clean_loss")
+    def phases(self, batch):
+        images, labels = batch["image"], batch["label"]
+        yield from self.clean_phase(batch)
         yield self.kept_region_phase(images, labels, self.keep_mask(self.mask_probabilities(images)))
 
-    def mask_probabilities(self, images):
+    def mask_probabilities(self, images, truths=None):
         with torch.autocast(images.device.type, enabled=False):
             return grad_cam(self.reference, images.float(), "features.norm5")

@@ -1,9 +1,11 @@
-"""The random-mask floor: keep one random box per image, of the same area as APGA's masks.
+"""The random-mask floor: keep one random box per image, of a given area.
 
-If masking anything at all helps, this method shows it; gains of APGA over it are gains of
-*where* the agent masks. The kept area is APGA's mean kept area on the selection split at APGA's
-selected checkpoint, for the same seed and APGA variant (0.5 when APGA has not run): the runner
-passes it in, it is part of the run's identity (`inputs`), and the variant is APGA's.
+If masking anything at all helps, this method shows it; gains of a masking method over it are
+gains of *where* it masks. Its area (`--floor-area`) is APGA's (the default: APGA's mean kept area
+on the selection split at its selected checkpoint, for the same seed and APGA variant; 0.5 when
+APGA has not run; the variant is then APGA's), the oracle's (the mean area of the training
+images' ground-truth masks: the floor of the ceiling), or a number. The experiment passes it in;
+it is part of the run's identity (`inputs`).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import torch
 
 from apga.methods.masks import random_boxes
 from apga.methods.apga import apga_variant
-from apga.methods.base import Method
+from apga.methods.base import Method, variant_name
 from apga.utils import derive_seed
 
 DEFAULT_KEEP_AREA = 0.5
@@ -26,13 +28,17 @@ class RandomMasking(Method):
 
     @property
     def variant(self) -> str:
-        return apga_variant(self.config)
+        if self.config.floor_area == "apga":
+            return apga_variant(self.config)
+        area = "oraclearea" if self.config.floor_area == "oracle" else f"area{float(self.config.floor_area):g}"
+        return "-".join(part for part in (area, variant_name(self.config, kept_step=True, clean_step=True)) if part)
 
     def inputs(self) -> dict:
         return {"keep_area": self.keep_area}
 
-    def phases(self, images, labels):
-        yield self.classifier_phase(images, labels, "clean_loss")
+    def phases(self, batch):
+        images, labels = batch["image"], batch["label"]
+        yield from self.clean_phase(batch)
         yield self.kept_region_phase(images, labels, self._boxes(images, self.generator))
 
     def _boxes(self, images, generator):
@@ -40,7 +46,7 @@ class RandomMasking(Method):
         area = torch.full((b,), self.keep_area, device=images.device)
         return random_boxes(b, h, w, area=area, ratio=(0.5, 2.0), generator=generator, device=images.device)
 
-    def mask_probabilities(self, images):
+    def mask_probabilities(self, images, truths=None):
         # Evaluation masks are a fixed function of the batch size, so every evaluation agrees.
         generator = torch.Generator(images.device).manual_seed(derive_seed("random-eval", len(images)))
         return self._boxes(images, generator)

@@ -22,13 +22,14 @@ COLUMNS = ("image", "map (min-max)", "adversarial", "kept")
 
 @torch.no_grad()
 def mask_panels(method, images: torch.Tensor, probabilities: torch.Tensor | None = None,
-                tile: int = 96) -> np.ndarray | None:
+                tile: int = 96, truths: dict | None = None) -> np.ndarray | None:
     """(N, tile, 4 tile) uint8 rows of the four columns for model inputs `images` (N, 3, S, S), from
-    the method's maps (computed here unless given); None for methods without masks."""
+    the method's maps (computed here unless given; `truths` for the oracle's); None for methods
+    without masks."""
     if probabilities is None:
         networks = [method.classifier] + ([method.agent] if method.agent is not None else [])
         with eval_mode(*networks):
-            probabilities = method.mask_probabilities(images)
+            probabilities = method.mask_probabilities(images, truths)
     if probabilities is None:
         return None
     keep = method.keep_mask(probabilities)
@@ -55,7 +56,9 @@ def write_panels(rows: np.ndarray, path: Path, title: str = "") -> Path:
     return Path(path)
 
 
-def save_gallery(method, images_u8: torch.Tensor, path: Path, device, tile: int = 96) -> Path | None:
-    """Write the grid for `images_u8` (N, S, S) uint8; None for methods without masks."""
-    rows = mask_panels(method, to_model_input(images_u8.to(device)), tile=tile)
+def save_gallery(method, batch: dict, path: Path, device, tile: int = 96) -> Path | None:
+    """Write the grid for a loader's `batch` (its "image" (N, S, S) uint8, and "bone" for the
+    oracle's masks); None for methods without masks."""
+    truths = {"bone": batch["bone"].to(device).unsqueeze(1).float()} if "bone" in batch else None
+    rows = mask_panels(method, to_model_input(batch["image"].to(device)), tile=tile, truths=truths)
     return None if rows is None else write_panels(rows, path)

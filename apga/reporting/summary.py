@@ -23,7 +23,7 @@ import pandas as pd
 
 from apga.evaluation.mask_quality import COLUMNS as MASK_QUALITY_COLUMNS
 from apga.reporting import plots
-from apga.reporting.stats import t_interval
+from apga.reporting.stats import ratio_interval, t_interval
 from apga.reporting.results import method_rank, rebuild
 from apga.utils import atomic_write_bytes, error
 
@@ -112,6 +112,82 @@ def summarize_masks(table: pd.DataFrame) -> pd.DataFrame:
     return _ordered(pd.DataFrame(rows, columns=columns))
 
 
+CEILING_METRICS = ("accuracy", "accuracy_tta", "kept_accuracy")  # training with masks; masks at test time too
+
+
+def scheme(variant) -> frozenset:
+    """The parts of a variant that change the kept-region scheme (fill, batch norm, clean step):
+    a method is compared with the oracle of the same scheme."""
+    parts = str(variant or "").split("-")
+    return frozenset(p for p in parts if p.endswith("fill") or p.endswith("bn") or p == "noclean")
+
+
+def summarize_ceiling(table: pd.DataFrame) -> pd.DataFrame:
+    """Each masking method between its floor and its ceiling, per (body part, n_shot, protocol,
+    scheme) and metric: the oracle's gain over the random floor of its area (`ceiling`, paired
+    over seeds, 95 % t interval), the method's gain over that floor, and the share of the ceiling
+    it recovers, gain_recovered = (method − floor) / (oracle − floor) with a percentile bootstrap
+    interval over seeds; shown only where the ceiling is clear of zero (its interval above 0)."""
+    columns = GROUP + ["metric", "method", "seeds", "ceiling", "ceiling_low", "ceiling_high", "gain", "gain_low",
+                       "gain_high", "recovered", "recovered_low", "recovered_high"]
+    table = _current_rows_with(table, "accuracy")
+    rows = []
+    if table is None or "variant" not in table.columns:
+        return pd.DataFrame(columns=columns)
+    for key, group in table.groupby(GROUP, sort=True):
+        for oracle_variant in group.loc[group["method"] == "oracle", "variant"].fillna("").unique():
+            floor_label = label("random", "-".join(p for p in ("oraclearea", oracle_variant) if p))
+            oracle_label = label("oracle", oracle_variant)
+            same_scheme = group[[scheme(v) == scheme(oracle_variant) for v in group["variant"]]]
+            methods = same_scheme[same_scheme["method"].isin(["gradcam", "end2end", "apga", "random"])
+                                  & (same_scheme["label"] != floor_label)]["label"].unique()
+            for metric in CEILING_METRICS:
+                by_seed = {name: group[group["label"] == name].set_index("seed")[metric].astype(float)
+                           if metric in group.columns else pd.Series(dtype=float)
+                           for name in (floor_label, oracle_label, *methods)}
+                floor, oracle = by_seed[floor_label], by_seed[oracle_label]
+                ceiling_diffs = (oracle - floor).dropna()
+                ceiling, c_low, c_high = paired_interval(ceiling_diffs)
+                if not len(ceiling_diffs):
+                    continue
+                for name in (oracle_label, *methods):
+                    gains = (by_seed[name] - floor).dropna()
+                    seeds = gains.index.intersection(ceiling_diffs.index)
+                    gain, g_low, g_high = paired_interval(gains)
+                    recovered = (math.nan,) * 3
+                    if name != oracle_label and c_low > 0:
+                        recovered = ratio_interval(gains[seeds], ceiling_diffs[seeds])
+                    rows.append(dict(zip(GROUP, key)) | {
+                        "metric": metric, "method": name, "seeds": len(seeds), "ceiling": ceiling,
+                        "ceiling_low": c_low, "ceiling_high": c_high, "gain": gain, "gain_low": g_low,
+                        "gain_high": g_high, "recovered": recovered[0], "recovered_low": recovered[1],
+                        "recovered_high": recovered[2]})
+    return pd.DataFrame(rows, columns=columns)
+
+
+def ceiling_to_markdown(summary: pd.DataFrame) -> str:
+    headers = ["body part", "n_shot", "selection", "metric", "method", "seeds", "ceiling: oracle − floor [95% CI]",
+               "method − floor [95% CI]", "gain recovered [95% CI]"]
+
+    def interval(mean, low, high):
+        return "" if math.isnan(mean) else f"{mean:+.3f}" + ("" if math.isnan(low) else f" [{low:+.3f}, {high:+.3f}]")
+
+    rows = []
+    for row in summary.itertuples():
+        if row.method.startswith("oracle"):
+            recovered = ""
+        elif math.isnan(row.ceiling_low) or row.ceiling_low <= 0:
+            recovered = "no ceiling"
+        else:
+            recovered = "" if math.isnan(row.recovered) else (
+                f"{row.recovered:.2f}" + ("" if math.isnan(row.recovered_low)
+                                          else f" [{row.recovered_low:.2f}, {row.recovered_high:.2f}]"))
+        rows.append([row.body_part, row.n_shot, row.model_selection, row.metric, row.method, row.seeds,
+                     interval(row.ceiling, row.ceiling_low, row.ceiling_high),
+                     interval(row.gain, row.gain_low, row.gain_high), recovered])
+    return _table(headers, rows)
+
+
 def _cell(value, digits: int = 3) -> str:
     if isinstance(value, (float, np.floating)):
         return "" if math.isnan(value) else f"{value:.{digits}f}"
@@ -162,6 +238,13 @@ def render(table: pd.DataFrame) -> str:
     if stale:
         text += (f"\n{stale} row(s) of results.csv are superseded (their baseline, data or the floor's area changed "
                  f"since they ran) and are left out; rerun those methods to replace them.\n")
+    ceiling = summarize_ceiling(table)
+    if not ceiling.empty:
+        text += ("\n## Between the floor and the ceiling\n\nThe oracle trains (and, for TTA and the kept region, "
+                 "tests) with the ground-truth relevance masks: its gain over the random floor of its area is what a "
+                 "mask can give with this scheme. Each masking method of the same scheme: its gain over that floor and "
+                 "the share of the ceiling it recovers (a bootstrap interval over seeds), where the ceiling's interval "
+                 "is above zero (else: no ceiling). docs/method.md.\n\n" + ceiling_to_markdown(ceiling) + "\n")
     masks = summarize_masks(table)
     if not masks.empty:
         text += ("\n## Mask quality\n\nFrom each method's map on the reported split, mean over seeds "

@@ -161,7 +161,8 @@ def run_local(cells: list[Cell], out_dir, *, workers: int, timeout_min: int, thr
                 if stopped:
                     failed[cell.name] = f"{len(stopped)} run(s) stopped: {'; '.join(stopped)}"
             except Exception as error:  # noqa: BLE001 - the job's own error, kept in its log and state
-                failed[cell.name] = _last_line(error)
+                state = json.loads(cell_file(out_dir, cell.name).read_text()) if cell_file(out_dir, cell.name).is_file() else {}
+                failed[cell.name] = (state.get("error") or _last_line(error)) + f"  (log: {job.paths.stderr})"
             if progress is not None:
                 progress(cell, failed.get(cell.name))
     return failed

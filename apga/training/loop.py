@@ -149,10 +149,20 @@ def _has_fused_adam(net) -> bool:
     return all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in net.parameters())
 
 
-def run_step(method, images, labels, optimizers, scaler, precision: Precision, warmup: bool = False):
-    """One training step: each of the method's phases (its warm-up phases if `warmup`), then its
-    optimizers' steps. Yields their logs."""
-    phases = method.warmup_phases(images, labels) if warmup else method.phases(images, labels)
+def model_batch(batch: dict, device, channels_last: bool = False) -> dict[str, torch.Tensor]:
+    """A loader's batch on the device, as methods take it: "image" (B, 3, S, S) float in [0, 1],
+    "label" (B,), and the relevance region "bone" (B, 1, S, S) in {0, 1} where the data has it."""
+    out = {"image": to_model_input(batch["image"].to(device, non_blocking=True), channels_last),
+           "label": batch["label"].to(device, non_blocking=True)}
+    if "bone" in batch:
+        out["bone"] = batch["bone"].to(device, non_blocking=True).unsqueeze(1).float()
+    return out
+
+
+def run_step(method, batch: dict, optimizers, scaler, precision: Precision, warmup: bool = False):
+    """One training step on a `model_batch`: each of the method's phases (its warm-up phases if
+    `warmup`), then its optimizers' steps. Yields their logs."""
+    phases = method.warmup_phases(batch) if warmup else method.phases(batch)
     while True:
         with precision.autocast():
             phase = next(phases, None)
@@ -180,9 +190,8 @@ def train_one_epoch(method, loader, optimizers, scaler, stage: Stage, *, desc: s
     for step, batch in enumerate(loader, start=1):
         if max_steps is not None and step > max_steps:
             break
-        images = to_model_input(batch["image"].to(stage.device, non_blocking=True), stage.config.channels_last)
-        labels = batch["label"].to(stage.device, non_blocking=True)
-        for phase_logs in run_step(method, images, labels, optimizers, scaler, stage.precision, warmup):
+        for phase_logs in run_step(method, model_batch(batch, stage.device, stage.config.channels_last), optimizers,
+                                   scaler, stage.precision, warmup):
             logs.add(phase_logs)
         logs.count += 1
         bar.update(1)
@@ -328,7 +337,7 @@ class _Run:
                                   num_workers=self.config.num_workers, pin_memory=stage.device.type == "cuda",
                                   sampler=self.sampler)
         select = self.data.select.dataset
-        self.gallery_images = select.__getitems__(list(range(min(GALLERY_IMAGES, len(select)))))["image"]
+        self.gallery_batch = select.__getitems__(list(range(min(GALLERY_IMAGES, len(select)))))
         method.generator = torch.Generator(stage.device)
         steps = len(self.loader) if self.config.steps_per_epoch is None else min(self.config.steps_per_epoch,
                                                                                    len(self.loader))
@@ -384,7 +393,7 @@ class _Run:
             self.to_board()
             if config.gallery == "epoch":
                 with plain_networks(method):
-                    picture = save_gallery(method, self.gallery_images,
+                    picture = save_gallery(method, self.gallery_batch,
                                            stage.run_dir / "gallery" / f"epoch{epoch:03d}.png", stage.device)
                 if picture is not None and self.board is not None:
                     self.board.picture(picture, epoch)
@@ -447,7 +456,7 @@ class _Run:
             load_networks(method, load_checkpoint(files["best"], stage.device))
             with plain_networks(method):
                 if config.gallery != "off":
-                    picture = save_gallery(method, self.gallery_images, stage.run_dir / "gallery" / "final.png",
+                    picture = save_gallery(method, self.gallery_batch, stage.run_dir / "gallery" / "final.png",
                                            stage.device)
                     if picture is not None and self.board is not None:
                         self.board.picture(picture, self.progress["best_epoch"], "masks/selected")

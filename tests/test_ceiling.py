@@ -1,0 +1,136 @@
+"""The ceiling: the oracle's kept-region step on ground-truth masks, its random floor, the scheme
+without clean steps, and the share of the ceiling a masking method recovers."""
+from __future__ import annotations
+
+import math
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from apga.config import make_config
+from apga.data import prepare_run_data
+from apga.errors import DataError
+from apga.experiment import oracle_area, run, stages
+from apga.methods import METHODS, build_method
+from apga.reporting.results import read_results
+from apga.reporting.summary import ceiling_to_markdown, summarize_ceiling
+from apga.training.loop import model_batch
+
+ONLY = dict(train_cutout=0, train_gradcam=0, train_end2end=0, train_apga=0)
+
+
+def test_the_oracle_keeps_exactly_the_ground_truth_region(tiny_config):
+    config = tiny_config(body_part="elbow")
+    data = prepare_run_data(config, seed=1)
+    batch = model_batch(data.train.dataset.__getitems__(list(range(6))), torch.device("cpu"))
+    assert set(batch) == {"image", "label", "bone"} and set(batch["bone"].unique().tolist()) == {0.0, 1.0}
+    method = build_method("oracle", config, torch.device("cpu"))
+    kept = []
+    original = method.kept_region_phase
+    method.kept_region_phase = lambda images, labels, keep: kept.append(keep) or original(images, labels, keep)
+    logs = {k: v for phase in method.phases(batch) for k, v in phase.logs.items()}
+    assert torch.equal(kept[0], batch["bone"]) and "clean_loss" in logs
+    assert math.isclose(logs["keep_area"].item(), batch["bone"].mean().item(), rel_tol=1e-6)
+    assert method.mask_probabilities(batch["image"]) is None  # new images have no ground truth
+
+
+def test_without_the_clean_step_only_the_masked_step_trains(tiny_config):
+    config = tiny_config(body_part="elbow", clean_step=False, estimator="rloo")
+    batch = model_batch(prepare_run_data(config, seed=1).train.dataset.__getitems__(list(range(6))),
+                        torch.device("cpu"))
+    for name in ("oracle", "random", "cutout", "gradcam", "apga"):
+        method = build_method(name, config, torch.device("cpu"), keep_area=0.3) if name == "random" else \
+            build_method(name, config, torch.device("cpu"))
+        method.generator = torch.Generator().manual_seed(0)
+        phases = list(method.phases(batch))
+        assert all("clean_loss" not in phase.logs for phase in phases), name
+        assert method.variant.endswith("noclean"), (name, method.variant)
+    assert METHODS["baseline"](config, None).variant == ""  # the baseline always trains on clean images
+
+
+def test_the_floors_area_is_a_setting(tiny_config):
+    data = prepare_run_data(tiny_config(body_part="elbow"), seed=1)
+    truth = data.train.dataset.truths["bone"][data.train.dataset.rows]
+    assert oracle_area(data) == pytest.approx(truth.mean()) and 0.2 < oracle_area(data) < 0.8
+    assert METHODS["random"](tiny_config(floor_area="oracle"), None).variant == "oraclearea"
+    assert METHODS["random"](tiny_config(floor_area=0.25, fill="blur"), None).variant == "area0.25-blurfill"
+    assert METHODS["random"](tiny_config(estimator="rloo"), None).variant == "rloo"  # APGA's, by default
+    with pytest.raises(Exception, match="--floor-area must be apga, oracle or a number in"):
+        tiny_config(floor_area="large")
+    chosen = [(name, settings.floor_area) for name, settings in stages(tiny_config(**ONLY, train_oracle=1))]
+    assert chosen == [("baseline", "apga"), ("oracle", "apga"), ("random", "apga"), ("random", "oracle")]
+
+
+def test_the_oracle_trains_beside_the_floor_of_its_area(tiny_config):
+    config = tiny_config(**ONLY, train_oracle=1)
+    run(config)
+    table = read_results(config.out_dir).fillna({"variant": ""})
+    rows = table[table["method"] != "floor"].set_index(["method", "variant"], drop=False)
+    assert {("baseline", ""), ("oracle", ""), ("random", ""), ("random", "oraclearea")} <= set(rows.index)
+    oracle = rows.loc[("oracle", "")]
+    assert oracle["bone_precision_10"] == 1.0 and 0 <= oracle["kept_accuracy"] <= 1  # its map is the truth
+    floor = rows.loc[("random", "oraclearea")]
+    assert floor["keep_area"] == pytest.approx(oracle_area(prepare_run_data(config, seed=89)))
+    assert rows.loc[("random", ""), "keep_area"] == 0.5  # no APGA in this command: the default area
+
+
+def test_the_oracle_needs_ground_truth(tiny_data, tmp_path, tiny_config):
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root, ignore=shutil.ignore_patterns("MURA-v1.1-masks", "MURA-v1.1-findings"))
+    with pytest.raises(DataError, match="--train-oracle 1 needs the ground-truth relevance mask of every image"):
+        run(tiny_config(**ONLY, train_oracle=1, data_root=str(root)))
+
+
+def test_a_csv_task_gives_the_oracle_its_masks(tiny_data, tmp_path, tiny_config):
+    from apga.data import mura
+
+    rows = pd.concat([mura.select_body_part(mura.load_split(tiny_data, split), "elbow") for split in ("train", "valid")])
+    rows["mask"] = ["MURA-v1.1-masks/" + p.removeprefix("MURA-v1.1/") for p in rows["path"]]
+    csv = tiny_data / "with-masks.csv"
+    rows[["path", "label", "split", "study", "patient", "mask"]].to_csv(csv, index=False)
+    config = tiny_config(data_csv=str(csv), body_part=None, out_dir=str(tmp_path / "runs"))
+    data = prepare_run_data(config, seed=89)
+    mura_data = prepare_run_data(tiny_config(body_part="elbow"), seed=89)
+    assert np.array_equal(data.train.dataset.truths["bone"][data.train.dataset.rows],
+                          mura_data.train.dataset.truths["bone"][mura_data.train.dataset.rows])
+    blank = rows.copy()
+    blank.iloc[2, blank.columns.get_loc("mask")] = ""
+    blank[["path", "label", "split", "study", "patient", "mask"]].to_csv(csv, index=False)
+    with pytest.raises(DataError, match="line 4: the mask cell is empty"):
+        prepare_run_data(config, seed=89)
+
+
+def _rows(oracle, floor, method, seeds=(1, 2, 3, 4, 5), metric="accuracy"):
+    table = []
+    for i, seed in enumerate(seeds):
+        for name, variant, values in (("baseline", "", [0.6] * 5), ("oracle", "", oracle),
+                                      ("random", "oraclearea", floor), ("apga", "rloo", method)):
+            table.append({"body_part": "elbow", "n_shot": "all", "model_selection": "val", "seed": seed,
+                          "method": name, "variant": variant, metric: values[i], "accuracy": values[i]})
+    return pd.DataFrame(table)
+
+
+def test_gain_recovered_is_the_share_of_the_ceiling_a_method_reaches():
+    oracle = [0.70, 0.72, 0.69, 0.71, 0.73]
+    floor = [0.60, 0.61, 0.60, 0.62, 0.60]
+    method = [0.65, 0.67, 0.64, 0.66, 0.67]  # half of each seed's ceiling, up to noise
+    summary = summarize_ceiling(_rows(oracle, floor, method))
+    apga = summary[(summary["method"] == "apga[rloo]") & (summary["metric"] == "accuracy")].iloc[0]
+    ceiling = np.subtract(oracle, floor)
+    assert apga["ceiling"] == pytest.approx(ceiling.mean()) and apga["ceiling_low"] > 0
+    assert apga["recovered"] == pytest.approx(np.subtract(method, floor).mean() / ceiling.mean())
+    assert apga["recovered_low"] < apga["recovered"] < apga["recovered_high"]
+    assert "| elbow | all | val | accuracy | apga[rloo] | 5 |" in ceiling_to_markdown(summary)
+
+
+def test_no_ceiling_no_share():
+    """An oracle level with its floor: nothing to recover, and the table says so."""
+    floor = [0.60, 0.61, 0.60, 0.62, 0.60]
+    oracle = [0.61, 0.60, 0.61, 0.61, 0.60]
+    summary = summarize_ceiling(_rows(oracle, floor, [0.62] * 5))
+    apga = summary[(summary["method"] == "apga[rloo]") & (summary["metric"] == "accuracy")].iloc[0]
+    assert apga["ceiling_low"] <= 0 and math.isnan(apga["recovered"])
+    assert "no ceiling" in ceiling_to_markdown(summary)
