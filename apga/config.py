@@ -39,7 +39,7 @@ class Config:
     train_apga: int = _f(1, "1 to fine-tune with APGA (the REINFORCE agent), 0 to skip")
     train_gradcam: int = _f(1, "1 to fine-tune with Grad-CAM masking, 0 to skip")
     train_end2end: int = _f(1, "1 to fine-tune with end-to-end (cooperative) masking, 0 to skip")
-    train_random: int = _f(1, "1 to fine-tune with the random-mask floor (kept area as APGA's), 0 to skip")
+    train_random: int = _f(1, "1 to fine-tune with the random-mask floor (kept area: --floor-area), 0 to skip")
     train_oracle: int = _f(0, "1 to fine-tune with the ceiling: the kept-region step on ground-truth masks, beside a random floor of their area")
     # --- data ------------------------------------------------------------------------------
     data_root: str = _f("datasets", "folder that holds MURA-v1.1/ (and, for generated data, MURA-v1.1-masks/)")

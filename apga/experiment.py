@@ -44,11 +44,11 @@ MASKING_METHODS = ("gradcam", "end2end", "apga", "oracle", "random")
 
 def stages(config: Config) -> list[tuple[str, Config]]:
     """(method, its settings) in training order: the baseline, every selected method, and with the
-    oracle and the random floor both selected, a second random floor at the oracle's area (the
-    floor of the ceiling)."""
+    oracle, a random floor at the oracle's area (the floor of the ceiling, which the report pairs
+    with it), beside the selected random floor unless that one already has the oracle's area."""
     chosen = [("baseline", config)] + [(name, config) for name in METHODS
                                        if name in FLAGS and getattr(config, FLAGS[name])]
-    if config.train_oracle and config.train_random and config.floor_area != "oracle":
+    if config.train_oracle and not (config.train_random and config.floor_area == "oracle"):
         chosen.append(("random", dataclasses.replace(config, floor_area="oracle")))
     return chosen
 
@@ -58,11 +58,13 @@ def selected_methods(config: Config) -> list[str]:
 
 
 def require_truths(config: Config, data: RunData) -> None:
-    """The oracle needs every image's ground-truth relevance region."""
-    if config.train_oracle and "bone" not in data.truths:
-        raise DataError(f"--train-oracle 1 needs the ground-truth relevance mask of every image: the generated data "
+    """The oracle, and a random floor at its area, need every image's ground-truth relevance region."""
+    needs = ("--train-oracle 1" if config.train_oracle else
+             "--floor-area oracle" if config.train_random and config.floor_area == "oracle" else None)
+    if needs and "bone" not in data.truths:
+        raise DataError(f"{needs} needs the ground-truth relevance mask of every image: the generated data "
                         f"has them (MURA-v1.1-masks/), a --data-csv task gives them in a 'mask' column; "
-                        f"{data_source(config)[1]} has none (drop --train-oracle)")
+                        f"{data_source(config)[1]} has none (drop {needs.split()[0]})")
 
 
 def oracle_area(data: RunData) -> float:

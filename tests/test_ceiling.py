@@ -3,14 +3,16 @@ without clean steps, and the share of the ceiling a masking method recovers."""
 from __future__ import annotations
 
 import math
+import os
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from PIL import Image
 
-from apga.config import make_config
 from apga.data import prepare_run_data
 from apga.errors import DataError
 from apga.experiment import oracle_area, run, stages
@@ -52,9 +54,11 @@ def test_without_the_clean_step_only_the_masked_step_trains(tiny_config):
 
 
 def test_the_floors_area_is_a_setting(tiny_config):
-    data = prepare_run_data(tiny_config(body_part="elbow"), seed=1)
-    truth = data.train.dataset.truths["bone"][data.train.dataset.rows]
-    assert oracle_area(data) == pytest.approx(truth.mean()) and 0.2 < oracle_area(data) < 0.8
+    config = tiny_config(body_part="elbow")
+    data = prepare_run_data(config, seed=1)
+    from_files = np.mean([(np.asarray(Image.open(Path(config.data_root) / "MURA-v1.1-masks" / p.removeprefix("MURA-v1.1/")))
+                           > 0).mean() for p in data.train.index["path"]])  # each mask at its own size
+    assert oracle_area(data) == pytest.approx(from_files, abs=0.02) and 0.2 < oracle_area(data) < 0.8
     assert METHODS["random"](tiny_config(floor_area="oracle"), None).variant == "oraclearea"
     assert METHODS["random"](tiny_config(floor_area=0.25, fill="blur"), None).variant == "area0.25-blurfill"
     assert METHODS["random"](tiny_config(estimator="rloo"), None).variant == "rloo"  # APGA's, by default
@@ -62,6 +66,11 @@ def test_the_floors_area_is_a_setting(tiny_config):
         tiny_config(floor_area="large")
     chosen = [(name, settings.floor_area) for name, settings in stages(tiny_config(**ONLY, train_oracle=1))]
     assert chosen == [("baseline", "apga"), ("oracle", "apga"), ("random", "apga"), ("random", "oracle")]
+    chosen = [(name, settings.floor_area) for name, settings in stages(tiny_config(**ONLY, train_oracle=1, train_random=0))]
+    assert chosen == [("baseline", "apga"), ("oracle", "apga"), ("random", "oracle")]  # the ceiling keeps its floor
+    chosen = [(name, settings.floor_area) for name, settings in
+              stages(tiny_config(**ONLY, train_oracle=1, floor_area="oracle"))]
+    assert chosen == [("baseline", "oracle"), ("oracle", "oracle"), ("random", "oracle")]
 
 
 def test_the_oracle_trains_beside_the_floor_of_its_area(tiny_config):
@@ -82,6 +91,10 @@ def test_the_oracle_needs_ground_truth(tiny_data, tmp_path, tiny_config):
     shutil.copytree(tiny_data, root, ignore=shutil.ignore_patterns("MURA-v1.1-masks", "MURA-v1.1-findings"))
     with pytest.raises(DataError, match="--train-oracle 1 needs the ground-truth relevance mask of every image"):
         run(tiny_config(**ONLY, train_oracle=1, data_root=str(root)))
+    config = tiny_config(**ONLY, floor_area="oracle", data_root=str(root))
+    with pytest.raises(DataError, match="--floor-area oracle needs the ground-truth relevance mask"):
+        run(config)
+    assert not list(Path(config.out_dir).rglob("*.pt"))  # refused before anything trained
 
 
 def test_a_csv_task_gives_the_oracle_its_masks(tiny_data, tmp_path, tiny_config):
@@ -100,6 +113,25 @@ def test_a_csv_task_gives_the_oracle_its_masks(tiny_data, tmp_path, tiny_config)
     blank.iloc[2, blank.columns.get_loc("mask")] = ""
     blank[["path", "label", "split", "study", "patient", "mask"]].to_csv(csv, index=False)
     with pytest.raises(DataError, match="line 4: the mask cell is empty"):
+        prepare_run_data(config, seed=89)
+    # the masks are part of the data's identity: another mask, another fingerprint
+    rows[["path", "label", "split", "study", "patient", "mask"]].to_csv(csv, index=False)
+    assert prepare_run_data(config, seed=89).fingerprint == data.fingerprint
+    first = tiny_data / rows["mask"].iloc[0]
+    region = np.asarray(Image.open(first))
+    changed = tmp_path / "changed-mask.png"
+    Image.fromarray(np.ascontiguousarray(region[::-1])).save(changed)
+    moved = rows.copy()
+    moved.iloc[0, moved.columns.get_loc("mask")] = os.path.relpath(changed, tiny_data)
+    moved[["path", "label", "split", "study", "patient", "mask"]].to_csv(csv, index=False)
+    assert prepare_run_data(config, seed=89).fingerprint != data.fingerprint
+    # masks that mark nothing (a wrong column, all zeros) are refused, not trained on as empty
+    empty = tmp_path / "empty.png"
+    Image.fromarray(np.zeros_like(region)).save(empty)
+    nothing = rows.copy()
+    nothing["mask"] = os.path.relpath(empty, tiny_data)
+    nothing[["path", "label", "split", "study", "patient", "mask"]].to_csv(csv, index=False)
+    with pytest.raises(DataError, match="every mask of the .* rows is empty"):
         prepare_run_data(config, seed=89)
 
 
@@ -134,3 +166,24 @@ def test_no_ceiling_no_share():
     apga = summary[(summary["method"] == "apga[rloo]") & (summary["metric"] == "accuracy")].iloc[0]
     assert apga["ceiling_low"] <= 0 and math.isnan(apga["recovered"])
     assert "no ceiling" in ceiling_to_markdown(summary)
+
+
+def test_a_method_is_measured_against_the_ceiling_and_floor_of_its_own_scheme():
+    """apga[rloo-frozenbn] sits between oracle[frozenbn] and random[oraclearea-frozenbn], never the
+    paper-scheme oracle's; seeds missing from the ceiling are left out of every column alike."""
+    rows = []
+    for seed in (1, 2, 3, 4, 5):
+        for name, variant, value in (("oracle", "", 0.60), ("random", "oraclearea", 0.60),
+                                     ("oracle", "frozenbn", 0.70 + seed / 1000), ("random", "oraclearea-frozenbn", 0.60),
+                                     ("apga", "rloo-frozenbn", 0.65), ("apga", "rloo", 0.66)):
+            if name == "oracle" and variant == "frozenbn" and seed == 5:
+                continue  # seed 5's frozen-norm oracle did not run
+            rows.append({"body_part": "elbow", "n_shot": "all", "model_selection": "val", "seed": seed,
+                         "method": name, "variant": variant, "accuracy": value + (0.3 if seed == 5 and name == "apga" else 0)})
+    summary = summarize_ceiling(pd.DataFrame(rows))
+    summary = summary[summary["metric"] == "accuracy"].set_index("method")
+    frozen = summary.loc["apga[rloo-frozenbn]"]
+    assert frozen["seeds"] == 4 and frozen["gain"] == pytest.approx(0.05)  # seed 5 (+0.3) left out
+    assert frozen["ceiling"] == pytest.approx(0.1025) and frozen["recovered"] == pytest.approx(0.05 / 0.1025)
+    assert "apga[rloo]" in summary.index and math.isnan(summary.loc["apga[rloo]", "recovered"])  # no ceiling there
+    assert summary.loc["apga[rloo]", "ceiling"] == pytest.approx(0.0)

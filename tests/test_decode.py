@@ -379,3 +379,32 @@ def test_what_a_run_learns_from_is_in_its_fingerprint(tiny_config, tmp_path):
 
     assert fingerprint() != fingerprint(bit_depth=16)  # 16 bits: a darker picture
     assert fingerprint() == fingerprint(bit_depth=12)  # the depth each image implies anyway
+
+
+def test_an_8_bit_png_that_pillow_reads_decodes_as_before_even_with_a_malformed_chunk(tmp_path):
+    """8-bit files are Pillow's, as they always were: a wrong-length sBIT, which a strict PNG reader
+    refuses, changes nothing."""
+    picture = np.rint(_smooth() * 255).astype(np.uint8)
+    plain = io.BytesIO()
+    Image.fromarray(picture).save(plain, format="PNG")
+    chunks = list(png.Reader(bytes=plain.getvalue()).chunks())
+    chunks.insert(next(i for i, (kind, _) in enumerate(chunks) if kind == b"IDAT"), (b"sBIT", bytes([8, 8, 8])))
+    broken = io.BytesIO()
+    png.write_chunks(broken, chunks)
+    (tmp_path / "plain.png").write_bytes(plain.getvalue())
+    (tmp_path / "odd.png").write_bytes(broken.getvalue())
+    assert np.array_equal(decode_image(tmp_path / "odd.png", SIZE), decode_image(tmp_path / "plain.png", SIZE))
+
+
+def test_masks_stored_as_0_1_and_as_0_255_are_the_same_mask(tmp_path):
+    from apga.data.decode import decode_mask
+
+    region = np.zeros((48, 40), dtype=np.uint8)
+    region[10:30, 8:25] = 1
+    for name, values in (("ones.png", region), ("full.png", region * 255), ("wide.png", region.astype(np.uint16) * 65535)):
+        Image.fromarray(values).save(tmp_path / name)
+    ones, full, wide = (decode_mask(tmp_path / name, SIZE) for name in ("ones.png", "full.png", "wide.png"))
+    assert np.array_equal(ones, full) and np.array_equal(wide, full)
+    assert 0.1 < full.mean() < 0.4 and set(np.unique(full).tolist()) == {0, 1}
+    Image.fromarray(np.zeros((48, 40), dtype=np.uint8)).save(tmp_path / "empty.png")
+    assert not decode_mask(tmp_path / "empty.png", SIZE).any()

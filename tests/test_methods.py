@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from apga.training.checkpoint import save_checkpoint
 from apga.config import make_config
-from apga.data import make_loader, prepare_run_data, to_model_input
+from apga.data import make_loader, prepare_run_data
 from apga.methods.masks import kept_images
 from apga.methods import METHODS
 from apga.models import build_agent, build_classifier

@@ -268,3 +268,32 @@ def test_cells_still_queued_or_running_are_not_submitted_again(tiny_data, tmp_pa
     shown = capsys.readouterr().out
     assert "0 finished, 1 still queued or running, 0 to run" in shown and "elbow-all-val/seed89" in shown
     assert not (Path(out) / "elbow-all-val" / "seed89").exists()  # nothing trained
+
+
+def test_a_submission_recorded_after_its_job_started_does_not_hide_the_jobs_state(tmp_path):
+    """The sweep records a submission after submitit returns; a fast job may have started, or even
+    finished, by then. The job's own record stays the cell's state; a later submission (a rerun)
+    is the state until its job starts."""
+    import time
+    from types import SimpleNamespace
+
+    from apga.sweep.jobs import _submitted, read_state, write_state
+    from apga.sweep.status import cell_states
+
+    name = "elbow-all-val/seed89"
+    cell = SimpleNamespace(name=name)
+
+    def job(number):
+        return SimpleNamespace(job_id=str(number), paths=SimpleNamespace(stderr=tmp_path / f"{number}.err"))
+
+    since = time.time()
+    write_state(tmp_path, name, state="done", error="")  # the job finished before the sweep wrote its submission
+    _submitted([cell], [job(123)], tmp_path, "local", since)
+    assert read_state(tmp_path, name)["state"] == "done" and read_state(tmp_path, name)["job_id"] == "123"
+    assert cell_states(tmp_path, [name]) == [(name, "done", "")]
+    time.sleep(0.01)
+    _submitted([cell], [job(124)], tmp_path, "local", time.time())  # submitted again: not started yet
+    assert read_state(tmp_path, name)["state"] == "submitted"
+    time.sleep(0.01)
+    write_state(tmp_path, name, state="running", pid=1)
+    assert read_state(tmp_path, name)["state"] == "running" and read_state(tmp_path, name)["job_id"] == "124"

@@ -151,3 +151,58 @@ def test_a_spurious_data_set_from_before_the_separate_stream_is_made_anew(tmp_pa
     (tmp_path / "data" / "GENERATED.json").write_text(json.dumps(record))
     ensure_generated(tmp_path / "data", **small)
     assert json.loads((tmp_path / "data" / "GENERATED.json").read_text())["marker_stream"] == "separate"
+
+
+def _pixels(root, path):
+    return np.asarray(Image.open(root / path).convert("L"), dtype=int)
+
+
+def test_the_default_data_is_the_data_of_version_8(tmp_path):
+    """Every pixel of every image and mask of a small default data set, against the digest the
+    generator of version 8 gave (measured with the code before any generator condition existed):
+    a condition's code must not move the default data."""
+    import hashlib
+
+    root = tmp_path / "default"
+    generate(root, seed=5, train_patients=4, valid_patients=2, parts=("elbow",), min_side=40, max_side=48)
+    digest = hashlib.sha256()
+    for file in sorted(root.rglob("*.png")):
+        digest.update(str(file.relative_to(root)).encode())
+        digest.update(np.asarray(Image.open(file)).tobytes())
+    assert digest.hexdigest()[:16] == "f622416183d06c0e"
+
+
+def test_a_marker_does_not_move_the_clutter_and_the_finding_scale_moves_only_the_findings(tmp_path):
+    small = dict(seed=5, train_patients=4, valid_patients=2, parts=("elbow",), min_side=40, max_side=48)
+    generate(tmp_path / "default", **small)
+    generate(tmp_path / "clutter", **small, clutter=3)
+    generate(tmp_path / "both", **small, clutter=3, spurious=0.9)
+    generate(tmp_path / "large", **small, finding_scale=2.0)
+    larger = 0
+    for path in mura.load_split(tmp_path / "default", "train")["path"]:
+        cluttered, both = _pixels(tmp_path / "clutter", path), _pixels(tmp_path / "both", path)
+        changed = np.argwhere(cluttered != both)
+        assert not len(changed) or (changed[:, 0].max() < 6 and changed[:, 1].min() >= both.shape[1] - 6)
+        mask = path.removeprefix("MURA-v1.1/")
+        assert np.array_equal(_pixels(tmp_path / "large" / mura.MASK_DIR, mask),
+                              _pixels(tmp_path / "default" / mura.MASK_DIR, mask))  # the same bones
+        findings = [_pixels(tmp_path / name / mura.FINDING_DIR, mask) > 0 for name in ("default", "large")]
+        outside = ~(findings[0] | findings[1])
+        assert np.array_equal(_pixels(tmp_path / "large", path)[outside], _pixels(tmp_path / "default", path)[outside])
+        finding, large = findings[0].sum(), findings[1].sum()
+        assert (finding == 0) == (large == 0)  # the same images carry a finding
+        larger += large > finding
+    assert larger > 0
+
+
+def test_a_condition_out_of_range_is_refused(tmp_path):
+    import pytest
+
+    from apga.errors import DataError
+
+    for flags, message in ((dict(clutter=2.5), "--clutter must be a whole number >= 0, got 2.5"),
+                           (dict(clutter=-1), "--clutter must be"), (dict(finding_scale=0), "--finding-scale must be a number > 0"),
+                           (dict(spurious=1.5), "--spurious must be a number in")):
+        with pytest.raises(DataError, match=message):
+            generate(tmp_path / "data", train_patients=1, valid_patients=1, parts=("elbow",), **flags)
+    assert not (tmp_path / "data").exists()

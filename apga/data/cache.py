@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import zlib
 from pathlib import Path
 from typing import NamedTuple
@@ -165,7 +166,7 @@ def _build_cache(files, size, masks, data_file: Path, meta_file: Path, num_worke
     bad, reasons, crcs, rows, inferred = [], [], [0] * len(files), [0] * len(files), [None] * len(files)
     loader = torch.utils.data.DataLoader(ImageFiles(files, size, masks, bit_depth), batch_size=64,
                                          num_workers=num_workers, collate_fn=keep_as_list)
-    partial = data_file.with_name(f".{data_file.name}.{os.getpid()}.partial")
+    partial = data_file.with_name(f".{data_file.name}.{socket.gethostname()}.{os.getpid()}.partial")  # unique on a shared file system
     blank = np.zeros((size, size), dtype=np.uint8)
     try:
         with open(partial, "wb") as handle:

@@ -36,7 +36,7 @@ from PIL import Image, ImageOps
 
 from apga.errors import ImageError
 
-DECODER_VERSION = 3  # bump when decoding changes what an image decodes to (it keys the image cache)
+DECODER_VERSION = 4  # bump when decoding changes what an image decodes to (it keys the image cache)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp") + DICOM_SUFFIXES
@@ -82,8 +82,13 @@ def decode_image(path, size: int, bit_depth: int | None = None) -> np.ndarray:
 
 
 def decode_mask(path, size: int) -> np.ndarray:
-    """A ground-truth mask image -> (size, size) uint8 in {0, 1}."""
-    return (decode_image(path, size) >= 128).astype(np.uint8)
+    """A ground-truth mask image -> (size, size) uint8 in {0, 1}: a pixel is relevant where its value is
+    above half the file's largest (masks stored as 0/1 and as 0/255 alike; an all-zero file is empty)."""
+    try:
+        content = Path(path).read_bytes()
+    except OSError as error:
+        raise ImageError(f"cannot read image {path} ({error.strerror or error})") from None
+    return decode_bytes(content, size, str(path), mask=True)
 
 
 def decode_bytes(content: bytes, size: int, name: str, mask: bool = False, bit_depth: int | None = None) -> np.ndarray:
@@ -106,6 +111,10 @@ def decode_with_depth(content: bytes, size: int, name: str, mask: bool = False,
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ImageError(f"cannot read image {name}: it is truncated, corrupted or not an image "
                          f"({type(error).__name__}: {reason[:160]})") from None
+    if mask:  # binary at full size, above half the file's own maximum (0/1 and 0/255 masks alike)
+        values = np.asarray(grey, dtype=np.float32)
+        top = float(values.max()) if values.size else 0.0
+        grey = Image.fromarray(((values > top / 2) & (top > 0)).astype(np.uint8) * 255, mode="L")
     if isinstance(grey, Image.Image):  # 8-bit sources: resized as uint8, exactly as always
         pixels = np.asarray(grey.resize((size, size), Image.BILINEAR), dtype=np.uint8)
     else:
@@ -126,13 +135,12 @@ def _grey(content: bytes, name: str, bit_depth: int | None = None, inferred: lis
     depth read off an image's largest value is appended to `inferred`."""
     if is_dicom(content, name):
         return _dicom_grey(content, name)
-    if content.startswith(PNG_SIGNATURE):
-        import png
+    if content.startswith(PNG_SIGNATURE) and content[12:16] == b"IHDR" and content[24:25] == b"\x10":
+        import png  # 16-bit PNGs only (IHDR's bit depth byte): 8-bit files stay with Pillow, as always
 
         header = png.Reader(bytes=content)
         header.preamble()
-        if header.bitdepth == 16:
-            return _png16_grey(content, header, name, bit_depth, inferred)
+        return _png16_grey(content, header, name, bit_depth, inferred)
     with Image.open(io.BytesIO(content)) as image:
         image.load()
         image = ImageOps.exif_transpose(image)

@@ -49,8 +49,14 @@ def _cached_split(config, root: Path, index: pd.DataFrame, cache_dir: Path, desc
     index["crc32"], index["row_crc32"] = crcs, rows  # the files' and the decoded images' content: the fingerprint
     masks = {}
     for name in truths:
-        masks[name] = cached_array(_truth_files(root, index, name), config.image_size, cache_dir, masks=True,
-                                   num_workers=config.num_workers, desc=f"{desc} {name} masks").array
+        cached = cached_array(_truth_files(root, index, name), config.image_size, cache_dir, masks=True,
+                              num_workers=config.num_workers, desc=f"{desc} {name} masks")
+        masks[name] = cached.array
+        if "mask" in index.columns and name == "bone":  # a CSV's own masks: part of the fingerprint
+            index["mask_crc32"], index["mask_row_crc32"] = cached.crcs, cached.rows
+            if not np.asarray(cached.array[np.flatnonzero(usable)]).any():
+                raise DataError(f"every mask of the {desc} rows is empty: the mask column's files must mark the "
+                                f"relevant region with non-zero pixels (0/1 or 0/255)")
     return images, masks, usable
 
 
@@ -88,7 +94,8 @@ def require_both_classes(labels, what: str, fix: str) -> None:
 def data_fingerprint(root: Path, splits: dict[str, Split]) -> str:
     """A short digest of what a run learns from and is measured on: every split's image paths,
     labels, file contents and decoded images (their CRC-32s; after k-shot, holdout and skipped
-    unreadable images) and, for generated data, the generator's parameters and version. Part of a
+    unreadable images), a CSV task's masks likewise, and, for generated data, the generator's
+    parameters and version. Part of a
     run's identity: a finished run is reused only on the same fingerprint (an image replaced in
     place, or decoded otherwise by a new decoder or --bit-depth, changes it; a data set copied
     elsewhere does not)."""
@@ -100,6 +107,9 @@ def data_fingerprint(root: Path, splits: dict[str, Split]) -> str:
         digest.update(f"[{name} {len(split.index)}]\n".encode())
         rows = zip(split.index["path"], split.index["label"], split.index["crc32"], split.index["row_crc32"])
         digest.update("".join(f"{p},{y},{c},{r}\n" for p, y, c, r in rows).encode())
+        if "mask_crc32" in split.index.columns:  # a CSV task's masks (generated ones: GENERATED.json)
+            masks = zip(split.index["mask"], split.index["mask_crc32"], split.index["mask_row_crc32"])
+            digest.update("".join(f"mask {m},{c},{r}\n" for m, c, r in masks).encode())
     return digest.hexdigest()[:16]
 
 

@@ -189,7 +189,19 @@ def data_parameters(seed: int = 0, train_patients: int = 200, valid_patients: in
                     finding_scale: float = 1.0) -> dict:
     """What GENERATED.json records. A condition at its default is left out (the default data's
     record, and so its fingerprint, are those of version 8); the spurious marker's draws come from
-    their own stream since `marker_stream` was recorded (before, they shifted every later image)."""
+    their own stream since `marker_stream` was recorded (before, they shifted every later image),
+    the clutter's from another since `clutter_stream` was (so a marker does not move the clutter).
+    Raises `DataError` for a setting out of range."""
+    for name, value, ok, rule in (
+            ("spurious", spurious, isinstance(spurious, (int, float)) and 0 <= spurious <= 1, "a number in [0, 1]"),
+            ("clutter", clutter, isinstance(clutter, int) and not isinstance(clutter, bool) and clutter >= 0,
+             "a whole number >= 0"),
+            ("finding-scale", finding_scale, isinstance(finding_scale, (int, float)) and finding_scale > 0,
+             "a number > 0"),
+            ("min-side", min_side, isinstance(min_side, int) and 8 <= min_side <= max_side,
+             "a whole number from 8 to --max-side")):
+        if not ok:
+            raise DataError(f"--{name} must be {rule}, got {value!r}")
     params = dict(seed=seed, train_patients=train_patients, valid_patients=valid_patients, parts=list(parts),
                   min_side=min_side, max_side=max_side, spurious=spurious, colour_fraction=colour_fraction,
                   version=VERSION)
@@ -197,6 +209,8 @@ def data_parameters(seed: int = 0, train_patients: int = 200, valid_patients: in
                if value != CONDITIONS[name]}
     if spurious > 0:
         params["marker_stream"] = "separate"
+    if clutter > 0:
+        params["clutter_stream"] = "separate"
     return params
 
 
@@ -289,14 +303,15 @@ def _draw(tmp: Path, rng: np.random.Generator, params: dict, save) -> dict[str, 
                     studies[split].append(f"{study}/,{int(abnormal)}")
                     for image_number in range(1, rng.integers(1, 4) + 1):
                         visible = abnormal and rng.random() < FINDING_VISIBLE
-                        extras = np.random.default_rng([params["seed"], 1, count])  # each image's own stream
+                        marker_draws = np.random.default_rng([params["seed"], 1, count])  # the marker's own stream
                         count += 1
                         if split == "train" and spurious > 0:
-                            marker = extras.random() < (spurious if abnormal else 1 - spurious)
+                            marker = marker_draws.random() < (spurious if abnormal else 1 - spurious)
                         else:
-                            marker = spurious > 0 and extras.random() < 0.5
+                            marker = spurious > 0 and marker_draws.random() < 0.5
+                        clutter_draws = np.random.default_rng([params["seed"], 2, count - 1])  # the clutter's own
                         pixels, relevance, finding = render_image(rng, part, visible, marker, min_side, max_side,
-                                                                  clutter, finding_scale, extras)
+                                                                  clutter, finding_scale, clutter_draws)
                         path = f"{study}/image{image_number}.png"
                         write(tmp / path, _save, pixels, rng.random() < colour_fraction)
                         for tree, mask in ((MASK_DIR, relevance), (FINDING_DIR, finding)):

@@ -27,7 +27,7 @@ from apga.utils import atomic_write_bytes, notice
 
 RESULTS_FILE = "results.csv"
 RESULT_FILE = "result.json"
-METHOD_ORDER = ["baseline", "cutout", "gradcam", "end2end", "apga", "random", "floor"]  # how tables and plots list them
+METHOD_ORDER = ["baseline", "cutout", "gradcam", "end2end", "apga", "oracle", "random", "floor"]  # how tables and plots list them
 IDENTITY = ["body_part", "seed", "n_shot", "method", "variant", "model_selection"]
 METRICS = ["accuracy", "accuracy_tta", "auroc", "kappa", "study_accuracy", "study_accuracy_tta", "study_auroc",
            "study_kappa", *MASK_QUALITY_COLUMNS, "policy_area", "mask_area", "keep_area", "mask_iou", "mask_recall",

@@ -152,7 +152,8 @@ def summarize_ceiling(table: pd.DataFrame) -> pd.DataFrame:
                     continue
                 for name in (oracle_label, *methods):
                     gains = (by_seed[name] - floor).dropna()
-                    seeds = gains.index.intersection(ceiling_diffs.index)
+                    seeds = gains.index.intersection(ceiling_diffs.index)  # one set of seeds for every column
+                    gains = gains[seeds]
                     gain, g_low, g_high = paired_interval(gains)
                     recovered = (math.nan,) * 3
                     if name != oracle_label and c_low > 0:

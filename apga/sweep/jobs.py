@@ -33,10 +33,28 @@ def cell_file(out_dir, cell_name: str) -> Path:
     return state_dir(out_dir) / "cells" / f"{cell_name.replace('/', '-')}.json"
 
 
+def submission_file(out_dir, cell_name: str) -> Path:
+    return cell_file(out_dir, cell_name).with_suffix(".submitted.json")
+
+
 def write_state(out_dir, cell_name: str, **state) -> None:
+    """The cell's state as its job records it (only the job writes this file)."""
     path = cell_file(out_dir, cell_name)
     previous = json.loads(path.read_text()) if path.is_file() else {}
     atomic_write_json(path, {**previous, **state, "cell": cell_name, "updated": time.time()})
+
+
+def read_state(out_dir, cell_name: str) -> dict | None:
+    """The cell's latest state: its job's record, or its submission when that is newer (a job
+    submitted again, not started yet); the submission's job id and log either way. The sweep and
+    the job write separate files, so neither overwrites what the other wrote."""
+    files = cell_file(out_dir, cell_name), submission_file(out_dir, cell_name)
+    job, submission = (json.loads(f.read_text()) if f.is_file() else None for f in files)
+    if job is None or submission is None:
+        return job or submission
+    if submission["updated"] > job.get("updated", 0):
+        return submission
+    return {key: submission[key] for key in ("executor", "job_id", "log") if key in submission} | job
 
 
 class CellJob(submitit.helpers.Checkpointable):
@@ -77,10 +95,13 @@ class CellJob(submitit.helpers.Checkpointable):
         return submitit.helpers.DelayedSubmission(self, overrides, cell_name, threads)
 
 
-def _submitted(cells: list[Cell], jobs, out_dir, executor: str) -> None:
+def _submitted(cells: list[Cell], jobs, out_dir, executor: str, since: float) -> None:
+    """Record each cell's submission (`since`: the time just before submitting, so that a job that
+    has already started or finished stays newer than its submission)."""
     for cell, job in zip(cells, jobs):
-        write_state(out_dir, cell.name, state="submitted", executor=executor, job_id=str(job.job_id),
-                    log=str(job.paths.stderr), host=socket.gethostname(), pid=0, error="")
+        atomic_write_json(submission_file(out_dir, cell.name),
+                          dict(cell=cell.name, state="submitted", executor=executor, job_id=str(job.job_id),
+                               log=str(job.paths.stderr), host=socket.gethostname(), pid=0, error="", updated=since))
 
 
 def submit_slurm(cells: list[Cell], out_dir, *, partition: str | None, gpus_per_job: int, cpus_per_job: int,
@@ -97,9 +118,10 @@ def submit_slurm(cells: list[Cell], out_dir, *, partition: str | None, gpus_per_
     if mem_gb:
         parameters["mem_gb"] = mem_gb
     executor.update_parameters(**parameters)
+    since = time.time()
     jobs = executor.map_array(CellJob(), [cell.overrides() for cell in cells], [cell.name for cell in cells],
                               [cpus_per_job] * len(cells))
-    _submitted(cells, jobs, out_dir, "slurm")
+    _submitted(cells, jobs, out_dir, "slurm", since)
     return jobs
 
 
@@ -148,8 +170,9 @@ def run_local(cells: list[Cell], out_dir, *, workers: int, timeout_min: int, thr
             gpu = gpus.pop(0) if gpus else None
             executor.update_parameters(timeout_min=timeout_min, gpus_per_node=0 if gpu is None else 1,
                                        visible_gpus=() if gpu is None else (gpu,))
+            since = time.time()
             job = executor.submit(CellJob(), cell.overrides(), cell.name, threads)
-            _submitted([cell], [job], out_dir, "local")
+            _submitted([cell], [job], out_dir, "local", since)
             running[job] = (cell, gpu)
         time.sleep(0.5)
         for job in [job for job in running if job.done()]:
@@ -161,7 +184,7 @@ def run_local(cells: list[Cell], out_dir, *, workers: int, timeout_min: int, thr
                 if stopped:
                     failed[cell.name] = f"{len(stopped)} run(s) stopped: {'; '.join(stopped)}"
             except Exception as error:  # noqa: BLE001 - the job's own error, kept in its log and state
-                state = json.loads(cell_file(out_dir, cell.name).read_text()) if cell_file(out_dir, cell.name).is_file() else {}
+                state = read_state(out_dir, cell.name) or {}
                 failed[cell.name] = (state.get("error") or _last_line(error)) + f"  (log: {job.paths.stderr})"
             if progress is not None:
                 progress(cell, failed.get(cell.name))

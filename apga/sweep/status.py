@@ -5,7 +5,7 @@ import json
 from collections import Counter
 from pathlib import Path
 
-from apga.sweep.jobs import ACTIVE, cell_file, jobs_alive, state_dir
+from apga.sweep.jobs import ACTIVE, jobs_alive, read_state, state_dir
 
 GRID_FILE = "grid.json"
 
@@ -16,8 +16,7 @@ def cell_states(out_dir, names: list[str] | None = None) -> list[tuple[str, str,
     and log of a failed cell. A queued or running cell whose job is gone is failed."""
     if names is None:
         names = json.loads(grid_file(out_dir).read_text())["cells"]
-    saved = {name: json.loads(cell_file(out_dir, name).read_text()) for name in names
-             if cell_file(out_dir, name).is_file()}
+    saved = {name: state for name in names if (state := read_state(out_dir, name)) is not None}
     active = [name for name, state in saved.items() if state.get("state") in ACTIVE]
     alive = dict(zip(active, jobs_alive([saved[name] for name in active])))
     states = []
