@@ -70,14 +70,13 @@ def image_table(images: str | Path) -> pd.DataFrame:
 
 
 def _is_image_file(path: Path) -> bool:
-    """An image by its suffix, or a DICOM file without one (hospital exports often have none; their
-    DICOMDIR index is no image). A file with neither a suffix nor DICOM's preamble is not recognised."""
+    """An image by its suffix, or a DICOM file by its content whatever its name (hospital exports
+    often have no suffix, or are named by their UID, `1.2.840....320`, whose last part looks like
+    one; their DICOMDIR index is no image). Any other file is not an image."""
     if path.name.upper() == "DICOMDIR":
         return False
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return True
-    if path.suffix:
-        return False
     try:
         with open(path, "rb") as handle:
             return is_dicom(handle.read(132))
@@ -89,7 +88,7 @@ def _study_of(file: Path, root: Path) -> str:
     """A MURA study folder, or a DICOM file's Study Instance UID; '' when unknown."""
     if STUDY_FOLDER.match(file.parent.name):
         return str(file.parent.relative_to(root.parent))
-    if file.suffix.lower() in (".dcm", ".dicom", ".dic", ""):
+    if file.suffix.lower() not in IMAGE_SUFFIXES or file.suffix.lower() in (".dcm", ".dicom", ".dic"):
         import pydicom
 
         try:

@@ -114,3 +114,25 @@ def test_gradcam_refuses_a_baseline_that_was_trained_again(trained, tmp_path, ca
     with pytest.raises(SystemExit):
         main(str(copy / "gradcam"), str(tmp_path))
     assert "is not the baseline gradcam was fine-tuned from" in capsys.readouterr().err
+
+
+def test_a_folder_scan_finds_dicom_files_by_their_content_whatever_their_name(tmp_path):
+    """Hospital exports name DICOM files by their UID (a dotted number whose last part looks like a
+    suffix) or give them no suffix; the DICOMDIR index and other files are not images."""
+    import shutil
+
+    import pydicom
+    from pydicom.data import get_testdata_file
+
+    from apga.predict import image_table
+
+    source = get_testdata_file("CT_small.dcm")
+    study = str(pydicom.dcmread(source, stop_before_pixels=True).StudyInstanceUID)
+    shutil.copy(source, tmp_path / "1.2.840.113619.2.55.3.320")
+    shutil.copy(source, tmp_path / "IM0001")
+    shutil.copy(source, tmp_path / "DICOMDIR")
+    (tmp_path / "notes.txt").write_text("not an image")
+    (tmp_path / "scan.v2").write_bytes(b"\x00" * 200)
+    table = image_table(tmp_path)
+    assert sorted(table["image"]) == ["1.2.840.113619.2.55.3.320", "IM0001"]
+    assert (table["study"] == study).all()
