@@ -297,3 +297,18 @@ def test_a_submission_recorded_after_its_job_started_does_not_hide_the_jobs_stat
     time.sleep(0.01)
     write_state(tmp_path, name, state="running", pid=1)
     assert read_state(tmp_path, name)["state"] == "running" and read_state(tmp_path, name)["job_id"] == "124"
+
+
+def test_a_slurm_jobs_own_record_wins_over_its_submission_whatever_the_clocks(tmp_path):
+    """On a cluster the job's node and the login node keep their own clocks: a job that records
+    its own Slurm id is that submission's job, newer whatever the timestamps say."""
+    import time
+    from types import SimpleNamespace
+
+    from apga.sweep.jobs import _submitted, read_state, write_state
+
+    name = "elbow-all-val/seed89"
+    write_state(tmp_path, name, state="done", job_id="4242_0", error="")  # a node whose clock is behind
+    _submitted([SimpleNamespace(name=name)], [SimpleNamespace(job_id="4242_0", paths=SimpleNamespace(stderr="x"))],
+               tmp_path, "slurm", time.time() + 3600)
+    assert read_state(tmp_path, name)["state"] == "done"

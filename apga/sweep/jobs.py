@@ -52,7 +52,8 @@ def read_state(out_dir, cell_name: str) -> dict | None:
     job, submission = (json.loads(f.read_text()) if f.is_file() else None for f in files)
     if job is None or submission is None:
         return job or submission
-    if submission["updated"] > job.get("updated", 0):
+    same_job = bool(job.get("job_id")) and job.get("job_id") == submission.get("job_id")  # Slurm: the job's own id
+    if not same_job and submission["updated"] > job.get("updated", 0):  # clocks compared only across jobs
         return submission
     return {key: submission[key] for key in ("executor", "job_id", "log") if key in submission} | job
 
