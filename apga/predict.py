@@ -72,16 +72,24 @@ def image_table(images: str | Path) -> pd.DataFrame:
 def _is_image_file(path: Path) -> bool:
     """An image by its suffix, or a DICOM file by its content whatever its name (hospital exports
     often have no suffix, or are named by their UID, `1.2.840....320`, whose last part looks like
-    one; their DICOMDIR index is no image). Any other file is not an image."""
+    one; their DICOMDIR index is no image), if it holds pixel data. Any other file is not an image."""
     if path.name.upper() == "DICOMDIR":
         return False
     if path.suffix.lower() in IMAGE_SUFFIXES:
         return True
     try:
         with open(path, "rb") as handle:
-            return is_dicom(handle.read(132))
+            if not is_dicom(handle.read(132)):
+                return False
     except OSError:
         return False
+    import pydicom
+
+    try:  # a report, a plan or a presentation state named like an image is no image: left out
+        header = pydicom.dcmread(path, defer_size="1 KB")  # large values stay on disk
+    except Exception:  # noqa: BLE001 - an unreadable header: the file's decoding will say why
+        return True
+    return any(tag in header for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
 
 
 def _study_of(file: Path, root: Path) -> str:

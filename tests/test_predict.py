@@ -131,6 +131,7 @@ def test_a_folder_scan_finds_dicom_files_by_their_content_whatever_their_name(tm
     shutil.copy(source, tmp_path / "1.2.840.113619.2.55.3.320")
     shutil.copy(source, tmp_path / "IM0001")
     shutil.copy(source, tmp_path / "DICOMDIR")
+    shutil.copy(get_testdata_file("rtplan.dcm"), tmp_path / "1.2.840.113619.2.55.3.481")  # a plan: no pixels
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "scan.v2").write_bytes(b"\x00" * 200)
     table = image_table(tmp_path)
