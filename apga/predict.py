@@ -32,7 +32,7 @@ from apga.config import Config, make_config
 from apga.data import to_model_input
 from apga.data.cache import ImageFiles, keep_as_list
 from apga.data.csv_index import read_table
-from apga.data.decode import IMAGE_SUFFIXES, is_dicom
+from apga.data.decode import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom
 from apga.errors import APGAError, CheckpointError, DataError
 from apga.evaluation.evaluate import abnormal_probability
 from apga.methods.masks import kept_images
@@ -96,7 +96,7 @@ def _study_of(file: Path, root: Path) -> str:
     """A MURA study folder, or a DICOM file's Study Instance UID; '' when unknown."""
     if STUDY_FOLDER.match(file.parent.name):
         return str(file.parent.relative_to(root.parent))
-    if file.suffix.lower() not in IMAGE_SUFFIXES or file.suffix.lower() in (".dcm", ".dicom", ".dic"):
+    if file.suffix.lower() in DICOM_SUFFIXES or file.suffix.lower() not in IMAGE_SUFFIXES:
         import pydicom
 
         try:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from apga.data.decode import decode_with_depth, decoder_settings
+from apga.data.decode import decode_with_depth, decoder_settings, read_image_file
 from apga.errors import DataError, ImageError
 from apga.utils import atomic_write_json, fsync_folder, notice, storage_error, warn
 
@@ -49,9 +49,9 @@ class ImageFiles(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int):
         try:
-            content = Path(self.files[i]).read_bytes()
-        except OSError as error:
-            return i, None, UNREADABLE, f"cannot read image {self.files[i]} ({error.strerror or error})", None
+            content = read_image_file(self.files[i])
+        except ImageError as error:
+            return i, None, UNREADABLE, str(error), None
         try:
             pixels, bits = decode_with_depth(content, self.size, str(self.files[i]), self.masks, self.bit_depth)
             return i, pixels, zlib.crc32(content), None, bits

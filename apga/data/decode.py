@@ -74,21 +74,20 @@ def decode_image(path, size: int, bit_depth: int | None = None) -> np.ndarray:
     values of 16-bit files without sBIT use (module docstring).
 
     Raises `ImageError` naming the file when it cannot be read or decoded."""
-    try:
-        content = Path(path).read_bytes()
-    except OSError as error:
-        raise ImageError(f"cannot read image {path} ({error.strerror or error})") from None
-    return decode_bytes(content, size, str(path), bit_depth=bit_depth)
+    return decode_bytes(read_image_file(path), size, str(path), bit_depth=bit_depth)
 
 
 def decode_mask(path, size: int) -> np.ndarray:
     """A ground-truth mask image -> (size, size) uint8 in {0, 1}: a pixel is relevant where its value is
     above half the file's largest (masks stored as 0/1 and as 0/255 alike; an all-zero file is empty)."""
+    return decode_bytes(read_image_file(path), size, str(path), mask=True)
+
+
+def read_image_file(path) -> bytes:
     try:
-        content = Path(path).read_bytes()
+        return Path(path).read_bytes()
     except OSError as error:
         raise ImageError(f"cannot read image {path} ({error.strerror or error})") from None
-    return decode_bytes(content, size, str(path), mask=True)
 
 
 def decode_bytes(content: bytes, size: int, name: str, mask: bool = False, bit_depth: int | None = None) -> np.ndarray:

@@ -72,12 +72,12 @@ def _draw_text(image, rng, text, value):
 
 def render_image(rng: np.random.Generator, body_part: str, abnormal: bool, spurious_marker: bool,
                  min_side: int = 80, max_side: int = 128, clutter: int = 0, finding_scale: float = 1.0,
-                 extras: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                 clutter_rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One radiograph-like image (float in [0, 1]), its relevance mask and its finding mask (both
     bool; the finding mask is empty for a normal image), all (H, W).
 
     Conditions that change only what they name: `clutter` adds that many finding-like dark spots
-    and lines outside the bones, drawn from `extras` (its own stream: the image is otherwise the
+    and lines outside the bones, drawn from `clutter_rng` (its own stream: the image is otherwise the
     same); `finding_scale` scales the finding's size (its draws are unchanged)."""
     h, w = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
@@ -145,14 +145,14 @@ def render_image(rng: np.random.Generator, body_part: str, abnormal: bool, spuri
             spot = (np.abs(np.cos(a) * (yy - cy) + np.sin(a) * (xx - cx)) < 1.2) & (np.hypot(yy - cy, xx - cx) < side * 0.15)
         image = np.where(spot & ~bone_mask, image - rng.uniform(0.1, 0.2) + 0.3 * (rng.random() < 0.5), image)
     for _ in range(clutter):  # finding-like look-alikes outside the bones, from their own stream
-        cy, cx = extras.uniform(0, h), extras.uniform(0, w)
-        if extras.random() < 0.5:  # a dark spot, as a lytic lesion
-            spot = np.hypot(yy - cy, xx - cx) < side * extras.uniform(0.07, 0.095) * finding_scale
+        cy, cx = clutter_rng.uniform(0, h), clutter_rng.uniform(0, w)
+        if clutter_rng.random() < 0.5:  # a dark spot, as a lytic lesion
+            spot = np.hypot(yy - cy, xx - cx) < side * clutter_rng.uniform(0.07, 0.095) * finding_scale
         else:  # a dark line, as a fracture
-            a = extras.uniform(0, np.pi)
+            a = clutter_rng.uniform(0, np.pi)
             spot = (np.abs(np.cos(a) * (yy - cy) + np.sin(a) * (xx - cx)) < side / 32 * finding_scale) & (
                 np.hypot(yy - cy, xx - cx) < side * 0.15)
-        image = np.where(spot & ~bone_mask, image - extras.uniform(0.4, 0.55), image)
+        image = np.where(spot & ~bone_mask, image - clutter_rng.uniform(0.4, 0.55), image)
 
     # markers and letters, collimation borders, spurious marker
     _draw_text(image, rng, str(rng.choice(["L", "R"])), 0.95)
@@ -309,7 +309,7 @@ def _draw(tmp: Path, rng: np.random.Generator, params: dict, save) -> dict[str, 
                             marker = marker_draws.random() < (spurious if abnormal else 1 - spurious)
                         else:
                             marker = spurious > 0 and marker_draws.random() < 0.5
-                        clutter_draws = np.random.default_rng([params["seed"], 2, count - 1])  # the clutter's own
+                        clutter_draws = np.random.default_rng([params["seed"], 2, count - 1]) if clutter else None
                         pixels, relevance, finding = render_image(rng, part, visible, marker, min_side, max_side,
                                                                   clutter, finding_scale, clutter_draws)
                         path = f"{study}/image{image_number}.png"

@@ -103,8 +103,8 @@ class Method:
             ignored |= {"finetune_lr", "finetune_epochs", "fill", "clean_step"}
         if self.name != "random":
             ignored.add("floor_area")
-        if self.name in ("baseline", "cutout"):
-            ignored.add("kept_norm")  # no kept-region step
+        if not self.has_kept_step:
+            ignored.add("kept_norm")
         if self.mid_epoch_validation:
             ignored.add("val_cadence")  # it validates every --val-every iterations under either cadence
         elif not self.validates_mid_epoch:

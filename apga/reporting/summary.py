@@ -157,7 +157,7 @@ def summarize_ceiling(table: pd.DataFrame) -> pd.DataFrame:
                     gain, g_low, g_high = paired_interval(gains)
                     recovered = (math.nan,) * 3
                     if name != oracle_label and c_low > 0:
-                        recovered = ratio_interval(gains[seeds], ceiling_diffs[seeds])
+                        recovered = ratio_interval(gains, ceiling_diffs[seeds])
                     rows.append(dict(zip(GROUP, key)) | {
                         "metric": metric, "method": name, "seeds": len(seeds), "ceiling": ceiling,
                         "ceiling_low": c_low, "ceiling_high": c_high, "gain": gain, "gain_low": g_low,

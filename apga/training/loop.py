@@ -95,9 +95,7 @@ def run_state(run_dir: Path, values: dict, ignored: set[str]) -> tuple[str, dict
         return "stale", None
     try:
         return "finished", json.loads(result_file.read_text())
-    except FileNotFoundError:
-        return "unfinished", None
-    except (OSError, ValueError):  # damaged: the run resumes from last.pt and writes it again
+    except (OSError, ValueError):  # missing, or damaged: the run resumes from last.pt and writes it again
         return "unfinished", None
 
 
