@@ -19,6 +19,7 @@ ESTIMATORS = ("greedy", "sample", "rloo")
 FILLS = ("zero", "mean", "blur")
 VAL_CADENCES = ("paper", "equal")
 KEPT_NORMS = ("batch", "frozen")
+KEPT_BACKGROUNDS = ("fill", "swap")
 SELECTIONS = ("val", "holdout")
 GALLERY_MODES = ("epoch", "end", "off")
 
@@ -72,6 +73,7 @@ class Config:
     prior_weight: float = _f(0.3, "rloo: weight w of the per-cell prior BCE(p_c, rho) (0: off)")
     fill: str = _f("zero", "what blanked pixels become: 'zero' (the paper), the image's 'mean', or a 'blur'red copy")
     kept_norm: str = _f("batch", "kept-region step's batch norm: 'batch' (the paper: its own statistics) or 'frozen' (the clean running statistics)")
+    kept_background: str = _f("fill", "kept-region step: outside the kept region, the 'fill' (--fill; the paper) or 'swap': another training image's background (outside its own mask)")
     clean_step: bool = _f(True, "fine-tuned methods: 1 = a clean step beside each masked one (the paper); 0 = the masked step alone")
     floor_area: str = _f("apga", "the random floor's kept area: 'apga' (APGA's), 'oracle' (the ground-truth masks') or a number in (0, 1)")
     val_every: int = _f(100, "APGA and end-to-end also validate every this many iterations (0: epoch end only)")
@@ -216,6 +218,8 @@ def validate(c: Config) -> None:
     _require(c.fill in FILLS, f"unknown --fill {c.fill!r}; choose one of {', '.join(FILLS)}")
     _require(c.val_cadence in VAL_CADENCES, f"unknown --val-cadence {c.val_cadence!r}; choose paper or equal")
     _require(c.kept_norm in KEPT_NORMS, f"unknown --kept-norm {c.kept_norm!r}; choose batch or frozen")
+    _require(c.kept_background in KEPT_BACKGROUNDS,
+             f"unknown --kept-background {c.kept_background!r}; choose fill or swap")
     _require(_is_int(c.policy_samples) and c.policy_samples >= 2,
              f"--policy-samples must be an integer >= 2 (the leave-one-out baseline needs two), got {c.policy_samples!r}")
     _require(isinstance(c.mask_area, (int, float)) and 0 < c.mask_area < 1,

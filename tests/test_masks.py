@@ -90,3 +90,31 @@ def test_several_masks_per_image_blank_copies_of_the_batch(fill):
     assert together.shape == (6, 3, 16, 16) and torch.allclose(together, one_by_one)
     with pytest.raises(ValueError, match="multiple of the batch size"):
         adversarial_images(images, marked[:4], fill)
+
+
+@pytest.mark.parametrize("fill", ["zero", "mean"])
+def test_swapped_background_keeps_the_region_on_another_images_background(fill):
+    from apga.methods.masks import donor_indices, fill_values, swapped_background_images
+
+    generator = torch.Generator().manual_seed(0)
+    images = torch.rand(7, 3, 8, 8, generator=generator) + 0.1
+    keep = (torch.rand(7, 1, 8, 8, generator=generator) > 0.6).float()
+    donors = donor_indices(7, torch.Generator().manual_seed(1))
+    assert sorted(donors.tolist()) == list(range(7)) and not (donors == torch.arange(7)).any()
+    # one cycle through the batch: following donors from image 0 visits every image
+    seen, i = set(), 0
+    for _ in range(7):
+        seen.add(i)
+        i = donors[i].item()
+    assert seen == set(range(7))
+    swapped = swapped_background_images(images, keep, donors, fill)
+    values = torch.as_tensor(fill_values(images, fill)).expand_as(images)
+    for i, d in enumerate(donors.tolist()):  # the obvious per-image reference
+        own, donor_background = keep[i].bool().expand(3, 8, 8), (~keep[d].bool()).expand(3, 8, 8)
+        assert torch.equal(swapped[i][own], images[i][own])
+        outside = ~own & donor_background
+        assert outside.any() and torch.equal(swapped[i][outside], images[d][outside])
+        rest = ~own & ~donor_background  # the donor's kept region is never pasted: the fill
+        assert torch.allclose(swapped[i][rest], values[i][rest])
+    single = swapped_background_images(images[:1], keep[:1], donor_indices(1), fill)
+    assert torch.equal(single, kept_images(images[:1], keep[:1], fill))

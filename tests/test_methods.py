@@ -304,3 +304,25 @@ def test_frozen_kept_norm_leaves_the_running_statistics_to_the_clean_images(tiny
         assert torch.equal(norm.running_mean, after_clean[0]) != moved and kept.loss.requires_grad
         assert torch.equal(norm.running_var, after_clean[1]) != moved and method.classifier.training
         assert method.variant == ("" if kept_norm == "batch" else "frozenbn")
+
+
+def test_swapped_background_changes_only_the_kept_region_step(tiny_config, tmp_path):
+    images, labels = torch.rand(8, 3, 32, 32) + 0.1, torch.tensor([0, 1] * 4)
+    inputs = {}
+    for background in ("fill", "swap"):
+        config = tiny_config(kept_background=background, kept_norm="frozen")
+        method = build_method("random", config, torch.device("cpu"), _untrained_baseline(config, tmp_path),
+                              keep_area=0.3)
+        method.generator = torch.Generator().manual_seed(0)
+        calls = _inputs_of_classifier_calls(method.classifier)
+        list(method.phases({"image": images, "label": labels}))
+        inputs[background] = calls
+        assert method.variant == ("frozenbn" if background == "fill" else "frozenbn-swapbg")
+    (clean_fill, kept_fill), (clean_swap, kept_swap) = inputs["fill"], inputs["swap"]
+    assert torch.equal(clean_fill, clean_swap)  # the clean step is untouched
+    assert (kept_fill == 0).float().mean() > 0.5 and (kept_swap == 0).float().mean() < 0.3  # whole-looking images
+    kept = kept_fill != 0  # the kept region: the same box in both (the boxes are drawn first)
+    assert torch.equal(kept_swap[kept], kept_fill[kept])
+    assert "kept_background" in build_method("baseline", tiny_config(), torch.device("cpu")).ignored_settings()
+    with pytest.raises(Exception, match="unknown --kept-background 'other'; choose fill or swap"):
+        tiny_config(kept_background="other")

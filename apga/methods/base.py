@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from apga.distributed import Dist
-from apga.methods.masks import greedy_action, kept_images
+from apga.methods.masks import donor_indices, greedy_action, kept_images, swapped_background_images
 
 
 def variant_name(config, *, policy: bool = False, kept_step: bool = False, agent: bool = False,
@@ -46,6 +46,8 @@ def variant_name(config, *, policy: bool = False, kept_step: bool = False, agent
         parts.append(f"{config.fill}fill")
     if kept_step and config.kept_norm != "batch":
         parts.append(f"{config.kept_norm}bn")
+    if kept_step and config.kept_background != "fill":
+        parts.append(f"{config.kept_background}bg")
     if agent and config.agent_scale != 1:
         parts.append(f"scale{config.agent_scale:g}")
     if clean_step and not config.clean_step:
@@ -104,7 +106,7 @@ class Method:
         if self.name != "random":
             ignored.add("floor_area")
         if not self.has_kept_step:
-            ignored.add("kept_norm")
+            ignored |= {"kept_norm", "kept_background"}
         if self.mid_epoch_validation:
             ignored.add("val_cadence")  # it validates every --val-every iterations under either cadence
         elif not self.validates_mid_epoch:
@@ -185,8 +187,15 @@ class Method:
         `--kept-norm batch` (the paper): batch norm normalises the kept images with their own
         statistics and folds them into its running averages, which evaluation then applies to
         clean images. `frozen`: the step normalises with the running statistics of the clean
-        images and leaves them as they are (auxiliary batches kept out of BN, as AdvProp does)."""
-        kept = kept_images(images, keep, self.fill)
+        images and leaves them as they are (auxiliary batches kept out of BN, as AdvProp does).
+
+        `--kept-background fill` (the paper): the rest of the image is the fill (`--fill`); `swap`:
+        another image's background, drawn from the method's generator (`swapped_background_images`)."""
+        if self.config.kept_background == "swap":
+            donors = donor_indices(len(images), self.generator, images.device)
+            kept = swapped_background_images(images, keep, donors, self.fill)
+        else:
+            kept = kept_images(images, keep, self.fill)
         if self.config.kept_norm == "frozen":
             with batch_norm_frozen(self.classifier):
                 phase = self.classifier_phase(kept, labels, "keep_loss")

@@ -70,6 +70,34 @@ def kept_images(images: torch.Tensor, keep: torch.Tensor, fill: str = "zero") ->
     return adversarial_images(images, 1 - keep, fill)
 
 
+def donor_indices(batch_size: int, generator: torch.Generator | None = None,
+                  device: torch.device | str = "cpu") -> torch.Tensor:
+    """(B,) indices of another image of the batch for each image: one random cycle through the
+    batch (a derangement, so no image is its own donor). A batch of one is its own donor."""
+    order = torch.randperm(batch_size, generator=generator, device=device)
+    donors = torch.empty_like(order)
+    donors[order] = order.roll(-1)
+    return donors
+
+
+def swapped_background_images(images: torch.Tensor, keep: torch.Tensor, donors: torch.Tensor,
+                              fill: str = "zero") -> torch.Tensor:
+    """The kept region of each image on another image's background (`--kept-background swap`).
+
+    x_i a_i + (1 - a_i) [(1 - a_d) x_d + a_d f_i], d = donors[i]: image i keeps its region a_i;
+    outside it, the donor's pixels where the donor's own mask does not keep anything (its
+    background), and the fill f (`--fill`) where it does, so no pixel of the donor's kept region
+    (for the oracle: its bones, where its finding is) is pasted onto image i. Images (B, C, H, W),
+    keep (B, 1, H, W) in [0, 1], donors (B,) from `donor_indices`. Whatever outside the kept region
+    predicts the label in training (a burnt-in marker, the background) then predicts the donor's
+    label, which is independent of image i's: the classifier learns to ignore it, on images that look
+    whole (Xiao et al. 2021, "Noise or Signal", the Mixed-Rand background)."""
+    if len(images) == 1:
+        return kept_images(images, keep, fill)  # no other image to take a background from
+    background = images[donors] * (1 - keep[donors]) + fill_values(images, fill) * keep[donors]
+    return images * keep + background * (1 - keep)
+
+
 def top_fraction(maps: torch.Tensor, fraction: float, generator: torch.Generator | None = None) -> torch.Tensor:
     """The `fraction` of each map's pixels with the highest values, as a (B, 1, H, W) float mask.
 
