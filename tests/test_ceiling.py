@@ -187,3 +187,20 @@ def test_a_method_is_measured_against_the_ceiling_and_floor_of_its_own_scheme():
     assert frozen["ceiling"] == pytest.approx(0.1025) and frozen["recovered"] == pytest.approx(0.05 / 0.1025)
     assert "apga[rloo]" in summary.index and math.isnan(summary.loc["apga[rloo]", "recovered"])  # no ceiling there
     assert summary.loc["apga[rloo]", "ceiling"] == pytest.approx(0.0)
+
+
+def test_a_swapped_background_is_a_scheme_of_its_own():
+    """apga[rloo-frozenbn-swapbg] is measured between the swapped-background oracle and floor."""
+    rows = []
+    for seed in (1, 2, 3, 4, 5):
+        for name, variant, value in (("oracle", "frozenbn", 0.61), ("random", "oraclearea-frozenbn", 0.60),
+                                     ("oracle", "frozenbn-swapbg", 0.70 + seed / 1000),
+                                     ("random", "oraclearea-frozenbn-swapbg", 0.60),
+                                     ("apga", "rloo-frozenbn-swapbg", 0.65), ("apga", "rloo-frozenbn", 0.65)):
+            rows.append({"body_part": "elbow", "n_shot": "all", "model_selection": "val", "seed": seed,
+                         "method": name, "variant": variant, "accuracy": value})
+    summary = summarize_ceiling(pd.DataFrame(rows))
+    summary = summary[summary["metric"] == "accuracy"].set_index("method")
+    swapped = summary.loc["apga[rloo-frozenbn-swapbg]"]
+    assert swapped["ceiling"] == pytest.approx(0.103) and swapped["recovered"] == pytest.approx(0.05 / 0.103)
+    assert summary.loc["apga[rloo-frozenbn]", "ceiling"] == pytest.approx(0.01)  # the fill scheme's own ceiling

@@ -116,10 +116,10 @@ CEILING_METRICS = ("accuracy", "accuracy_tta", "kept_accuracy")  # training with
 
 
 def scheme(variant) -> frozenset:
-    """The parts of a variant that change the kept-region scheme (fill, batch norm, clean step):
-    a method is compared with the oracle of the same scheme."""
+    """The parts of a variant that change the kept-region scheme (fill, batch norm, background,
+    clean step): a method is compared with the oracle of the same scheme."""
     parts = str(variant or "").split("-")
-    return frozenset(p for p in parts if p.endswith("fill") or p.endswith("bn") or p == "noclean")
+    return frozenset(p for p in parts if p.endswith(("fill", "bn", "bg")) or p == "noclean")
 
 
 def summarize_ceiling(table: pd.DataFrame) -> pd.DataFrame:
