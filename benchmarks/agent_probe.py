@@ -11,8 +11,9 @@ steps: each step is APGA's policy phase (steps 2-7 of docs/method.md) on a batch
 `--batch-size` training images, with the classifier in eval mode. 10 % of the training patients are held out
 from the agent: every `--select-every` steps the agent is scored on them by its location gap
 (apga/evaluation/mask_quality.py), which needs no ground truth, and the best-scoring checkpoint is then
-measured on the report split (MURA's validation split) with every mask-quality column, beside
-the floors (apga/evaluation/floors.py) at the same areas. Writes one row per (estimator or floor, seed) to
+measured on the report split (MURA's validation split) with every mask-quality column (`--select
+last`: the last step's agent instead, `gap,last`: both, as `rloo` and `rloo[last]`; `--ema D`:
+the checkpoints are the weights' moving average), beside the floors (apga/evaluation/floors.py) at the same areas. Writes one row per (estimator or floor, seed) to
 `--out` and prints the table, with the targets of the agent issue.
 """
 from __future__ import annotations
@@ -64,10 +65,14 @@ def selection_score(method, split, device, batch_size: int) -> tuple[float, floa
     return torch.cat(gaps).mean().item(), precision
 
 
-def train_agent(config, classifier, data, device, seed: int, steps: int, select_every: int, batch_size: int):
-    """A fresh agent trained alone against the frozen classifier; returns the method at the
-    selected checkpoint, that checkpoint's step, and per checkpoint the selection score and the
-    bone precision on the selection split (the drift diagnostic)."""
+def train_agent(config, classifier, data, device, seed: int, steps: int, select_every: int, batch_size: int,
+                ema: float = 0.0):
+    """A fresh agent trained alone against the frozen classifier; returns the method (at the
+    checkpoint of the best location gap), {"gap": (step, weights) of that checkpoint, "last": (step,
+    weights) of the last step}, and per checkpoint the selection score and the bone precision on the
+    selection split (the drift diagnostic). With `ema` in (0, 1), the
+    checkpoints (selected, scored) are the exponential moving average of the agent's weights,
+    decay `ema` per step (torch.optim.swa_utils), not the weights of the last step."""
     seed_everything(derive_seed(seed, "probe-agent", config.estimator))
     agent = build_agent(config.agent_width, False, config.agent_scale).to(device, memory_format=memory_format(config))
     method = APGA(config, classifier, agent)
@@ -75,6 +80,11 @@ def train_agent(config, classifier, data, device, seed: int, steps: int, select_
     optimizer = torch.optim.Adam(method.agent.parameters(), lr=config.agent_lr)
     loader = make_loader(data.train.dataset, batch_size, shuffle=True)
     loader.generator.manual_seed(derive_seed(seed, "probe-order"))
+    averaged = None
+    if ema:
+        averaged = torch.optim.swa_utils.AveragedModel(
+            method.agent, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema), use_buffers=True)
+    trained = method.agent
     best = (-float("inf"), 0, copy.deepcopy(method.agent.state_dict()))
     scores, precisions, step = {}, {}, 0
     while step < steps:
@@ -87,27 +97,36 @@ def train_agent(config, classifier, data, device, seed: int, steps: int, select_
             optimizer.zero_grad(set_to_none=True)
             phase.loss.backward()
             optimizer.step()
+            if averaged is not None:
+                averaged.update_parameters(trained)
             step += 1
             if step % select_every == 0 or step == steps:
+                method.agent = trained if averaged is None else averaged.module
                 scores[step], precisions[step] = selection_score(method, data.select, device, config.batch_size)
                 if scores[step] > best[0]:
                     best = (scores[step], step, copy.deepcopy(method.agent.state_dict()))
+                method.agent = trained
             if step == steps:
                 break
+    last = (steps, copy.deepcopy((trained if averaged is None else averaged.module).state_dict()))
     method.agent.load_state_dict(best[2])
-    return method, best[1], scores, precisions
+    return method, {"gap": best[1:], "last": last}, scores, precisions
 
 
 def main(body_part: str = "elbow", seeds: str = "0,1,2,3,4", estimators: str = "greedy,sample,rloo",
          steps: int = 200, batch_size: int = 16, select_every: int = 25, out: str = "runs/probe/probe.csv", data_root: str = "datasets",
          agent_lr: float | None = None, prior_weight: float | None = None, area_weight: float | None = None,
          mask_area: float | None = None, mask_cell: int | None = None, policy_samples: int | None = None,
-         fill: str | None = None, baseline_seed: int = 89, gpu_id: int = 0) -> None:
+         fill: str | None = None, agent_width: int | None = None, baseline_seed: int = 89, gpu_id: int = 0,
+         ema: float = 0.0, select: str = "gap") -> None:
     """Train agents against a frozen baseline, write one row per (estimator or floor, seed), print the table."""
     start = time.perf_counter()
+    unknown = sorted(set(_list(select)) - {"gap", "last"})
+    if unknown:
+        raise SystemExit(f"--select {','.join(unknown)}: choose gap (the best location gap), last (the last step) or both")
     overrides = {k: v for k, v in dict(agent_lr=agent_lr, prior_weight=prior_weight, area_weight=area_weight,
                                        mask_area=mask_area, mask_cell=mask_cell, policy_samples=policy_samples,
-                                       fill=fill).items() if v is not None}
+                                       fill=fill, agent_width=agent_width).items() if v is not None}
     root = ensure_generated(Path(data_root) / DEMO_DATA, seed=0)
     out_path = Path(out)
     config = make_config(preset="cpu", body_part=body_part, data_root=str(root), out_dir=str(out_path.parent),
@@ -134,25 +153,30 @@ def main(body_part: str = "elbow", seeds: str = "0,1,2,3,4", estimators: str = "
         for estimator in _list(estimators):
             began = time.perf_counter()
             estimator_config = dataclasses.replace(config, estimator=estimator)
-            method, chosen, scores, precisions = train_agent(estimator_config, classifier, data, device, seed, steps,
-                                                             select_every, batch_size)
-            with eval_mode(method.agent):
-                quality = evaluate(method, data.report, device, mask_quality=True, seed=seed, occlusion=occlusion,
-                                   **eval_kwargs)
-            rows.append({"name": estimator, "seed": seed, "baseline_seed": baseline_seed, **{c: quality[c] for c in COLUMNS},
-                         "policy_area": quality["policy_area"], "selected_step": chosen,
-                         "selection_gaps": " ".join(f"{k}:{v:.2f}" for k, v in scores.items()),
-                         "selection_bone_precision": " ".join(f"{k}:{v:.3f}" for k, v in precisions.items()),
-                         "last_bone_precision": precisions[max(precisions)],
-                         "seconds": time.perf_counter() - began})
-            print(f"  seed {seed} {estimator}: bone precision {quality['bone_precision_10']:.3f}, location gap "
-                  f"{quality['location_gap_10']:.2f}, policy area {quality['policy_area']:.3f} "
-                  f"(step {chosen} of {steps}, {time.perf_counter() - began:.0f} s); on the selection split, bone "
-                  f"precision by step: {rows[-1]['selection_bone_precision']}")
+            method, checkpoints, scores, precisions = train_agent(estimator_config, classifier, data, device, seed,
+                                                                  steps, select_every, batch_size, ema)
+            seconds = time.perf_counter() - began
+            for selection in _list(select):
+                chosen, weights = checkpoints[selection]
+                method.agent.load_state_dict(weights)
+                with eval_mode(method.agent):
+                    quality = evaluate(method, data.report, device, mask_quality=True, seed=seed, occlusion=occlusion,
+                                       **eval_kwargs)
+                name = estimator if selection == "gap" else f"{estimator}[{selection}]"
+                rows.append({"name": name, "seed": seed, "baseline_seed": baseline_seed,
+                             **{c: quality[c] for c in COLUMNS},
+                             "policy_area": quality["policy_area"], "selected_step": chosen,
+                             "selection_gaps": " ".join(f"{k}:{v:.2f}" for k, v in scores.items()),
+                             "selection_bone_precision": " ".join(f"{k}:{v:.3f}" for k, v in precisions.items()),
+                             "last_bone_precision": precisions[max(precisions)], "seconds": seconds})
+                print(f"  seed {seed} {name}: bone precision {quality['bone_precision_10']:.3f}, location gap "
+                      f"{quality['location_gap_10']:.2f}, policy area {quality['policy_area']:.3f} "
+                      f"(step {chosen} of {steps}, {seconds:.0f} s); on the selection split, bone "
+                      f"precision by step: {rows[-1]['selection_bone_precision']}")
     table = pd.DataFrame(rows)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     table.to_csv(out_path, index=False)
-    print_summary(table, config, f"{steps} steps of {batch_size} images")
+    print_summary(table, config, f"{steps} steps of {batch_size} images" + (f", weights averaged (EMA {ema:g})" if ema else ""))
     print(f"\nrows: {out_path}; probe took {(time.perf_counter() - start) / 60:.1f} min")
 
 
