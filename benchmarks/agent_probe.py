@@ -65,6 +65,27 @@ def selection_score(method, split, device, batch_size: int) -> tuple[float, floa
     return torch.cat(gaps).mean().item(), precision
 
 
+@torch.no_grad()
+def silent_fraction(agent, split, device, batch_size: int, channels_last: bool) -> float:
+    """The fraction of the inputs to the agent's last (1x1) layer that are exactly 0 on `split`:
+    the share of its decoder's ReLU outputs that are off. Near 1, the map no longer depends on the
+    image (dead ReLUs): its top cells are nearly tied, and ranking them is noise. Needs no ground truth."""
+    zeros, total = 0, 0
+
+    def count(module, inputs, output):
+        nonlocal zeros, total
+        zeros += (inputs[0] == 0).sum().item()
+        total += inputs[0].numel()
+
+    hook = agent.final.register_forward_hook(count)
+    try:
+        for batch in make_loader(split.dataset, batch_size, shuffle=False):
+            agent(to_model_input(batch["image"].to(device), channels_last))
+    finally:
+        hook.remove()
+    return zeros / total
+
+
 def train_agent(config, classifier, data, device, seed: int, steps: int, select_every: int, batch_size: int,
                 ema: float = 0.0):
     """A fresh agent trained alone against the frozen classifier; returns the method (at the
@@ -163,15 +184,17 @@ def main(body_part: str = "elbow", seeds: str = "0,1,2,3,4", estimators: str = "
                     quality = evaluate(method, data.report, device, mask_quality=True, seed=seed, occlusion=occlusion,
                                        **eval_kwargs)
                 name = estimator if selection == "gap" else f"{estimator}[{selection}]"
+                silent = silent_fraction(method.agent, data.report, device, config.batch_size, config.channels_last)
                 rows.append({"name": name, "seed": seed, "baseline_seed": baseline_seed,
                              **{c: quality[c] for c in COLUMNS},
                              "policy_area": quality["policy_area"], "selected_step": chosen,
                              "selection_gaps": " ".join(f"{k}:{v:.2f}" for k, v in scores.items()),
                              "selection_bone_precision": " ".join(f"{k}:{v:.3f}" for k, v in precisions.items()),
-                             "last_bone_precision": precisions[max(precisions)], "seconds": seconds})
+                             "last_bone_precision": precisions[max(precisions)], "agent_silent": silent,
+                             "seconds": seconds})
                 print(f"  seed {seed} {name}: bone precision {quality['bone_precision_10']:.3f}, location gap "
-                      f"{quality['location_gap_10']:.2f}, policy area {quality['policy_area']:.3f} "
-                      f"(step {chosen} of {steps}, {seconds:.0f} s); on the selection split, bone "
+                      f"{quality['location_gap_10']:.2f}, policy area {quality['policy_area']:.3f}, agent's last "
+                      f"layer input zero {silent:.2f} (step {chosen} of {steps}, {seconds:.0f} s); on the selection split, bone "
                       f"precision by step: {rows[-1]['selection_bone_precision']}")
     table = pd.DataFrame(rows)
     out_path.parent.mkdir(parents=True, exist_ok=True)
@@ -182,10 +205,10 @@ def main(body_part: str = "elbow", seeds: str = "0,1,2,3,4", estimators: str = "
 
 def print_summary(table: pd.DataFrame, config, training: str) -> None:
     """Mean ± sd over seeds of each estimator and floor, and the rloo targets."""
-    shown = [c for c in COLUMNS if c not in ("finding_auroc", "collapsed")] + ["last_bone_precision"]
+    shown = [c for c in COLUMNS if c not in ("finding_auroc", "collapsed")] + ["last_bone_precision", "agent_silent"]
     print(f"\nfrozen-classifier probe, {training}: {body_settings(config)}; mean ± sd over seeds "
           f"(min for bone precision) at the selected step; last_bone_precision: on the selection split at the "
-          f"last step (drift)\n")
+          f"last step (drift); agent_silent: share of zero inputs to the agent's last layer (dead ReLUs)\n")
     print("| estimator / floor | seeds | " + " | ".join(shown) + " | collapsed |")
     print("|---|---|" + "---|" * len(shown) + "---|")
     for name, runs in table.groupby("name", sort=False):

@@ -92,7 +92,7 @@ def test_several_masks_per_image_blank_copies_of_the_batch(fill):
         adversarial_images(images, marked[:4], fill)
 
 
-@pytest.mark.parametrize("fill", ["zero", "mean"])
+@pytest.mark.parametrize("fill", ["zero", "mean", "blur"])
 def test_swapped_background_keeps_the_region_on_another_images_background(fill):
     from apga.methods.masks import donor_indices, fill_values, swapped_background_images
 
@@ -114,7 +114,7 @@ def test_swapped_background_keeps_the_region_on_another_images_background(fill):
         assert torch.equal(swapped[i][own], images[i][own])
         outside = ~own & donor_background
         assert outside.any() and torch.equal(swapped[i][outside], images[d][outside])
-        rest = ~own & ~donor_background  # the donor's kept region is never pasted: the fill
-        assert torch.allclose(swapped[i][rest], values[i][rest])
+        rest = ~own & ~donor_background  # the donor's kept region is never pasted: the donor's fill
+        assert torch.allclose(swapped[i][rest], values[d][rest])
     single = swapped_background_images(images[:1], keep[:1], donor_indices(1), fill)
     assert torch.equal(single, kept_images(images[:1], keep[:1], fill))

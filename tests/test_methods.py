@@ -307,7 +307,8 @@ def test_frozen_kept_norm_leaves_the_running_statistics_to_the_clean_images(tiny
 
 
 def test_swapped_background_changes_only_the_kept_region_step(tiny_config, tmp_path):
-    images, labels = torch.rand(8, 3, 32, 32) + 0.1, torch.tensor([0, 1] * 4)
+    # each image one constant value (0.1 ... 0.8), so every pixel says which image it came from
+    images, labels = (torch.arange(1, 9).float() / 10).view(8, 1, 1, 1).expand(8, 3, 32, 32).clone(), torch.tensor([0, 1] * 4)
     inputs = {}
     for background in ("fill", "swap"):
         config = tiny_config(kept_background=background, kept_norm="frozen")
@@ -323,6 +324,9 @@ def test_swapped_background_changes_only_the_kept_region_step(tiny_config, tmp_p
     assert (kept_fill == 0).float().mean() > 0.5 and (kept_swap == 0).float().mean() < 0.3  # whole-looking images
     kept = kept_fill != 0  # the kept region: the same box in both (the boxes are drawn first)
     assert torch.equal(kept_swap[kept], kept_fill[kept])
+    for i in range(8):
+        outside = (~kept[i]) & (kept_swap[i] != 0)
+        assert outside.any() and not torch.isclose(kept_swap[i][outside], images[i][outside]).any()  # another image's
     assert "kept_background" in build_method("baseline", tiny_config(), torch.device("cpu")).ignored_settings()
     with pytest.raises(Exception, match="unknown --kept-background 'other'; choose fill or swap"):
         tiny_config(kept_background="other")

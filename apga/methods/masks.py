@@ -84,18 +84,19 @@ def swapped_background_images(images: torch.Tensor, keep: torch.Tensor, donors: 
                               fill: str = "zero") -> torch.Tensor:
     """The kept region of each image on another image's background (`--kept-background swap`).
 
-    x_i a_i + (1 - a_i) [(1 - a_d) x_d + a_d f_i], d = donors[i]: image i keeps its region a_i;
-    outside it, the donor's pixels where the donor's own mask does not keep anything (its
-    background), and the fill f (`--fill`) where it does, so no pixel of the donor's kept region
-    (for the oracle: its bones, where its finding is) is pasted onto image i. Images (B, C, H, W),
-    keep (B, 1, H, W) in [0, 1], donors (B,) from `donor_indices`. Whatever outside the kept region
-    predicts the label in training (a burnt-in marker, the background) then predicts the donor's
-    label, which is independent of image i's: the classifier learns to ignore it, on images that look
-    whole (Xiao et al. 2021, "Noise or Signal", the Mixed-Rand background)."""
+    x_i a_i + (1 - a_i) [(1 - a_d) x_d + a_d f_d], d = donors[i]: image i keeps its region a_i;
+    outside it lies the donor with the donor's own kept region blanked (its adversarial image,
+    `--fill` computed from the donor), so no pixel of the donor's kept region (for the oracle: its
+    bones, where its finding is) and nothing of image i outside a_i (not even blurred) is there.
+    Images (B, C, H, W), keep (B, 1, H, W) in [0, 1], donors (B,) from `donor_indices`. Whatever
+    outside the kept region predicted the label in training (a burnt-in marker, the background)
+    then comes from the donor, another image of the batch (the donors of a derangement are slightly
+    more often of the other label: 52 % at a batch of 32 with balanced labels), and the images look
+    whole (Xiao et al. 2021, "Noise or Signal", the Mixed-Rand background). A batch of one has no
+    donor: its image keeps the fill (`kept_images`)."""
     if len(images) == 1:
-        return kept_images(images, keep, fill)  # no other image to take a background from
-    background = images[donors] * (1 - keep[donors]) + fill_values(images, fill) * keep[donors]
-    return images * keep + background * (1 - keep)
+        return kept_images(images, keep, fill)
+    return images * keep + adversarial_images(images, keep, fill)[donors] * (1 - keep)
 
 
 def top_fraction(maps: torch.Tensor, fraction: float, generator: torch.Generator | None = None) -> torch.Tensor:
