@@ -69,6 +69,7 @@ class Config:
     mask_cell: int | None = _f(None, "rloo: side of the agent's action cells in pixels (default: about 1/8 of --image-size)")
     policy_samples: int = _f(4, "rloo: masks sampled per image; all of them go through the classifier as one batch")
     mask_area: float = _f(0.1, "rloo: the area budget rho, the prior of every cell and the area of the deterministic (top-rho) mask")
+    keep_fraction: float | None = _f(None, "rloo: the share of cells its deterministic mask keeps, the top of p (default: --mask-area)")
     area_weight: float = _f(1.0, "rloo: weight lambda of the area budget (mean_c p_c - rho)^2")
     prior_weight: float = _f(0.3, "rloo: weight w of the per-cell prior BCE(p_c, rho) (0: off)")
     fill: str = _f("zero", "what blanked pixels become: 'zero' (the paper), the image's 'mean', or a 'blur'red copy")
@@ -224,6 +225,9 @@ def validate(c: Config) -> None:
              f"--policy-samples must be an integer >= 2 (the leave-one-out baseline needs two), got {c.policy_samples!r}")
     _require(isinstance(c.mask_area, (int, float)) and 0 < c.mask_area < 1,
              f"--mask-area must be in (0, 1), got {c.mask_area!r}")
+    _require(c.keep_fraction is None or (isinstance(c.keep_fraction, (int, float)) and not isinstance(c.keep_fraction, bool)
+                                         and 0 < c.keep_fraction < 1),
+             f"--keep-fraction must be in (0, 1) (default: --mask-area), got {c.keep_fraction!r}")
     for name in ("area_weight", "prior_weight"):
         value = getattr(c, name)
         _require(isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0,

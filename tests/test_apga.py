@@ -172,6 +172,21 @@ def test_rloo_starts_sparse_and_keeps_the_top_rho_cells():
     assert method.variant == "rloo-cell8"  # 8 px cells are not the default 4 px at 32 px
 
 
+def test_rloo_keep_fraction_keeps_another_share_of_the_same_ranking():
+    """--keep-fraction 0.5: the top half of the cells by p, while the budget rho stays 0.1."""
+    config = _Config(estimator="rloo", image_size=32, mask_cell=8, mask_area=0.1, keep_fraction=0.5)
+    method = APGA(config, build_classifier("densenet-small"), build_agent(width=2))
+    cells = torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(0))
+    keep = method.keep_mask(torch.nn.functional.interpolate(cells, size=(32, 32), mode="nearest"))
+    for image in range(2):
+        kept_cells = torch.nn.functional.avg_pool2d(keep[image:image + 1], 8).flatten().nonzero().flatten()
+        assert sorted(kept_cells.tolist()) == sorted(cells[image].flatten().topk(8).indices.tolist())
+    assert method.estimator.area == 0.1 and method.variant == "rloo-cell8-keep0.5"
+    assert "keep_fraction" in APGA(_Config(), build_classifier("densenet-small"), build_agent(width=2)).ignored_settings()
+    with pytest.raises(Exception, match="--keep-fraction must be in"):
+        _Config(estimator="rloo", keep_fraction=1.5)
+
+
 class _PixelPolicy(torch.nn.Module):
     """An 'agent' with one free logit per pixel, the same for every image."""
 

@@ -37,7 +37,7 @@ def variant_name(config, *, policy: bool = False, kept_step: bool = False, agent
         if config.estimator == "rloo":
             standard = defaults() | {"mask_cell": default_mask_cell(config.image_size)}
             for name, short in (("mask_cell", "cell"), ("policy_samples", "k"), ("mask_area", "rho"),
-                                ("area_weight", "lambda"), ("prior_weight", "w")):
+                                ("area_weight", "lambda"), ("prior_weight", "w"), ("keep_fraction", "keep")):
                 if getattr(config, name) != standard[name]:
                     parts.append(f"{short}{getattr(config, name):g}")
         if config.agent_warmup:
@@ -98,7 +98,7 @@ class Method:
         if self.name != "apga":
             ignored |= {"estimator", "agent_warmup"}
         if self.name != "apga" or self.config.estimator != "rloo":
-            ignored |= {"mask_cell", "policy_samples", "mask_area", "area_weight", "prior_weight"}
+            ignored |= {"mask_cell", "policy_samples", "mask_area", "area_weight", "prior_weight", "keep_fraction"}
         if not self.uses_agent:
             ignored |= {"agent_scale", "agent_width", "agent_lr"}
         if not self.fine_tuned:

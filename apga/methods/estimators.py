@@ -126,7 +126,7 @@ class RLOO:
 
     lambda (`area_weight`) is the area budget, w (`prior_weight`) a per-cell pull of every cell
     toward the prior rho (`mask_area`). The agent's last bias starts at logit(rho), so the first
-    masks are sparse. The deterministic mask is the top-rho cells of p.
+    masks are sparse. The deterministic mask is the top-rho cells of p (`keep_fraction`: another share).
     """
 
     name: ClassVar[str] = "rloo"
@@ -135,6 +135,7 @@ class RLOO:
         self.config = config
         self.cell = config.mask_cell
         self.samples, self.area = config.policy_samples, config.mask_area
+        self.keep_fraction = config.mask_area if config.keep_fraction is None else config.keep_fraction
 
     def init_agent(self, agent) -> None:
         with torch.no_grad():
@@ -182,9 +183,10 @@ class RLOO:
         })
 
     def keep_mask(self, probabilities: torch.Tensor) -> torch.Tensor:
-        """The top-rho cells of p (at least one), as a pixel mask."""
+        """The top-rho cells of p (at least one), as a pixel mask; `--keep-fraction` keeps another
+        share of the cells, ranked by the same p (the agent still learns under the budget rho)."""
         cells = F.adaptive_avg_pool2d(probabilities.float(), self.grid(probabilities))
-        return F.interpolate(top_fraction(cells, self.area), size=probabilities.shape[-2:], mode="nearest")
+        return F.interpolate(top_fraction(cells, self.keep_fraction), size=probabilities.shape[-2:], mode="nearest")
 
     def policy_area(self, probabilities: torch.Tensor) -> torch.Tensor:
         return probabilities.flatten(1).mean(1)
