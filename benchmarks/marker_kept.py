@@ -22,8 +22,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from apga.data import make_loader, prepare_run_data, to_model_input  # noqa: E402
+from apga.data import make_loader, prepare_run_data  # noqa: E402
 from apga.predict import load_run  # noqa: E402
+from apga.training.loop import model_batch  # noqa: E402
 
 
 @torch.no_grad()
@@ -33,11 +34,10 @@ def marker_kept(run_dir: Path, data_root: str, seed: int) -> float:
     side = config.image_size
     kept, total = 0, 0
     for batch in make_loader(data.train.dataset, 64, shuffle=False):
-        images = to_model_input(batch["image"], False)
-        truths = {"bone": batch["bone"].unsqueeze(1).float()} if "bone" in batch else None  # the oracle's mask
-        keep = method.keep_mask(method.mask_probabilities(images, truths))
+        batch = model_batch(batch, "cpu")  # with its relevance region: the oracle's mask
+        keep = method.keep_mask(method.mask_probabilities(batch["image"], batch))
         kept += (keep[:, 0, 1:3, side - 3:side - 1].mean((1, 2)) > 0.5).sum().item()
-        total += len(images)
+        total += len(keep)
     return kept / total
 
 
