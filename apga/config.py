@@ -65,6 +65,7 @@ class Config:
     finetune_lr: float = _f(1e-5, "learning rate of every fine-tuning stage (Adam), as the paper")
     agent_lr: float = _f(1e-5, "agent learning rate (Adam), as the paper")
     agent_warmup: int = _f(0, "APGA: steps that train the agent alone against the frozen baseline first (0: none, the paper)")
+    freeze_agent: bool = _f(False, "APGA: 1 = the agent learns in --agent-warmup only (two stages)")
     estimator: str = _f("greedy", "APGA policy gradient: 'greedy' (the paper), 'sample' (Bernoulli REINFORCE) or 'rloo' (leave-one-out, on cells)")
     mask_cell: int | None = _f(None, "rloo: side of the agent's action cells in pixels (default: about 1/8 of --image-size)")
     policy_samples: int = _f(4, "rloo: masks sampled per image; all of them go through the classifier as one batch")
@@ -204,6 +205,8 @@ def validate(c: Config) -> None:
                  f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
     _require(_is_int(c.agent_warmup) and c.agent_warmup >= 0,
              f"--agent-warmup must be an integer >= 0 (steps; 0: none), got {c.agent_warmup!r}")
+    _require(not c.freeze_agent or c.agent_warmup,
+             "--freeze-agent 1 keeps the agent as its warm-up leaves it: give it one, e.g. --agent-warmup 300")
     _require(_is_int(c.num_workers) and c.num_workers >= 0, f"--num-workers must be >= 0, got {c.num_workers!r}")
     _require(_is_int(c.val_every) and c.val_every >= 0, f"--val-every must be >= 0, got {c.val_every!r}")
     _require(c.finetune_epochs is None or (_is_int(c.finetune_epochs) and c.finetune_epochs > 0),
@@ -257,7 +260,7 @@ def validate(c: Config) -> None:
         _require(0 < area < 1, f"--floor-area must be apga, oracle or a number in (0, 1), got {c.floor_area!r}")
         c.floor_area = f"{area:g}"
     for name in ("demo", "pretrained", "skip_bad_images", "compile", "resume", "amp", "channels_last", "tensorboard",
-                 "clean_step"):
+                 "clean_step", "freeze_agent"):
         value = getattr(c, name)
         if value is None and name == "amp":
             continue  # decided by the device

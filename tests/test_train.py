@@ -179,6 +179,39 @@ def _killed_after(accuracies, calls_before_kill):
     return evaluate
 
 
+def test_freeze_agent_keeps_the_warmed_up_agent_while_the_classifier_fine_tunes(tiny_config, tmp_path, monkeypatch):
+    """`--freeze-agent 1`: the agent learns in its warm-up only; fine-tuning steps the classifier on
+    the fixed agent's kept regions (no policy phase), and the variant says so."""
+    warmed = {}
+    original_warm_up = train.warm_up
+
+    def warm_up_and_keep(method, *args):
+        row = original_warm_up(method, *args)
+        warmed["agent"] = copy.deepcopy(method.agent.state_dict())
+        return row
+
+    monkeypatch.setattr(train, "warm_up", warm_up_and_keep)
+    config = tiny_config(estimator="rloo", agent_warmup=2, freeze_agent=True, finetune_epochs=2, gallery="off")
+    data = prepare_run_data(config, seed=1)
+    torch.manual_seed(0)
+    classifier = build_classifier(config.classifier)
+    start = copy.deepcopy(classifier.state_dict())
+    agent = build_agent(config.agent_width)
+    initial_agent = copy.deepcopy(agent.state_dict())
+    method = METHODS["apga"](config, classifier, agent)
+    assert method.variant.startswith("rloo-warmup2-frozenagent")
+    fit(method, data, Stage(tmp_path / "run", 1, torch.device("cpu"), Precision("cpu", None), config, progress=False))
+    assert not _same(warmed["agent"], initial_agent)  # the warm-up trained it
+    assert _same(method.agent.state_dict(), warmed["agent"])  # fine-tuning did not
+    assert not _same(method.classifier.state_dict(), start)
+    history = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    epochs = history[history["epoch"] >= 1]
+    assert "train_keep_loss" in epochs and epochs["train_keep_loss"].notna().any()
+    assert epochs["train_policy_loss"].isna().all()  # logged by the warm-up (epoch 0) only
+    with pytest.raises(Exception, match="--freeze-agent 1 keeps the agent as its warm-up leaves it"):
+        tiny_config(estimator="rloo", freeze_agent=True)
+
+
 def test_a_run_killed_after_a_mid_epoch_improvement_selects_what_an_uninterrupted_run_selects(
         tiny_config, tmp_path, monkeypatch):
     """Epoch 2 improves at its mid-epoch validation and the run is killed before that epoch ends.

@@ -3,7 +3,8 @@
 Each step: (1) a classifier step on the clean batch; (2-7) the agent proposes masks and learns,
 by policy gradient, to mark the pixels whose blanking hurts the classifier most (how is the
 estimator's business: apga/methods/estimators.py); (8) a classifier step on the image kept inside the
-updated agent's mask.
+updated agent's mask. With `--freeze-agent 1` the agent learns in its warm-up only (steps 2-7
+against the frozen baseline), and fine-tuning is steps 1 and 8 on its fixed masks: two stages.
 """
 from __future__ import annotations
 
@@ -36,9 +37,10 @@ class APGA(Method):
             clean = self.classifier_phase(images, labels, "clean_loss")
             yield clean  # 1.
             clean_loss = clean.loss.detach()
-        else:  # --clean-step 0: the reward's clean loss without a clean step
-            clean_loss = self._clean_loss(images, labels)
-        yield self.estimator.policy_phase(self, images, labels, clean_loss)  # 2-7.
+        if not self.config.freeze_agent:  # --freeze-agent 1: the agent learned in its warm-up only
+            if not self.config.clean_step:  # the reward's clean loss without a clean step
+                clean_loss = self._clean_loss(images, labels)
+            yield self.estimator.policy_phase(self, images, labels, clean_loss)  # 2-7.
         # 8. a fresh mask from the updated agent; classifier step on the kept region
         yield self.kept_region_phase(images, labels, self.keep_mask(self.mask_probabilities(images)))
 

@@ -42,6 +42,8 @@ def variant_name(config, *, policy: bool = False, kept_step: bool = False, agent
                     parts.append(f"{short}{getattr(config, name):g}")
         if config.agent_warmup:
             parts.append(f"warmup{config.agent_warmup}")
+        if config.freeze_agent:
+            parts.append("frozenagent")
     if config.fill != "zero":
         parts.append(f"{config.fill}fill")
     if kept_step and config.kept_norm != "batch":
@@ -96,7 +98,7 @@ class Method:
         is resumed even when they differ (e.g. APGA's estimator does not touch the baseline)."""
         ignored = set()
         if self.name != "apga":
-            ignored |= {"estimator", "agent_warmup"}
+            ignored |= {"estimator", "agent_warmup", "freeze_agent"}
         if self.name != "apga" or self.config.estimator != "rloo":
             ignored |= {"mask_cell", "policy_samples", "mask_area", "area_weight", "prior_weight", "keep_fraction"}
         if not self.uses_agent:
