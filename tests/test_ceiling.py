@@ -189,6 +189,25 @@ def test_a_method_is_measured_against_the_ceiling_and_floor_of_its_own_scheme():
     assert summary.loc["apga[rloo]", "ceiling"] == pytest.approx(0.0)
 
 
+def test_a_method_with_fewer_seeds_than_the_oracle_shows_the_ceiling_of_its_own_seeds():
+    """Oracle and floor over 10 seeds, the agent over the first 5: the agent's row gives the ceiling
+    of those 5 seeds, the one its gain recovered divides by; the oracle's row all 10."""
+    rows = []
+    for seed in range(1, 11):
+        for name, variant, value in (("oracle", "", 0.70 + (0.05 if seed > 5 else 0) + seed / 1000),
+                                     ("random", "oraclearea", 0.60), ("apga", "rloo", 0.65)):
+            if name == "apga" and seed > 5:
+                continue
+            rows.append({"body_part": "elbow", "n_shot": "all", "model_selection": "val", "seed": seed,
+                         "method": name, "variant": variant, "accuracy": value})
+    summary = summarize_ceiling(pd.DataFrame(rows))
+    summary = summary[summary["metric"] == "accuracy"].set_index("method")
+    agent, oracle = summary.loc["apga[rloo]"], summary.loc["oracle"]
+    assert agent["seeds"] == 5 and agent["ceiling"] == pytest.approx(0.103)
+    assert agent["recovered"] == pytest.approx(0.05 / agent["ceiling"])
+    assert oracle["seeds"] == 10 and oracle["ceiling"] == pytest.approx(0.1305)
+
+
 def test_a_swapped_background_is_a_scheme_of_its_own():
     """apga[rloo-frozenbn-swapbg] is measured between the swapped-background oracle and floor."""
     rows = []

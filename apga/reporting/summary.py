@@ -127,7 +127,8 @@ def summarize_ceiling(table: pd.DataFrame) -> pd.DataFrame:
     scheme) and metric: the oracle's gain over the random floor of its area (`ceiling`, paired
     over seeds, 95 % t interval), the method's gain over that floor, and the share of the ceiling
     it recovers, gain_recovered = (method − floor) / (oracle − floor) with a percentile bootstrap
-    interval over seeds; shown only where the ceiling is clear of zero (its interval above 0)."""
+    interval over seeds; shown only where the ceiling is clear of zero (its interval above 0). Every
+    column of a method's row is over the same seeds: those the method, the oracle and the floor share."""
     columns = GROUP + ["metric", "method", "seeds", "ceiling", "ceiling_low", "ceiling_high", "gain", "gain_low",
                        "gain_high", "recovered", "recovered_low", "recovered_high"]
     table = _current_rows_with(table, "accuracy")
@@ -147,13 +148,13 @@ def summarize_ceiling(table: pd.DataFrame) -> pd.DataFrame:
                            for name in (floor_label, oracle_label, *methods)}
                 floor, oracle = by_seed[floor_label], by_seed[oracle_label]
                 ceiling_diffs = (oracle - floor).dropna()
-                ceiling, c_low, c_high = paired_interval(ceiling_diffs)
                 if not len(ceiling_diffs):
                     continue
                 for name in (oracle_label, *methods):
                     gains = (by_seed[name] - floor).dropna()
                     seeds = gains.index.intersection(ceiling_diffs.index)  # one set of seeds for every column
                     gains = gains[seeds]
+                    ceiling, c_low, c_high = paired_interval(ceiling_diffs[seeds])
                     gain, g_low, g_high = paired_interval(gains)
                     recovered = (math.nan,) * 3
                     if name != oracle_label and c_low > 0:
