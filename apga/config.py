@@ -205,8 +205,6 @@ def validate(c: Config) -> None:
                  f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
     _require(_is_int(c.agent_warmup) and c.agent_warmup >= 0,
              f"--agent-warmup must be an integer >= 0 (steps; 0: none), got {c.agent_warmup!r}")
-    _require(not c.freeze_agent or c.agent_warmup,
-             "--freeze-agent 1 keeps the agent as its warm-up leaves it: give it one, e.g. --agent-warmup 300")
     _require(_is_int(c.num_workers) and c.num_workers >= 0, f"--num-workers must be >= 0, got {c.num_workers!r}")
     _require(_is_int(c.val_every) and c.val_every >= 0, f"--val-every must be >= 0, got {c.val_every!r}")
     _require(c.finetune_epochs is None or (_is_int(c.finetune_epochs) and c.finetune_epochs > 0),
@@ -266,6 +264,8 @@ def validate(c: Config) -> None:
             continue  # decided by the device
         _require(value in (0, 1, True, False), f"--{name.replace('_', '-')} must be 0 or 1, got {value!r}")
         setattr(c, name, bool(value))
+    _require(not c.freeze_agent or c.agent_warmup,
+             "--freeze-agent 1 keeps the agent as its warm-up leaves it: give it one, e.g. --agent-warmup 300")
 
 
 def config_dict(c: Config) -> dict:

@@ -196,9 +196,8 @@ def test_freeze_agent_keeps_the_warmed_up_agent_while_the_classifier_fine_tunes(
     torch.manual_seed(0)
     classifier = build_classifier(config.classifier)
     start = copy.deepcopy(classifier.state_dict())
-    agent = build_agent(config.agent_width)
-    initial_agent = copy.deepcopy(agent.state_dict())
-    method = METHODS["apga"](config, classifier, agent)
+    method = METHODS["apga"](config, classifier, build_agent(config.agent_width))
+    initial_agent = copy.deepcopy(method.agent.state_dict())  # after rloo set its last bias
     assert method.variant.startswith("rloo-warmup2-frozenagent")
     fit(method, data, Stage(tmp_path / "run", 1, torch.device("cpu"), Precision("cpu", None), config, progress=False))
     assert not _same(warmed["agent"], initial_agent)  # the warm-up trained it
@@ -207,6 +206,7 @@ def test_freeze_agent_keeps_the_warmed_up_agent_while_the_classifier_fine_tunes(
     history = pd.read_csv(tmp_path / "run" / "metrics.csv")
     epochs = history[history["epoch"] >= 1]
     assert "train_keep_loss" in epochs and epochs["train_keep_loss"].notna().any()
+    assert epochs["train_clean_loss"].notna().any()  # the clean step stays
     assert epochs["train_policy_loss"].isna().all()  # logged by the warm-up (epoch 0) only
     with pytest.raises(Exception, match="--freeze-agent 1 keeps the agent as its warm-up leaves it"):
         tiny_config(estimator="rloo", freeze_agent=True)

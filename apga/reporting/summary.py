@@ -178,6 +178,8 @@ def ceiling_to_markdown(summary: pd.DataFrame) -> str:
     for row in summary.itertuples():
         if row.method.startswith("oracle"):
             recovered = ""
+        elif row.seeds < 2:
+            recovered = "too few seeds"  # shared with the oracle and the floor: no interval
         elif math.isnan(row.ceiling_low) or row.ceiling_low <= 0:
             recovered = "no ceiling"
         else:
