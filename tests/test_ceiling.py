@@ -135,13 +135,18 @@ def test_a_csv_task_gives_the_oracle_its_masks(tiny_data, tmp_path, tiny_config)
         prepare_run_data(config, seed=89)
 
 
+def _row(seed, method, variant, accuracy) -> dict:
+    """A results row of the elbow, all images, `val`."""
+    return {"body_part": "elbow", "n_shot": "all", "model_selection": "val", "seed": seed,
+            "method": method, "variant": variant, "accuracy": accuracy}
+
+
 def _rows(oracle, floor, method, seeds=(1, 2, 3, 4, 5), metric="accuracy"):
     table = []
     for i, seed in enumerate(seeds):
         for name, variant, values in (("baseline", "", [0.6] * 5), ("oracle", "", oracle),
                                       ("random", "oraclearea", floor), ("apga", "rloo", method)):
-            table.append({"body_part": "elbow", "n_shot": "all", "model_selection": "val", "seed": seed,
-                          "method": name, "variant": variant, metric: values[i], "accuracy": values[i]})
+            table.append(_row(seed, name, variant, values[i]) | {metric: values[i]})
     return pd.DataFrame(table)
 
 
@@ -178,8 +183,7 @@ def test_a_method_is_measured_against_the_ceiling_and_floor_of_its_own_scheme():
                                      ("apga", "rloo-frozenbn", 0.65), ("apga", "rloo", 0.66)):
             if name == "oracle" and variant == "frozenbn" and seed == 5:
                 continue  # seed 5's frozen-norm oracle did not run
-            rows.append({"body_part": "elbow", "n_shot": "all", "model_selection": "val", "seed": seed,
-                         "method": name, "variant": variant, "accuracy": value + (0.3 if seed == 5 and name == "apga" else 0)})
+            rows.append(_row(seed, name, variant, value + (0.3 if seed == 5 and name == "apga" else 0)))
     summary = summarize_ceiling(pd.DataFrame(rows))
     summary = summary[summary["metric"] == "accuracy"].set_index("method")
     frozen = summary.loc["apga[rloo-frozenbn]"]
@@ -198,8 +202,7 @@ def test_a_method_with_fewer_seeds_than_the_oracle_shows_the_ceiling_of_its_own_
                                      ("random", "oraclearea", 0.60), ("apga", "rloo", 0.65), ("end2end", "", 0.62)):
             if (name == "apga" and seed > 5) or (name == "end2end" and seed > 1):
                 continue
-            rows.append({"body_part": "elbow", "n_shot": "all", "model_selection": "val", "seed": seed,
-                         "method": name, "variant": variant, "accuracy": value})
+            rows.append(_row(seed, name, variant, value))
     summary = summarize_ceiling(pd.DataFrame(rows))
     summary = summary[summary["metric"] == "accuracy"].set_index("method")
     agent, oracle = summary.loc["apga[rloo]"], summary.loc["oracle"]
@@ -218,8 +221,7 @@ def test_a_swapped_background_is_a_scheme_of_its_own():
                                      ("oracle", "frozenbn-swapbg", 0.70 + seed / 1000),
                                      ("random", "oraclearea-frozenbn-swapbg", 0.60),
                                      ("apga", "rloo-frozenbn-swapbg", 0.65), ("apga", "rloo-frozenbn", 0.65)):
-            rows.append({"body_part": "elbow", "n_shot": "all", "model_selection": "val", "seed": seed,
-                         "method": name, "variant": variant, "accuracy": value})
+            rows.append(_row(seed, name, variant, value))
     summary = summarize_ceiling(pd.DataFrame(rows))
     summary = summary[summary["metric"] == "accuracy"].set_index("method")
     swapped = summary.loc["apga[rloo-frozenbn-swapbg]"]

@@ -153,12 +153,12 @@ def summarize_ceiling(table: pd.DataFrame) -> pd.DataFrame:
                 for name in (oracle_label, *methods):
                     gains = (by_seed[name] - floor).dropna()
                     seeds = gains.index.intersection(ceiling_diffs.index)  # one set of seeds for every column
-                    gains = gains[seeds]
-                    ceiling, c_low, c_high = paired_interval(ceiling_diffs[seeds])
+                    gains, ceilings = gains[seeds], ceiling_diffs[seeds]
+                    ceiling, c_low, c_high = paired_interval(ceilings)
                     gain, g_low, g_high = paired_interval(gains)
                     recovered = (math.nan,) * 3
                     if name != oracle_label and c_low > 0:
-                        recovered = ratio_interval(gains, ceiling_diffs[seeds])
+                        recovered = ratio_interval(gains, ceilings)
                     rows.append(dict(zip(GROUP, key)) | {
                         "metric": metric, "method": name, "seeds": len(seeds), "ceiling": ceiling,
                         "ceiling_low": c_low, "ceiling_high": c_high, "gain": gain, "gain_low": g_low,
