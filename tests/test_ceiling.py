@@ -81,6 +81,7 @@ def test_the_oracle_trains_beside_the_floor_of_its_area(tiny_config):
     assert {("baseline", ""), ("oracle", ""), ("random", ""), ("random", "oraclearea")} <= set(rows.index)
     oracle = rows.loc[("oracle", "")]
     assert oracle["bone_precision_10"] == 1.0 and 0 <= oracle["kept_accuracy"] <= 1  # its map is the truth
+    assert math.isnan(oracle["collapsed"]) and math.isnan(rows.loc[("random", "oraclearea"), "collapsed"])  # given masks
     floor = rows.loc[("random", "oraclearea")]
     assert floor["keep_area"] == pytest.approx(oracle_area(prepare_run_data(config, seed=89)))
     assert rows.loc[("random", ""), "keep_area"] == 0.5  # no APGA in this command: the default area
@@ -133,6 +134,32 @@ def test_a_csv_task_gives_the_oracle_its_masks(tiny_data, tmp_path, tiny_config)
     nothing[["path", "label", "split", "study", "patient", "mask"]].to_csv(csv, index=False)
     with pytest.raises(DataError, match="every mask of the .* rows is empty"):
         prepare_run_data(config, seed=89)
+
+
+def test_the_finding_task_gives_the_oracle_the_findings_alone(tiny_data, tmp_path, tiny_config):
+    """benchmarks/finding_task.py: the same images, with each image's finding as its relevance mask."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("finding_task", Path(__file__).parent.parent / "benchmarks" /
+                                                  "finding_task.py")
+    finding_task = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(finding_task)
+    csv = finding_task.write_task(tiny_data, "elbow", "finding")
+    assert csv == tiny_data / "elbow-finding.csv"
+    data = prepare_run_data(tiny_config(data_csv=str(csv), body_part=None), seed=89)
+    mura_data = prepare_run_data(tiny_config(body_part="elbow"), seed=89)
+    assert data.report.index["path"].tolist() == mura_data.report.index["path"].tolist()
+    got, truth = (d.report.dataset for d in (data, mura_data))
+    assert np.array_equal(got.truths["bone"][got.rows], truth.truths["finding"][truth.rows])
+    train = data.train.dataset
+    marked = train.truths["bone"][train.rows].reshape(len(train.rows), -1).any(1)
+    labels = data.train.index["label"].to_numpy()
+    assert marked.any() and not marked[labels == 0].any()  # a normal image has no finding: nothing to keep
+    batch = model_batch(train.__getitems__(list(range(len(train.rows)))), torch.device("cpu"))
+    keep = build_method("oracle", tiny_config(), torch.device("cpu")).mask_probabilities(batch["image"], batch)
+    assert keep[batch["label"] == 0].sum() == 0 and keep.mean() < 0.1
+    with pytest.raises(DataError, match="no MURA-v1.1-findings/ folder"):
+        finding_task.write_task(tmp_path, "elbow")
 
 
 def _row(seed, method, variant, accuracy) -> dict:

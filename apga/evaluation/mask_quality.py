@@ -18,7 +18,8 @@ From a method's probability map (B, 1, H, W), at fixed areas rho (its top-rho pi
 - `mask_sd`: the across-image standard deviation of the map, averaged over pixels: near 0 for a
   map that ignores the image (on the map's own scale: rloo's p sits near rho, so its sd is small);
 - `collapsed`: 1 when the method's policy area (the fraction of pixels its policy marks) is
-  outside [0.02, 0.98].
+  outside [0.02, 0.98]; blank (NaN) for masks that are given, not learned (the oracle's truth,
+  random boxes), whose area is set by the data or by a setting.
 Each per-image value is averaged over the images where it is defined. IoU with the bone region
 is not among them: keeping every pixel scores the bones' share of the image.
 """

@@ -12,6 +12,7 @@ from apga.methods.base import Method
 
 class Oracle(Method):
     name = "oracle"
+    learned_mask = False  # its masks are given, not learned: "collapsed" does not apply
 
     def phases(self, batch):
         yield from self.clean_phase(batch)

@@ -21,6 +21,7 @@ DEFAULT_KEEP_AREA = 0.5
 
 class RandomMasking(Method):
     name = "random"
+    learned_mask = False  # its masks are given, not learned: "collapsed" does not apply
 
     def __init__(self, config, classifier, agent=None, keep_area: float = DEFAULT_KEEP_AREA):
         super().__init__(config, classifier, agent)
