@@ -83,10 +83,8 @@ def predict(method, split: Split, device, *, batch_size: int, autocast, channels
                         out["mask_recall"] = overlap / bone.flatten(1).sum(1).float().clamp(min=1)
                     if quality is not None:
                         cells = occlusion[batch["position"]].to(device) if occlusion is not None else None
-                        area = (method.policy_area(maps) if getattr(method, "learned_mask", True)  # a given mask
-                                else torch.full((len(maps),), float("nan"), device=maps.device))  # cannot collapse
-                        quality.add(method.classifier, images, labels, maps, area, bone, finding, cells,
-                                    batch.get("patient"))
+                        quality.add(method.classifier, images, labels, maps, method.policy_area(maps), bone, finding,
+                                    cells, batch.get("patient"))
             for key, value in out.items():
                 outputs.setdefault(key, []).append(value.float() if key != "position" else value)
     merged = {key: torch.cat(values).cpu().numpy() for key, values in outputs.items()}

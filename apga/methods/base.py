@@ -84,7 +84,6 @@ class Method:
     uses_agent: ClassVar[bool] = False          # the runner builds the UNet11 agent for it
     mid_epoch_validation: ClassVar[bool] = False  # the paper's: also validate every `val_every` iterations
     fine_tuned: ClassVar[bool] = True            # starts from the best baseline checkpoint
-    learned_mask: ClassVar[bool] = True          # its mask is learned, so it can collapse (False: given masks)
 
     def __init__(self, config, classifier: nn.Module, agent: nn.Module | None = None):
         self.config = config

@@ -7,12 +7,13 @@ what the agent recovers of that gain is in the report (docs/method.md).
 """
 from __future__ import annotations
 
+import torch
+
 from apga.methods.base import Method
 
 
 class Oracle(Method):
     name = "oracle"
-    learned_mask = False  # its masks are given, not learned: "collapsed" does not apply
 
     def phases(self, batch):
         yield from self.clean_phase(batch)
@@ -25,3 +26,7 @@ class Oracle(Method):
         if not truths or truths.get("bone") is None:
             return None
         return truths["bone"].float()
+
+    def policy_area(self, probabilities):
+        """NaN per image: its masks are given, not learned, so "collapsed" does not apply (as for the floors)."""
+        return torch.full((len(probabilities),), torch.nan, device=probabilities.device)

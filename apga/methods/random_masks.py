@@ -21,7 +21,6 @@ DEFAULT_KEEP_AREA = 0.5
 
 class RandomMasking(Method):
     name = "random"
-    learned_mask = False  # its masks are given, not learned: "collapsed" does not apply
 
     def __init__(self, config, classifier, agent=None, keep_area: float = DEFAULT_KEEP_AREA):
         super().__init__(config, classifier, agent)
@@ -51,6 +50,10 @@ class RandomMasking(Method):
         # Evaluation masks are a fixed function of the batch size, so every evaluation agrees.
         generator = torch.Generator(images.device).manual_seed(derive_seed("random-eval", len(images)))
         return self._boxes(images, generator)
+
+    def policy_area(self, probabilities):
+        """NaN per image: its masks are given, not learned, so "collapsed" does not apply (as for the floors)."""
+        return torch.full((len(probabilities),), torch.nan, device=probabilities.device)
 
     def state_dict(self):
         return {"keep_area": self.keep_area}
