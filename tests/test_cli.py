@@ -27,8 +27,10 @@ def test_cli_runs_every_method_and_collects_seeds(tiny_data, tmp_path):
     assert {"auroc", "kappa", "study_accuracy", "study_auroc", "study_kappa", "model_selection"} <= set(table.columns)
     masking = table[table["method"].isin(["gradcam", "end2end", "apga", "random"])]
     for column in ("bone_precision_10", "bone_precision_30", "finding_cover_10", "pointing_hit", "bone_auroc",
-                   "finding_auroc", "location_gap_10", "mask_sd", "occlusion_agreement_10", "collapsed"):
+                   "finding_auroc", "location_gap_10", "mask_sd", "occlusion_agreement_10"):
         assert masking[column].notna().all(), column
+    learned = masking["method"] != "random"  # random boxes are given, not learned: they cannot collapse
+    assert masking.loc[learned, "collapsed"].notna().all() and masking.loc[~learned, "collapsed"].isna().all()
     assert table[table["method"].isin(["baseline", "cutout"])]["location_gap_10"].isna().all()
     assert table["selection_evaluations"].ge(1).all() and table["data_fingerprint"].nunique() == 1
     gallery = out / "elbow-all-val" / "seed89" / "apga" / "gallery" / "final.png"
