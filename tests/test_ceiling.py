@@ -148,7 +148,10 @@ def test_the_finding_task_gives_the_oracle_the_findings_alone(tiny_data, tmp_pat
     assert csv == tiny_data / "elbow-finding.csv"
     data = prepare_run_data(tiny_config(data_csv=str(csv), body_part=None), seed=89)
     mura_data = prepare_run_data(tiny_config(body_part="elbow"), seed=89)
-    assert data.report.index["path"].tolist() == mura_data.report.index["path"].tolist()
+    same = ["path", "label", "study", "patient"]  # the MURA layout's images, labels and pairing, split by split
+    for split in ("train", "select", "report"):
+        got, want = (getattr(d, split).index[same].reset_index(drop=True) for d in (data, mura_data))
+        pd.testing.assert_frame_equal(got, want, check_dtype=False)
     got, truth = (d.report.dataset for d in (data, mura_data))
     assert np.array_equal(got.truths["bone"][got.rows], truth.truths["finding"][truth.rows])
     train = data.train.dataset
