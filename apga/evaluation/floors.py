@@ -20,7 +20,7 @@ import math
 import torch
 
 from apga.methods.gradcam import grad_cam
-from apga.methods.masks import scale_to_unit, top_fraction
+from apga.methods.masks import no_policy_area, scale_to_unit, top_fraction
 
 FLOORS = ("random-pixels", "random-boxes", "brightest", "gradcam")
 
@@ -71,5 +71,4 @@ class Floor:
     def keep_mask(self, maps: torch.Tensor) -> torch.Tensor:
         return top_fraction(maps, 0.1)
 
-    def policy_area(self, maps: torch.Tensor) -> torch.Tensor:
-        return torch.full((len(maps),), torch.nan, device=maps.device)  # a floor has no policy to collapse
+    policy_area = staticmethod(no_policy_area)  # a floor has no policy to collapse

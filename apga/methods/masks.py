@@ -23,6 +23,12 @@ def scale_to_unit(maps: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     return (flat / (flat.max(1, keepdim=True).values + eps)).view_as(maps)
 
 
+def no_policy_area(maps: torch.Tensor) -> torch.Tensor:
+    """NaN per image (B,): the `policy_area` of a mask that is given, not learned (the oracle's
+    truth, random boxes, the floors), so "collapsed" does not apply to it."""
+    return torch.full((len(maps),), torch.nan, device=maps.device)
+
+
 def greedy_action(probabilities: torch.Tensor) -> torch.Tensor:
     """The paper's action: mark a pixel when its probability exceeds 0.5."""
     return (probabilities > 0.5).to(probabilities.dtype)

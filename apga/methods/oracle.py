@@ -7,9 +7,8 @@ what the agent recovers of that gain is in the report (docs/method.md).
 """
 from __future__ import annotations
 
-import torch
-
 from apga.methods.base import Method
+from apga.methods.masks import no_policy_area
 
 
 class Oracle(Method):
@@ -27,6 +26,4 @@ class Oracle(Method):
             return None
         return truths["bone"].float()
 
-    def policy_area(self, probabilities):
-        """NaN per image: its masks are given, not learned, so "collapsed" does not apply (as for the floors)."""
-        return torch.full((len(probabilities),), torch.nan, device=probabilities.device)
+    policy_area = staticmethod(no_policy_area)  # its masks are given: "collapsed" does not apply

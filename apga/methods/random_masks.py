@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from apga.methods.masks import random_boxes
+from apga.methods.masks import no_policy_area, random_boxes
 from apga.methods.apga import apga_variant
 from apga.methods.base import Method, variant_name
 from apga.utils import derive_seed
@@ -51,9 +51,7 @@ class RandomMasking(Method):
         generator = torch.Generator(images.device).manual_seed(derive_seed("random-eval", len(images)))
         return self._boxes(images, generator)
 
-    def policy_area(self, probabilities):
-        """NaN per image: its masks are given, not learned, so "collapsed" does not apply (as for the floors)."""
-        return torch.full((len(probabilities),), torch.nan, device=probabilities.device)
+    policy_area = staticmethod(no_policy_area)  # its boxes are given: "collapsed" does not apply
 
     def state_dict(self):
         return {"keep_area": self.keep_area}
