@@ -13,7 +13,7 @@ def requirements(name: str) -> list[str]:
 
 setup(
     name="apga",
-    version="0.2.0",
+    version="0.3.0",
     description="Adversarial Policy Gradient Augmentation (MICCAI 2019): reference implementation on MURA",
     long_description=(HERE / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",

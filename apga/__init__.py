@@ -2,4 +2,4 @@
 
 Importing the package has no side effects; see `apga.experiment.run` for the entry point.
 """
-__version__ = "0.2.0"
+__version__ = "0.3.0"

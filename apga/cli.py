@@ -126,6 +126,8 @@ def _shown(value) -> str:
 def _metavar(annotation: str, name: str = "") -> str:
     if name.startswith("train_"):
         return "0|1"
+    if name == "amp":
+        return "0|1|bf16|fp16"
     for kind, metavar in (("bool", "0|1"), ("int", "N"), ("float", "X")):
         if kind in annotation:
             return metavar

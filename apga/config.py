@@ -22,6 +22,7 @@ KEPT_NORMS = ("batch", "frozen")
 KEPT_BACKGROUNDS = ("fill", "swap")
 SELECTIONS = ("val", "holdout")
 GALLERY_MODES = ("epoch", "end", "off")
+AMP_TYPES = ("bf16", "fp16")
 
 
 def _f(default, help_text):
@@ -31,7 +32,7 @@ def _f(default, help_text):
 @dataclass
 class Config:
     # --- the original script's flags -------------------------------------------------------
-    seed: int = _f(88, "base seed; incremented once before each run, so run 1 uses seed+1 (as the paper)")
+    seed: int = _f(88, "base seed; run 1 uses seed+1, run 2 seed+2 (the paper)")
     body_part: str = _f("elbow", "MURA body part (elbow, finger, forearm, hand, humerus, shoulder, wrist) or 'all'")
     n_runs: int = _f(1, "number of runs (seeds) to train, one after another")
     gpu_id: int = _f(0, "CUDA device index; falls back to the CPU with a notice when CUDA is absent")
@@ -47,7 +48,7 @@ class Config:
     data_csv: str | None = _f(None, "your own task instead of MURA: a CSV with columns path,label,split[,study,patient,mask]")
     demo: bool = _f(False, "run on the generated MURA-layout data (made once) with --preset demo, into runs/demo (unless given otherwise)")
     image_size: int = _f(224, "images are resized to this square side (the agent pads it to a multiple of 32)")
-    num_workers: int = _f(2, "DataLoader worker processes")
+    num_workers: int = _f(2, "processes decoding a cache of 256+ images (batches: in process)")
     skip_bad_images: bool = _f(False, "skip unreadable PNGs (counted in the log) instead of stopping")
     cache_dir: str | None = _f(None, "where decoded, resized images are cached (default: <data-root>/.apga-cache)")
     bit_depth: int | None = _f(None, "16-bit PNG/TIFF without sBIT: the bits their values use, e.g. 12 (default: each image's largest value decides)")
@@ -78,18 +79,21 @@ class Config:
     kept_background: str = _f("fill", "around the kept region: the 'fill' (the paper) or 'swap' (another image's)")
     clean_step: bool = _f(True, "fine-tuned methods: 1 = a clean step beside each masked one (the paper); 0 = the masked step alone")
     floor_area: str = _f("apga", "the random floor's kept area: 'apga' (APGA's), 'oracle' (the ground-truth masks') or a number in (0, 1)")
-    val_every: int = _f(100, "APGA and end-to-end also validate every this many iterations (0: epoch end only)")
+    val_every: int = _f(100, "APGA, end-to-end also validate every N iterations (0: epochs only)")
     val_cadence: str = _f("paper", "'paper': only APGA and end-to-end validate every --val-every iterations; 'equal': every method does")
     steps_per_epoch: int | None = _f(None, "cap on training iterations per epoch (default: the whole training set)")
-    log_every: int = _f(20, "iterations between progress-bar updates (the only host syncs in a step)")
+    log_every: int = _f(20, "iterations between progress updates (a step's only host syncs)")
     # --- evaluation ------------------------------------------------------------------------
     model_selection: str = _f("val", "'val': select on the validation split (the paper); 'holdout': select on held-out training patients")
-    holdout_fraction: float = _f(0.1, "fraction of training patients held out for --model-selection holdout")
+    holdout_fraction: float = _f(0.1, "share of training patients held out by --model-selection holdout")
     gallery: str = _f("epoch", "mask gallery PNG: every 'epoch', at the 'end' only, or 'off'")
     # --- speed -----------------------------------------------------------------------------
-    amp: bool | None = _f(None, "mixed precision (bf16, or fp16 with a gradient scaler); default on for CUDA, off on the CPU")
-    channels_last: bool = _f(True, "channels_last memory format (measured faster on CUDA and on the CPU); 0 for NCHW")
+    amp: bool | str | None = _f(None, "training steps: 1, bf16, fp16 or 0 (default: 1 on CUDA); eval is fp32")
+    channels_last: bool = _f(True, "channels_last memory format (faster on CUDA and the CPU); 0: NCHW")
     compile: bool = _f(False, "wrap the models in torch.compile")
+    deterministic: bool = _f(False, "1 = deterministic cuDNN/cuBLAS/torch ops: GPU runs repeat exactly")
+    sync_bn: bool = _f(False, "torchrun on GPUs: 1 = batch norm over all processes (SyncBatchNorm)")
+    dist_timeout_min: int = _f(180, "torchrun: minutes a process waits while rank 0 evaluates")
     # --- output ----------------------------------------------------------------------------
     out_dir: str = _f("runs", "results.csv, summary and per-run folders (checkpoints, metrics) go here")
     resume: bool = _f(True, "continue a killed run from its last checkpoint; finished runs are skipped (0: start fresh)")
@@ -114,7 +118,6 @@ PRESETS: dict[str, dict] = {
         patience=10,
         classifier="densenet-small",
         agent_width=4,
-        num_workers=0,
         lr=3e-3,
         finetune_lr=3e-4,
         agent_lr=1e-3,
@@ -131,7 +134,7 @@ PRESETS["demo"] = {**PRESETS["cpu"], "epochs": 15, "finetune_epochs": 2, "patien
 NON_TRAINING_FIELDS = {
     "n_runs", "gpu_id", "train_cutout", "train_apga", "train_gradcam", "train_end2end",
     "train_random", "train_oracle", "data_root", "data_csv", "demo", "num_workers", "cache_dir", "out_dir", "resume",
-    "log_every", "gallery", "preset", "skip_bad_images", "tensorboard",
+    "log_every", "gallery", "preset", "skip_bad_images", "tensorboard", "dist_timeout_min",
     "inputs",  # a run's inputs (baseline checkpoint, floor area) are checked on their own: apga/training/loop.py
     "seed",  # the first seed of a series; a run's own seed is its folder (seedN), whichever series it came from
 }
@@ -206,6 +209,8 @@ def validate(c: Config) -> None:
     _require(_is_int(c.agent_warmup) and c.agent_warmup >= 0,
              f"--agent-warmup must be an integer >= 0 (steps; 0: none), got {c.agent_warmup!r}")
     _require(_is_int(c.num_workers) and c.num_workers >= 0, f"--num-workers must be >= 0, got {c.num_workers!r}")
+    _require(_is_int(c.dist_timeout_min) and c.dist_timeout_min > 0,
+             f"--dist-timeout-min must be a positive integer (minutes), got {c.dist_timeout_min!r}")
     _require(_is_int(c.val_every) and c.val_every >= 0, f"--val-every must be >= 0, got {c.val_every!r}")
     _require(c.finetune_epochs is None or (_is_int(c.finetune_epochs) and c.finetune_epochs > 0),
              f"--finetune-epochs must be a positive integer, got {c.finetune_epochs!r}")
@@ -258,12 +263,15 @@ def validate(c: Config) -> None:
         _require(0 < area < 1, f"--floor-area must be apga, oracle or a number in (0, 1), got {c.floor_area!r}")
         c.floor_area = f"{area:g}"
     for name in ("demo", "pretrained", "skip_bad_images", "compile", "resume", "amp", "channels_last", "tensorboard",
-                 "clean_step", "freeze_agent"):
+                 "clean_step", "freeze_agent", "deterministic", "sync_bn"):
         value = getattr(c, name)
-        if value is None and name == "amp":
-            continue  # decided by the device
-        _require(value in (0, 1, True, False), f"--{name.replace('_', '-')} must be 0 or 1, got {value!r}")
+        if name == "amp" and (value is None or value in AMP_TYPES):
+            continue  # None: decided by the device
+        _require(value in (0, 1, True, False), f"--{name.replace('_', '-')} must be 0 or 1"
+                 + (", bf16 or fp16" if name == "amp" else "") + f", got {value!r}")
         setattr(c, name, bool(value))
+    _require(not (c.pretrained and c.classifier == "densenet-small"),
+             "no ImageNet weights exist for --classifier densenet-small; drop --pretrained (or pick a torchvision DenseNet)")
     _require(not c.freeze_agent or c.agent_warmup,
              "--freeze-agent 1 keeps the agent as its warm-up leaves it: give it one, e.g. --agent-warmup 300")
 

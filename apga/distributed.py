@@ -10,6 +10,7 @@ Without torchrun (WORLD_SIZE unset or 1) every helper here is a no-op.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 from dataclasses import dataclass
 
@@ -55,8 +56,10 @@ class Dist:
         return box[0]
 
 
-def setup(gpu_id: int) -> tuple[Dist, torch.device]:
-    """Join the process group when torchrun started us; else a single process on `gpu_id`."""
+def setup(gpu_id: int, timeout_min: float = 180) -> tuple[Dist, torch.device]:
+    """Join the process group when torchrun started us; else a single process on `gpu_id`.
+    `timeout_min`: how long a collective waits for every rank (rank 0 evaluates alone while the
+    others wait, longer than gloo's and NCCL's defaults on a large split)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size <= 1:
         return Dist(), resolve_device(gpu_id)
@@ -68,7 +71,7 @@ def setup(gpu_id: int) -> tuple[Dist, torch.device]:
     else:
         device, backend = torch.device("cpu"), "gloo"
     if not dist.is_initialized():
-        dist.init_process_group(backend)
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_min))
     return Dist(dist.get_rank(), dist.get_world_size()), device
 
 

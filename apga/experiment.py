@@ -145,6 +145,9 @@ def run_stage(name: str, config: Config, data: RunData, seed: int, seed_dir: Pat
     seed_everything(derive_seed(seed, name, "init"))  # the same initial networks on every rank
     plan = plan_stage(name, config, seed, seed_dir, data)
     method = build_method(name, config, device, seed_dir / "baseline" / "best.pt", **plan.extra)
+    if config.sync_bn and dist.enabled:  # batch norm over every process's share of the batch
+        method.classifier = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method.classifier)
+        method.agent = method.agent and torch.nn.SyncBatchNorm.convert_sync_batchnorm(method.agent)
     method.classifier, method.agent, method.dist = wrap(method.classifier, dist, device), wrap(method.agent, dist, device), dist
     index = (lambda: rebuild(config.out_dir)) if write_index else None
     stage = Stage(plan.run_dir, seed, device, precision, config, progress and dist.is_main, dist, plan.inputs,
@@ -195,14 +198,14 @@ def floor_finished(folder: Path, inputs: dict) -> bool:
     return result.is_file() and json.loads(result.read_text()).get("inputs") == inputs
 
 
-def run_floors(config: Config, data: RunData, seed: int, seed_dir: Path, device, precision: Precision) -> None:
+def run_floors(config: Config, data: RunData, seed: int, seed_dir: Path, device) -> None:
     """Mask-quality rows of the floors (apga/evaluation/floors.py) for this seed, from the baseline's
     classifier, each in its own folder with its inputs (the baseline checkpoint's digest, the data
     fingerprint, the fill): reused while those are the same, recomputed otherwise. A floor of
     another fill is another floor (its own folder and row), as masking methods of another fill are
     other variants."""
     classifier = occlusion = None
-    eval_kwargs = dict(batch_size=config.batch_size, autocast=precision.autocast, channels_last=config.channels_last)
+    eval_kwargs = dict(batch_size=config.batch_size, channels_last=config.channels_last)
     for kind, folder, inputs in floor_plans(config, data, seed, seed_dir):
         if config.resume and floor_finished(folder, inputs):
             continue
@@ -248,7 +251,9 @@ def run(config: Config, write_index: bool = True) -> list[str]:
     `write_index` (a plain command), results.csv and the summary are rebuilt as runs finish; a
     sweep's cells leave that to the sweep.
     """
-    dist, device = distributed.setup(config.gpu_id)
+    if config.deterministic:
+        utils.deterministic_algorithms()
+    dist, device = distributed.setup(config.gpu_id, config.dist_timeout_min)
     try:
         return _run(config, dist, device, write_index)
     finally:
@@ -272,6 +277,8 @@ def _run(config: Config, dist: Dist, device, write_index: bool = True) -> list[s
     if not dist.from_main(writable_dir(out_dir) if dist.is_main else None):
         raise ConfigError(f"cannot write to --out-dir {out_dir}; choose a writable folder")
     precision = Precision.for_device(device, config.amp)
+    if config.sync_bn and dist.enabled and device.type != "cuda":
+        raise ConfigError("--sync-bn 1 needs GPUs (torch's SyncBatchNorm syncs CUDA tensors only); drop it on the CPU")
     chosen = stages(config)
     names = [name for name, _ in chosen]
     label = data_source(config)[1]
@@ -296,7 +303,7 @@ def _run(config: Config, dist: Dist, device, write_index: bool = True) -> list[s
                     break  # nothing to fine-tune from; the next seed goes on
                 continue
             if name == "baseline" and dist.is_main and any(m in names for m in MASKING_METHODS):
-                run_floors(config, data, seed, seed_dir, device, precision)
+                run_floors(config, data, seed, seed_dir, device)
             shown = name + (f"[{result['variant']}]" if result.get("variant") else "")
             say(f"  {shown}: accuracy {result['accuracy']:.3f}"
                 + (f", TTA {result['accuracy_tta']:.3f}" if "accuracy_tta" in result else ""))

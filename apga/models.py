@@ -9,8 +9,46 @@ from torchvision import models
 from apga.errors import ConfigError
 
 
+def _weights(name: str):
+    """torchvision's default ImageNet weights of architecture `name` (their metadata; nothing is downloaded)."""
+    return models.get_model_weights(name).DEFAULT
+
+
+def weights_mean_std(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The per-channel mean and std the ImageNet weights of `name` were trained with (torchvision's
+    weight metadata: their preprocessing transform)."""
+    transform = _weights(name).transforms()
+    return tuple(transform.mean), tuple(transform.std)
+
+
+def input_normalization(config) -> str:
+    """How the networks standardise their [0, 1] input, as a run's identity records it: 'none', or
+    the mean and std of the ImageNet weights they start from (`--pretrained 1`)."""
+    if not config.pretrained:
+        return "none"
+    mean, std = weights_mean_std(config.classifier)
+    return f"mean {','.join(f'{m:g}' for m in mean)} std {','.join(f'{s:g}' for s in std)}"
+
+
+def standardize_inputs(net: nn.Module, mean, std) -> nn.Module:
+    """Make `net` standardise its input, (x - mean) / std per channel, as its first step (a forward
+    pre-hook on the network, so its state dict and module names stay torchvision's). Images,
+    masks and fills stay in [0, 1] outside the network: a zero fill is still black."""
+    net.register_buffer("input_mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+    net.register_buffer("input_std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1), persistent=False)
+    net.register_forward_pre_hook(_standardized)
+    return net
+
+
+def _standardized(module: nn.Module, args: tuple) -> tuple:
+    images, *rest = args
+    return ((images - module.input_mean) / module.input_std, *rest)
+
+
 def build_classifier(name: str = "densenet169", pretrained: bool = False) -> nn.Module:
     """DenseNet with a 2-way linear head. `densenet-small` is a few-block net for CPU runs.
+    With `pretrained`, torchvision's ImageNet weights (from its cache, else downloaded), and the
+    input standardised with their own mean and std (`standardize_inputs`).
 
     Every variant keeps torchvision's module names, so `features.norm5` (Grad-CAM's layer) exists.
     """
@@ -19,10 +57,9 @@ def build_classifier(name: str = "densenet169", pretrained: bool = False) -> nn.
             raise ConfigError("no ImageNet weights exist for --classifier densenet-small; drop --pretrained")
         return models.DenseNet(growth_rate=12, block_config=(2, 2, 2, 2), num_init_features=24, bn_size=2,
                                num_classes=2)
-    weights = models.get_model_weights(name).DEFAULT if pretrained else None
-    net = models.get_model(name, weights=weights)
+    net = models.get_model(name, weights=_weights(name) if pretrained else None)
     net.classifier = nn.Linear(net.classifier.in_features, 2)
-    return net
+    return standardize_inputs(net, *weights_mean_std(name)) if pretrained else net
 
 
 class _ConvRelu(nn.Sequential):
@@ -48,7 +85,8 @@ class UNet11(nn.Module):
     back. `width` is TernausNet's `num_filters`; at 32 the encoder is exactly VGG11 (64..512
     channels) and can take torchvision's ImageNet VGG11 weights. `input_scale` < 1 makes the
     cheaper agent: it sees the image at that fraction of its side and its logits are
-    upsampled bilinearly to full size. Returns logits (B, 1, H, W); the mask probability is
+    upsampled bilinearly to full size. With `pretrained`, its input is standardised with the
+    VGG11 weights' mean and std. Returns logits (B, 1, H, W); the mask probability is
     their sigmoid.
     """
 
@@ -74,6 +112,7 @@ class UNet11(nn.Module):
         self._init_weights()
         if pretrained:
             self._load_vgg11_encoder(width)
+            standardize_inputs(self, *weights_mean_std("vgg11"))
 
     def _init_weights(self) -> None:
         """He init, zero biases: unlike PyTorch's default init (whose logits come out almost

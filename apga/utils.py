@@ -75,6 +75,16 @@ def derive_seed(*parts) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def deterministic_algorithms() -> None:
+    """`--deterministic 1`: cuDNN's deterministic algorithms (no benchmark search), torch's
+    deterministic implementations where they exist (a warning where an op has none), and the
+    cuBLAS workspace setting that makes its matrix products repeatable. Call it before CUDA starts."""
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def resolve_device(gpu_id: int) -> torch.device:
     """CUDA device `gpu_id`, or the CPU with a notice when CUDA is absent."""
     if not torch.cuda.is_available():
@@ -102,6 +112,13 @@ def eval_mode(*models: torch.nn.Module):
     finally:
         for m, was_training in zip(models, previous):
             m.train(was_training)
+
+
+def full_precision(device) -> contextlib.AbstractContextManager:
+    """A block computed in float32 even inside autocast (`--amp`): measurements, and rewards that
+    are differences of nearly equal losses, whose size is below bf16's resolution. Inputs made
+    under autocast must be cast with `.float()` inside the block."""
+    return torch.autocast(torch.device(device).type, enabled=False)
 
 
 def file_digest(path: Path) -> str:

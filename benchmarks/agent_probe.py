@@ -99,8 +99,7 @@ def train_agent(config, classifier, data, device, seed: int, steps: int, select_
     method = APGA(config, classifier, agent)
     method.generator = torch.Generator(device).manual_seed(derive_seed(seed, "probe-masks"))
     optimizer = torch.optim.Adam(method.agent.parameters(), lr=config.agent_lr)
-    loader = make_loader(data.train.dataset, batch_size, shuffle=True)
-    loader.generator.manual_seed(derive_seed(seed, "probe-order"))
+    loader = make_loader(data.train.dataset, batch_size, shuffle=True, seed=(seed, "probe"))
     averaged = None
     if ema:
         averaged = torch.optim.swa_utils.AveragedModel(
@@ -109,6 +108,7 @@ def train_agent(config, classifier, data, device, seed: int, steps: int, select_
     best = (-float("inf"), 0, copy.deepcopy(method.agent.state_dict()))
     scores, precisions, step = {}, {}, 0
     while step < steps:
+        loader.set_epoch(step)  # each pass its own order
         for batch in loader:
             images = to_model_input(batch["image"].to(device), config.channels_last)
             labels = batch["label"].to(device)
@@ -162,7 +162,7 @@ def main(body_part: str = "elbow", seeds: str = "0,1,2,3,4", estimators: str = "
           f"{len(data.report.index)} report images; agents train on {len(data.train.index)} images, "
           f"select on {len(data.select.index)} of held-out patients")
     classifier = baseline_classifier(config, seed_dir, device).eval().requires_grad_(False)
-    eval_kwargs = dict(batch_size=config.batch_size, autocast=precision.autocast, channels_last=config.channels_last)
+    eval_kwargs = dict(batch_size=config.batch_size, channels_last=config.channels_last)
     occlusion = occlusion_maps(classifier, data.report, device, fill=config.fill, **eval_kwargs)
 
     rows = []

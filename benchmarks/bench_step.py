@@ -224,7 +224,7 @@ def main(preset: str = "cpu", device: str | None = None, batch_size: int = 25, r
     png_seconds = timed(png_epoch, torch.device("cpu"), 1, 0)
     array = cached_array(files, size, workdir / "cache").array
     cached = CachedImages(array, torch.arange(len(files)).numpy(), index["label"].to_numpy())
-    cached_loader = make_loader(cached, batch_size, shuffle=True, num_workers=workers)
+    cached_loader = make_loader(cached, batch_size, shuffle=True, seed=(0,))
 
     def cached_epoch():
         for _ in cached_loader:

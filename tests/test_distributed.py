@@ -12,23 +12,46 @@ import torch
 from cli_helpers import ROOT, TINY_FLAGS, environment
 
 
+def _command(tiny_data, tmp_path, processes: int, *flags) -> list[str]:
+    launcher = ["-m", "torch.distributed.run", "--standalone", "--nproc-per-node", str(processes)] if processes > 1 else []
+    return [sys.executable, *launcher, str(ROOT / "apga_mura.py"), "--data-root", str(tiny_data), "--out-dir",
+            str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"), *TINY_FLAGS,
+            "--train-cutout", "0", "--train-gradcam", "0", "--train-random", "0", *flags]
+
+
+def _run(command) -> subprocess.CompletedProcess:
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT,
+                          env={**environment(), "OMP_NUM_THREADS": "1"})
+
+
 @pytest.mark.slow
 def test_torchrun_two_processes_write_one_set_of_results(tiny_data, tmp_path):
+    """Two processes write one row per run, which records them; --val-every counts the images of
+    one process's iterations; a 1-process command does not reuse (or resume) their runs."""
     out = tmp_path / "runs"
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               str(ROOT / "apga_mura.py"), "--data-root", str(tiny_data), "--out-dir", str(out),
-               "--cache-dir", str(tmp_path / "cache"), *TINY_FLAGS,
-               "--train-cutout", "0", "--train-gradcam", "0", "--train-random", "0"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=ROOT,
-                          env={**environment(), "OMP_NUM_THREADS": "1"})
+    done = _run(_command(tiny_data, tmp_path, 2, "--val-every", "2"))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "x 2 ranks" in done.stdout
     assert done.stdout.count("APGA on elbow") == 1  # only rank 0 prints
     table = pd.read_csv(out / "results.csv")
     assert sorted(table["method"]) == ["apga", "baseline", "end2end"] + ["floor"] * 4  # one row each, not one per rank
-    assert table[table["method"] != "floor"]["accuracy"].between(0, 1).all()
+    trained = table[table["method"] != "floor"]
+    assert trained["accuracy"].between(0, 1).all()
+    assert set(trained["world_size"]) == {2} and set(trained["effective_batch"]) == {16}
     history = pd.read_csv(out / "elbow-all-val" / "seed89" / "apga" / "metrics.csv")
-    assert history["train_reward"].notna().all()
+    epoch_ends = history[history["epoch"] == history["epoch"].round()]
+    assert len(epoch_ends) == 1 and epoch_ends["train_reward"].notna().all()
+    # --val-every 2 is two iterations of 8 images: with 2 processes of 8, every step validates
+    steps = int(history["iteration"].max())
+    assert history["iteration"].tolist() == list(range(1, steps + 1)) and steps >= 2
+
+    alone = _run(_command(tiny_data, tmp_path, 1, "--val-every", "2"))
+    assert alone.returncode == 2 and "world_size: 2 -> 1" in alone.stderr and "Traceback" not in alone.stderr
+    assert pd.read_csv(out / "results.csv").equals(table)  # nothing replaced
+
+    synced = _run(_command(tiny_data, tmp_path, 2, "--sync-bn", "1"))
+    assert synced.returncode != 0 and "error: --sync-bn 1 needs GPUs" in synced.stderr
+    assert "exitcode  : 2" in synced.stderr  # each rank's one-line refusal (torchrun then reports its own failure)
 
 
 class _Classifier(torch.nn.Module):

@@ -1,7 +1,6 @@
 """Evaluation on a hand-made split: TTA, kept/removed images, mask metrics on the kept region."""
 from __future__ import annotations
 
-import contextlib
 
 import numpy as np
 import pandas as pd
@@ -58,7 +57,7 @@ def _softmax_abnormal(classifier, images):
 
 def test_tta_averages_with_the_kept_image_and_removed_blanks_the_kept_region():
     split, method = _split(), KeepTopHalf()
-    outputs, _ = predict(method, split, torch.device("cpu"), batch_size=4, autocast=contextlib.nullcontext)
+    outputs, _ = predict(method, split, torch.device("cpu"), batch_size=4)
     images = torch.from_numpy(split.dataset.images.astype(np.float32) / 255).unsqueeze(1).expand(-1, 3, -1, -1)
     keep = torch.zeros_like(images)
     keep[..., :4, :] = 1
@@ -74,7 +73,7 @@ def test_tta_averages_with_the_kept_image_and_removed_blanks_the_kept_region():
 
 
 def test_mask_metrics_measure_the_kept_region():
-    metrics = evaluate(KeepTopHalf(), _split(), torch.device("cpu"), batch_size=4, autocast=contextlib.nullcontext,
+    metrics = evaluate(KeepTopHalf(), _split(), torch.device("cpu"), batch_size=4,
                        mask_quality=True)
     assert metrics["mask_iou"] == 1.0 and metrics["mask_recall"] == 1.0  # kept region == bone
     assert metrics["bone_precision_10"] == 1.0 and metrics["bone_precision_30"] == 1.0
@@ -108,6 +107,6 @@ def test_mask_quality_pairs_swap_partners_by_the_splits_patients(monkeypatch):
         return original(*args, patients=patients, **kwargs)
 
     monkeypatch.setattr(mask_quality, "location_gaps", recording)
-    predict(KeepTopHalf(), split, torch.device("cpu"), batch_size=4, autocast=contextlib.nullcontext,
+    predict(KeepTopHalf(), split, torch.device("cpu"), batch_size=4,
             mask_quality=True)
     assert seen == [[4, 4, 9, 9], [9, 2]]

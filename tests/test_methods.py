@@ -50,8 +50,7 @@ def test_method_runs_real_steps(name, tiny_config, tmp_path):
     agent_before = copy.deepcopy(method.agent.state_dict()) if method.agent is not None else None
     reference_before = copy.deepcopy(method.reference.state_dict()) if hasattr(method, "reference") else None
     optimizers = make_optimizers(method)
-    loader = make_loader(data.train.dataset, config.batch_size, shuffle=True)
-    loader.generator.manual_seed(0)
+    loader = make_loader(data.train.dataset, config.batch_size, shuffle=True, seed=(0,))
     method.generator = torch.Generator().manual_seed(0)
     stage = Stage(tmp_path, 1, torch.device("cpu"), Precision("cpu", None), config, progress=False)
     logs = train_one_epoch(method, loader, optimizers, torch.amp.GradScaler("cpu", enabled=False), stage,

@@ -1,7 +1,6 @@
 """`python -m apga.predict`: a trained run applied to a study folder, a folder of PNGs and a CSV."""
 from __future__ import annotations
 
-import contextlib
 import subprocess
 import sys
 
@@ -42,7 +41,7 @@ def test_predictions_on_a_csv_equal_the_runs_own_evaluation(trained, tiny_data, 
     path = run_prediction(str(seed_dir / "apga-rloo"), str(csv), out=str(tmp_path / "out"), max_overlays=3)
     predictions = pd.read_csv(path, keep_default_na=False, na_values=[""])
     method, _ = load_run(seed_dir / "apga-rloo", torch.device("cpu"))
-    expected, _ = predict(method, data.report, torch.device("cpu"), batch_size=8, autocast=contextlib.nullcontext,
+    expected, _ = predict(method, data.report, torch.device("cpu"), batch_size=8,
                           channels_last=config.channels_last)
     np.testing.assert_allclose(predictions["probability"], expected["p"], rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(predictions["probability_tta"], expected["p_tta"], rtol=1e-4, atol=1e-6)

@@ -106,7 +106,7 @@ def test_agent_warmup_trains_only_the_agent(tiny_config, tmp_path):
     torch.manual_seed(0)
     method = METHODS["apga"](config, build_classifier(config.classifier), build_agent(config.agent_width))
     stage = Stage(tmp_path / "run", 1, torch.device("cpu"), Precision("cpu", None), config, progress=False)
-    loader = make_loader(data.train.dataset, config.batch_size, shuffle=True)
+    loader = make_loader(data.train.dataset, config.batch_size, shuffle=True, seed=(1, "apga"))
     steps = len(loader) + 2  # a second pass over the training set
     method.config = dataclasses.replace(config, agent_warmup=steps)
     method.generator = torch.Generator()
@@ -117,7 +117,7 @@ def test_agent_warmup_trains_only_the_agent(tiny_config, tmp_path):
 
     def seed_pass(epoch):
         passes.append(epoch)
-        loader.generator.manual_seed(epoch)
+        loader.set_epoch(epoch)
 
     row = train.warm_up(method, loader, optimizers, torch.amp.GradScaler("cpu", enabled=False), stage, seed_pass)
     assert passes == [0, -1] and row["epoch"] == 0.0 and row["iteration"] == steps

@@ -29,6 +29,7 @@ from apga.errors import DataError, ImageError
 from apga.utils import atomic_write_json, fsync_folder, notice, storage_error, warn
 
 CONTENT_CHECKS = 256  # source files whose bytes are checked against the cache each time it is reused
+PARALLEL_DECODE = 256  # a cache of this many images or more is decoded by --num-workers processes; fewer: in process
 UNREADABLE = -1  # the CRC recorded for a file that could not be read at all
 
 
@@ -164,8 +165,9 @@ def _build_cache(files, size, masks, data_file: Path, meta_file: Path, num_worke
     except OSError as error:
         raise storage_error(data_file.parent, error) from None
     bad, reasons, crcs, rows, inferred = [], [], [0] * len(files), [0] * len(files), [None] * len(files)
+    workers = num_workers if len(files) >= PARALLEL_DECODE else 0  # starting workers costs more than a few images
     loader = torch.utils.data.DataLoader(ImageFiles(files, size, masks, bit_depth), batch_size=64,
-                                         num_workers=num_workers, collate_fn=keep_as_list)
+                                         num_workers=workers, collate_fn=keep_as_list)
     partial = data_file.with_name(f".{data_file.name}.{socket.gethostname()}.{os.getpid()}.partial")  # unique on a shared file system
     blank = np.zeros((size, size), dtype=np.uint8)
     try:

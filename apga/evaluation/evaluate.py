@@ -1,6 +1,9 @@
 """Evaluation of a method on a split: probabilities, TTA, deletion/insertion and mask quality.
 
-Everything is batched on the device and moved to the host once, at the end.
+Everything is batched on the device and moved to the host once, at the end, and computed in
+float32 whatever the training precision (`--amp`): the location and swap gaps, occlusion maps and
+kept/removed probabilities are differences of nearly equal losses, below bf16's resolution, and a
+measurement must not depend on the precision a run trained in.
 - plain: softmax of the original image;
 - TTA (masking methods, the paper's evaluation; docs/method.md): mean of the softmax of the original and of the
   kept-region image;
@@ -24,7 +27,7 @@ from apga.evaluation.mask_quality import MapQuality, occlusion_cell
 from apga.methods.masks import adversarial_images, kept_images
 from apga.evaluation.occlusion import occlusion_map
 from apga.evaluation.metrics import binary_metrics, study_metrics
-from apga.utils import eval_mode
+from apga.utils import eval_mode, full_precision
 
 
 def abnormal_probability(classifier, images: torch.Tensor) -> torch.Tensor:
@@ -36,55 +39,52 @@ def _truth(batch: dict, name: str, device) -> torch.Tensor | None:
 
 
 @torch.no_grad()
-def occlusion_maps(classifier, split: Split, device, *, batch_size: int, autocast, channels_last: bool = False,
+def occlusion_maps(classifier, split: Split, device, *, batch_size: int, channels_last: bool = False,
                    fill: str = "zero") -> torch.Tensor:
-    """The classifier's occlusion map of every image of `split`, (N, 1, g, g) in split order: for
-    maps of several methods (or floors) with one classifier, computed once."""
+    """The classifier's occlusion map of every image of `split`, (N, 1, g, g) in split order, in
+    float32: for maps of several methods (or floors) with one classifier, computed once."""
     maps = []
-    with eval_mode(classifier):
-        for batch in make_loader(split.dataset, batch_size, shuffle=False):
+    with eval_mode(classifier), full_precision(device):
+        for batch in make_loader(split.dataset, batch_size):
             images = to_model_input(batch["image"].to(device), channels_last)
-            with autocast():
-                maps.append(occlusion_map(classifier, images, batch["label"].to(device), occlusion_cell(images), fill))
+            maps.append(occlusion_map(classifier, images, batch["label"].to(device), occlusion_cell(images), fill))
     return torch.cat(maps).float()
 
 
 @torch.no_grad()
-def predict(method, split: Split, device, *, batch_size: int, autocast, channels_last: bool = False,
-            num_workers: int = 0, mask_quality: bool = False, seed: int = 0,
+def predict(method, split: Split, device, *, batch_size: int, channels_last: bool = False,
+            mask_quality: bool = False, seed: int = 0,
             occlusion: torch.Tensor | None = None) -> tuple[dict[str, np.ndarray], dict]:
     """Per-image outputs of `method` on `split` (in the order of `split.index`), and the mask
-    quality summary (empty unless `mask_quality` and the method has a map). `occlusion`: the
-    classifier's occlusion maps of the split (`occlusion_maps`), when already computed."""
+    quality summary (empty unless `mask_quality` and the method has a map), in float32.
+    `occlusion`: the classifier's occlusion maps of the split (`occlusion_maps`), when already computed."""
     outputs: dict[str, list[torch.Tensor]] = {}
     quality = MapQuality(method.fill, seed) if mask_quality else None
-    loader = make_loader(split.dataset, batch_size, shuffle=False, num_workers=num_workers,
-                         pin_memory=device.type == "cuda")
+    loader = make_loader(split.dataset, batch_size, pin_memory=device.type == "cuda")
     networks = [method.classifier] + ([method.agent] if method.agent is not None else [])
-    with eval_mode(*networks):
+    with eval_mode(*networks), full_precision(device):
         for batch in loader:
             images = to_model_input(batch["image"].to(device, non_blocking=True), channels_last)
             labels = batch["label"].to(device)
             bone, finding = _truth(batch, "bone", device), _truth(batch, "finding", device)
-            with autocast():
-                out = {"position": batch["position"].to(device), "p": abnormal_probability(method.classifier, images)}
-                maps = method.mask_probabilities(images, {"bone": bone.float()} if bone is not None else None)
-                if maps is not None:
-                    keep = method.keep_mask(maps)  # (B, 1, H, W)
-                    out["p_kept"] = abnormal_probability(method.classifier, kept_images(images, keep, method.fill))
-                    removed = adversarial_images(images, keep, method.fill)
-                    out["p_removed"] = abnormal_probability(method.classifier, removed)
-                    out["p_tta"] = (out["p"] + out["p_kept"]) / 2
-                    out["mask_area"] = keep.flatten(1).mean(1)
-                    if bone is not None:
-                        kept = keep.bool()
-                        overlap = (kept & bone).flatten(1).sum(1).float()
-                        out["mask_iou"] = overlap / (kept | bone).flatten(1).sum(1).float().clamp(min=1)
-                        out["mask_recall"] = overlap / bone.flatten(1).sum(1).float().clamp(min=1)
-                    if quality is not None:
-                        cells = occlusion[batch["position"]].to(device) if occlusion is not None else None
-                        quality.add(method.classifier, images, labels, maps, method.policy_area(maps), bone, finding,
-                                    cells, batch.get("patient"))
+            out = {"position": batch["position"].to(device), "p": abnormal_probability(method.classifier, images)}
+            maps = method.mask_probabilities(images, {"bone": bone.float()} if bone is not None else None)
+            if maps is not None:
+                keep = method.keep_mask(maps)  # (B, 1, H, W)
+                out["p_kept"] = abnormal_probability(method.classifier, kept_images(images, keep, method.fill))
+                removed = adversarial_images(images, keep, method.fill)
+                out["p_removed"] = abnormal_probability(method.classifier, removed)
+                out["p_tta"] = (out["p"] + out["p_kept"]) / 2
+                out["mask_area"] = keep.flatten(1).mean(1)
+                if bone is not None:
+                    kept = keep.bool()
+                    overlap = (kept & bone).flatten(1).sum(1).float()
+                    out["mask_iou"] = overlap / (kept | bone).flatten(1).sum(1).float().clamp(min=1)
+                    out["mask_recall"] = overlap / bone.flatten(1).sum(1).float().clamp(min=1)
+                if quality is not None:
+                    cells = occlusion[batch["position"]].to(device) if occlusion is not None else None
+                    quality.add(method.classifier, images, labels, maps, method.policy_area(maps), bone, finding,
+                                cells, batch.get("patient"))
             for key, value in out.items():
                 outputs.setdefault(key, []).append(value.float() if key != "position" else value)
     merged = {key: torch.cat(values).cpu().numpy() for key, values in outputs.items()}

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 
 from apga.methods import estimators
 from apga.methods.base import Method, variant_name
-from apga.utils import eval_mode
+from apga.utils import eval_mode, full_precision
 
 
 class APGA(Method):
@@ -54,8 +54,9 @@ class APGA(Method):
         yield self.estimator.policy_phase(self, images, labels, self._clean_loss(images, labels))
 
     def _clean_loss(self, images, labels):
-        with torch.no_grad(), eval_mode(self.classifier):
-            return F.cross_entropy(self.classifier(images), labels)
+        """The reward's clean term without a clean step: in eval mode, in float32 (as the rewards)."""
+        with torch.no_grad(), eval_mode(self.classifier), full_precision(images.device):
+            return F.cross_entropy(self.classifier(images.float()), labels)
 
     def mask_probabilities(self, images, truths=None):
         with torch.no_grad():

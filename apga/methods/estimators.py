@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from apga.methods.masks import adversarial_images, area_penalty, greedy_action, top_fraction
 from apga.methods.base import Phase
-from apga.utils import eval_mode
+from apga.utils import eval_mode, full_precision
 
 REWARD_BASELINE_DECAY = 0.5
 POLICY_SCALE, EMPTY_PENALTY, FULL_PENALTY = 100.0, 0.1, 0.01
@@ -70,9 +70,10 @@ class Greedy:
         logits = method.agent(images)  # (B, 1, H, W)
         probabilities = torch.sigmoid(logits.detach().float())
         action = self.action(probabilities, method.generator)
-        # 4-5. reward from the classifier in eval mode, without gradient
-        with torch.no_grad(), eval_mode(method.classifier):
-            adversarial = adversarial_images(images, action, method.fill)
+        # 4-5. reward from the classifier in eval mode, without gradient, in float32 (under --amp
+        # too: the clean term is the clean step's loss, float32 from that step's forward)
+        with torch.no_grad(), eval_mode(method.classifier), full_precision(images.device):
+            adversarial = adversarial_images(images.float(), action, method.fill)
             adversarial_loss = F.cross_entropy(method.classifier(adversarial), labels)
         reward = method.dist.mean((adversarial_loss - clean_loss).float())  # the same on every rank
         # 6. moving-average baseline, then the advantage
@@ -159,8 +160,8 @@ class RLOO:
         uniform = torch.rand((k, *p.shape), generator=method.generator, device=p.device)
         actions = (uniform < p.detach()).float()  # (K, B, 1, h, w)
         marked = F.interpolate(actions.flatten(0, 1), size=images.shape[-2:], mode="nearest")  # (K B, 1, H, W)
-        adversarial = adversarial_images(images, marked, method.fill)  # (K B, C, H, W)
-        with torch.no_grad(), eval_mode(method.classifier):
+        adversarial = adversarial_images(images.float(), marked, method.fill)  # (K B, C, H, W)
+        with torch.no_grad(), eval_mode(method.classifier), full_precision(images.device):  # rewards in float32
             losses = F.cross_entropy(method.classifier(adversarial), labels.repeat(k),
                                      reduction="none").float().view(k, b)  # (K, B): the rewards up to a per-image constant
         leave_one_out = (losses.sum(0, keepdim=True) - losses) / (k - 1)

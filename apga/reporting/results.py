@@ -33,6 +33,7 @@ METRICS = ["accuracy", "accuracy_tta", "auroc", "kappa", "study_accuracy", "stud
            "study_kappa", *MASK_QUALITY_COLUMNS, "policy_area", "mask_area", "keep_area", "mask_iou", "mask_recall",
            "kept_accuracy", "removed_accuracy", "selection_accuracy", "selection_evaluations", "best_epoch",
            "epochs_trained"]  # the columns results.csv lists first, in this order
+RUNTIME_COLUMNS = ("precision", "world_size", "effective_batch", "deterministic", "sync_bn")  # how a run trained
 RUN_PATTERNS = ("*/seed*/*/" + RESULT_FILE, "*/seed*/floors/*/" + RESULT_FILE)  # run folders under an out-dir
 
 
@@ -46,6 +47,7 @@ def run_row(identity: dict, trained_with: dict, inputs: dict, result: dict) -> d
         "estimator": settings.get("estimator", "") if identity.get("method") in ("apga", "random") else "",
         "classifier": settings.get("classifier", ""), "image_size": settings.get("image_size", ""),
         "keep_area": inputs.get("keep_area", math.nan), "baseline_digest": inputs.get("baseline", ""),
+        **{key: settings.get(key, "") for key in RUNTIME_COLUMNS},
         "config": json.dumps(settings, sort_keys=True, default=str),
     }
 

@@ -48,13 +48,25 @@ def load_checkpoint(path: Path, device=None, hint: str | None = None) -> dict:
         raise CheckpointError(f"checkpoint {path} is corrupted or unreadable ({reason}); {hint}") from None
 
 
+# What a run trains under besides its settings (training.loop.runtime_values): compared only where both
+# sides record them, since a run written before they were recorded, or a command that only plans
+# runs (the sweep's, on a machine that will not train them), does not know them.
+RUNTIME_KEYS = ("precision", "world_size", "effective_batch")
+# What runs written before a key existed did: their inputs were never standardised.
+LEGACY = {"input_normalization": "none"}
+
+
 def check_same_config(path: Path, saved: dict, current: dict, ignored: set[str] = frozenset()) -> None:
-    """A checkpoint may only be resumed by a run of the same training settings (but `ignored`)."""
+    """A checkpoint may only be resumed (and a finished run reused) by a run of the same training
+    settings (but `ignored`), data and runtime (precision, number of processes)."""
     # a setting added after the checkpoint was written counts as its default there: every setting's
     # default must be what the code did before the setting existed (the paper's behaviour)
-    old = {**{k: v for k, v in training_fields(defaults()).items() if k in current}, **training_fields(saved)}
+    before = {**training_fields(defaults()), **LEGACY}
+    old = {**{k: v for k, v in before.items() if k in current}, **training_fields(saved)}
     new = training_fields(current)
-    differing = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and k not in ignored)
+    unknown = {k for k in RUNTIME_KEYS if k not in old or k not in new}
+    differing = sorted(k for k in old.keys() | new.keys()
+                       if old.get(k) != new.get(k) and k not in ignored and k not in unknown)
     if "data_fingerprint" in differing:
         raise CheckpointError(f"{path} was trained on other data (fingerprint {old.get('data_fingerprint')} -> "
                               f"{new.get('data_fingerprint')}: other images, labels or splits, or an older version of "

@@ -41,6 +41,7 @@ import torch
 from tqdm import tqdm
 
 from apga.config import config_dict
+from apga.models import input_normalization
 from apga.data import RunData, make_loader, to_model_input
 from apga.distributed import Dist, plain_networks
 from apga.errors import CheckpointError, NonFiniteError
@@ -56,6 +57,7 @@ from apga.utils import (atomic_write_bytes, atomic_write_json, code_version, der
                         storage_error)
 
 GALLERY_IMAGES = 8
+PREDICTIONS_DIR = "predictions"  # where apga.predict writes inside a run folder
 
 
 @dataclass
@@ -73,10 +75,21 @@ class Stage:
     identity: dict = field(default_factory=dict)  # its results row's identity (reporting.results.run_row)
 
 
-def identity_values(config, fingerprint: str, inputs: dict) -> dict:
-    """A run's identity as its config.json (and every checkpoint) records it: its settings, the
-    fingerprint of its data and its inputs."""
-    return {**config_dict(config), "data_fingerprint": fingerprint, "inputs": inputs}
+def identity_values(config, fingerprint: str, inputs: dict, runtime: dict | None = None) -> dict:
+    """A run's identity as its config.json (and every checkpoint) records it: its settings, how its
+    inputs are normalised (`models.input_normalization`), the fingerprint of its data, its inputs,
+    and, from a process that trains it, the `runtime_values` it trains under (a command that
+    only plans runs, such as the sweep's, leaves them out: they are compared where both sides
+    have them, `checkpoint.RUNTIME_KEYS`)."""
+    return {**config_dict(config), "input_normalization": input_normalization(config), **(runtime or {}),
+            "data_fingerprint": fingerprint, "inputs": inputs}
+
+
+def runtime_values(stage: "Stage") -> dict:
+    """What a run trains under besides its settings: the training steps' precision (`--amp`
+    resolved on its device), the number of processes, and the batch they step on together."""
+    return {"precision": stage.precision.name, "world_size": stage.dist.world_size,
+            "effective_batch": stage.config.batch_size * stage.dist.world_size}
 
 
 def run_state(run_dir: Path, values: dict, ignored: set[str]) -> tuple[str, dict | None]:
@@ -265,9 +278,10 @@ class _Run:
         run_dir = stage.run_dir
         self.files = {"config": run_dir / "config.json", "last": run_dir / "last.pt", "best": run_dir / "best.pt",
                       "result": run_dir / RESULT_FILE, "history": run_dir / "metrics.csv"}
-        self.config_values = identity_values(self.config, data.fingerprint, stage.inputs)
+        self.config_values = identity_values(self.config, data.fingerprint, stage.inputs, runtime_values(stage))
         self.progress = {"epoch": 0, "best_accuracy": -1.0, "best_epoch": 0.0, "epochs_since_best": 0,
-                         "selection_evaluations": 0, "selection_mask_area": math.nan, "warmed_up": False}
+                         "selection_evaluations": 0, "selection_mask_area": math.nan, "warmed_up": False,
+                         "code_versions": [code_version()]}  # one per segment: a resumed run lists each
         self.history: list[dict] = []
         self.pending_best: dict | None = None  # a selection not yet written to best.pt (until its epoch ends)
         self.start = time.perf_counter()
@@ -297,7 +311,7 @@ class _Run:
                 for name in ("result", "last", "best", "history"):
                     files[name].unlink(missing_ok=True)
                 (stage.run_dir / "curves.png").unlink(missing_ok=True)
-                for folder in ("gallery", BOARD_DIR):
+                for folder in ("gallery", BOARD_DIR, PREDICTIONS_DIR):  # nothing of the old run stays beside the new
                     shutil.rmtree(stage.run_dir / folder, ignore_errors=True)
                 if stage.on_fresh is not None:
                     stage.on_fresh()
@@ -318,7 +332,12 @@ class _Run:
             for name, optimizer in self.optimizers.items():
                 optimizer.load_state_dict(state["optimizers"][name])
             self.scaler.load_state_dict(state["scaler"])
+            segments = state["progress"].get("code_versions") or [state.get("code_version", "unknown")]
             self.progress, self.history = {**self.progress, **state["progress"]}, state["history"]
+            self.progress["code_versions"] = segments + ([code_version()] if code_version() != segments[-1] else [])
+            if self.main and code_version() != segments[-1]:
+                notice(f"{stage.run_dir} was trained so far by code version {segments[-1]} and goes on under "
+                       f"{code_version()}; its results row lists both")
             restore_rng(state["rng"])
             if files["best"].is_file():  # killed between writing best.pt and last.pt: best.pt is the newer
                 selection = load_checkpoint(files["best"], "cpu").get("selection", {})
@@ -326,14 +345,10 @@ class _Run:
                     self.progress.update(selection)
             if self.main:
                 print(f"resuming {stage.run_dir} after epoch {self.progress['epoch']}")
-        self.sampler = None
-        if stage.dist.enabled:  # each rank its shard of the same (seed, method, epoch) order
-            self.sampler = torch.utils.data.DistributedSampler(
-                self.data.train.dataset, stage.dist.world_size, stage.dist.rank, shuffle=True,
-                seed=derive_seed(stage.seed, method.name) % 2**31)
+        # the order of every pass is a function of (seed, method, epoch); each rank reads its shard of it
         self.loader = make_loader(self.data.train.dataset, self.config.batch_size, shuffle=True,
-                                  num_workers=self.config.num_workers, pin_memory=stage.device.type == "cuda",
-                                  sampler=self.sampler)
+                                  seed=(stage.seed, method.name), rank=stage.dist.rank,
+                                  world_size=stage.dist.world_size, pin_memory=stage.device.type == "cuda")
         select = self.data.select.dataset
         self.gallery_batch = select.__getitems__(list(range(min(GALLERY_IMAGES, len(select)))))
         method.generator = torch.Generator(stage.device)
@@ -346,10 +361,7 @@ class _Run:
     def seed_pass(self, epoch: int) -> None:
         """The data order and the method's random draws of one pass over the training set."""
         stage = self.stage
-        if self.sampler is not None:
-            self.sampler.set_epoch(epoch)
-        else:
-            self.loader.generator.manual_seed(derive_seed(stage.seed, self.method.name, epoch, "order"))
+        self.loader.set_epoch(epoch)
         ranks = (stage.dist.rank,) if stage.dist.enabled else ()  # each rank its own draws for its own images
         self.method.generator.manual_seed(derive_seed(stage.seed, self.method.name, epoch, "masks", *ranks))
 
@@ -368,8 +380,14 @@ class _Run:
         self.seed_pass(epoch)
         steps = len(self.loader) if config.steps_per_epoch is None else min(config.steps_per_epoch, len(self.loader))
 
+        world = stage.dist.world_size
+
+        def crossed(step: int) -> bool:
+            """--val-every counts one process's iterations: under torchrun a step reads `world` of them."""
+            return step * world // config.val_every > (step - 1) * world // config.val_every
+
         def mid_epoch(step: int) -> None:
-            if method.validates_mid_epoch and config.val_every and step % config.val_every == 0 and step < steps:
+            if method.validates_mid_epoch and config.val_every and crossed(step) and step < steps:
                 checked = self.validate(epoch - 1 + step / steps)
                 self.history.append({"epoch": epoch - 1 + step / steps, "iteration": step,
                                      **{f"val_{k}": v for k, v in checked.items()}})
@@ -439,8 +457,7 @@ class _Run:
             self.pending_best = None
 
     def eval_kwargs(self) -> dict:
-        return dict(batch_size=self.config.batch_size, autocast=self.stage.precision.autocast,
-                    channels_last=self.config.channels_last, num_workers=0)
+        return dict(batch_size=self.config.batch_size, channels_last=self.config.channels_last)
 
     # --- the selected checkpoint on the report split ----------------------------------------------
     def finish(self) -> dict:
@@ -469,7 +486,8 @@ class _Run:
                           selection_evaluations=progress["selection_evaluations"],
                           selection_mask_area=progress["selection_mask_area"],
                           train_seconds=time.perf_counter() - self.start, data_fingerprint=self.data.fingerprint,
-                          code_version=code_version(), device=str(stage.device), threads=torch.get_num_threads(),
+                          code_version=", ".join(progress["code_versions"]), device=str(stage.device),
+                          threads=torch.get_num_threads(),
                           checkpoint_digest=file_digest(files["best"]))
             if stage.identity:  # the whole results row: results.csv is rebuilt from these files
                 result = run_row(stage.identity, self.config_values, stage.inputs, result)
