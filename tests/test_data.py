@@ -128,7 +128,7 @@ def test_cache_key_covers_the_decoding_settings(tmp_path):
     files = [_save(tmp_path / f"{i}.png", "L") for i in range(3)]
     images, _, *_ = cached_array(files, 16, tmp_path / "cache")
     masks, _, *_ = cached_array(files, 16, tmp_path / "cache", masks=True)  # thresholded, not grey
-    assert set(np.unique(masks)) <= {0, 1} and images.max() > 1
+    assert set(np.unique(masks)) <= {0, 1} and np.asarray(images).max() > 1
     files[1].write_bytes(files[1].read_bytes()[:60])
     cached_array(files, 16, tmp_path / "cache", skip_bad=True)  # a cache made while skipping ...
     with pytest.raises(DataError, match="cannot read image"):
@@ -156,14 +156,37 @@ def test_cache_rebuilds_an_array_whose_bytes_were_lost(tmp_path, capsys):
     (entry,) = (tmp_path / "cache").glob("*.u8")
     entry.write_bytes(bytes(entry.stat().st_size))
     array, ok, *_ = cached_array(files, 16, tmp_path / "cache")
-    assert "3 of its 3 rows do not match their checksums" in capsys.readouterr().err
+    assert "3 of the 3 rows checked do not match their checksums" in capsys.readouterr().err
     assert np.array_equal(array[1], decode_image(files[1], 16))
     flipped = bytearray(entry.read_bytes())
     flipped[16 * 16 + 5] ^= 1  # one bit of row 1
     entry.write_bytes(bytes(flipped))
     array, _, *_ = cached_array(files, 16, tmp_path / "cache")
-    assert "1 of its 3 rows do not match their checksums (e.g. row 1" in capsys.readouterr().err
+    assert "1 of the 3 rows checked do not match their checksums (e.g. row 1" in capsys.readouterr().err
     assert np.array_equal(array[1], decode_image(files[1], 16))
+
+
+def test_rows_not_checked_on_opening_are_checked_before_they_are_used(tmp_path, monkeypatch):
+    """Opening an entry checks a sample of its rows (its cost does not grow with the data); every
+    other row is checked when a process first reads it: a damaged one stops the read, and the
+    entry is rebuilt by the next command."""
+    from apga.data import cache
+
+    monkeypatch.setattr(cache, "CONTENT_CHECKS", 2)  # rows 0 and 3 of 4 are checked on opening
+    files = [_save(tmp_path / f"{i}.png", "L") for i in range(4)]
+    cached_array(files, 16, tmp_path / "cache")
+    (entry,) = (tmp_path / "cache").glob("*.u8")
+    flipped = bytearray(entry.read_bytes())
+    flipped[2 * 16 * 16 + 7] ^= 1  # one bit of row 2
+    entry.write_bytes(bytes(flipped))
+    array, *_ = cached_array(files, 16, tmp_path / "cache")  # opened: the sample is intact
+    assert np.array_equal(array[np.array([0, 1, 3])], np.stack([decode_image(files[i], 16) for i in (0, 1, 3)]))
+    with pytest.raises(DataError, match=r"image cache .*\.u8 is damaged: row 2 does not match its checksum"):
+        array[np.array([1, 2])]
+    with pytest.raises(DataError, match="row 2"):
+        np.asarray(array)
+    rebuilt, *_ = cached_array(files, 16, tmp_path / "cache")
+    assert np.array_equal(rebuilt[2], decode_image(files[2], 16))
 
 
 def test_cache_key_covers_the_decoder_settings(tmp_path, monkeypatch):

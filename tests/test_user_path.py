@@ -293,3 +293,12 @@ def test_a_run_trained_anew_drops_the_predictions_of_the_old_one(tiny_config, tm
     old.write_text("path,probability\nx.png,0.9\n")
     _fit(config, data, tmp_path / "run", Precision("cpu", None))
     assert not old.parent.exists()
+
+
+def test_k_shot_with_an_odd_batch_trains_at_32_px(tiny_data, tmp_path, capsys):
+    """k-shot's 2k images with an odd batch leave a last batch of one; at 32 px the classifier's
+    last feature map is 1x1, where batch norm cannot train on one image (fastai/fastai#1352)."""
+    done = run_cli_here(capsys, tiny_data, tmp_path / "runs", *ONLY, "--train-apga", "0", "--n-shot", "2",
+                        "--batch-size", "3", "--epochs", "1")
+    assert done.returncode == 0, done.stderr
+    assert "Expected more than 1 value per channel" not in done.stderr
