@@ -299,3 +299,38 @@ def test_a_slurm_jobs_own_record_wins_over_its_submission_whatever_the_clocks(tm
     _submitted([SimpleNamespace(name=name)], [SimpleNamespace(job_id="4242_0", paths=SimpleNamespace(stderr="x"))],
                tmp_path, "slurm", time.time() + 3600)
     assert read_state(tmp_path, name)["state"] == "done"
+
+
+@pytest.mark.parametrize("recorded, said, kind, detail", [
+    ("submitted", ("PENDING", "JobArrayTaskLimit"), "pending", "slurm job 4242_0, pending (JobArrayTaskLimit)"),
+    ("running", ("RUNNING", ""), "running", "slurm job 4242_0 on node7"),
+    ("running", ("PENDING", "BeginTime"), "requeued", "slurm job 4242_0, pending (BeginTime)"),
+    ("done", ("COMPLETED", ""), "done", ""),
+    ("running", ("CANCELLED", ""), "cancelled", "slurm job 4242_0 was cancelled; rerun the command to resume it"),
+    ("running", ("TIMEOUT", ""), "timed out", "Slurm stopped it at its time limit (--timeout-min)"),
+    ("timed out", ("FAILED", ""), "timed out", "reached its time limit 4 times"),
+    ("failed", ("FAILED", ""), "failed", "ValueError: bad"),
+    ("running", ("FAILED", ""), "failed", "slurm job 4242_0 failed: the job stopped without a word"),
+    ("running", ("OUT_OF_MEMORY", ""), "failed", "ran out of memory (raise --mem-gb)"),
+    ("running", None, "running", "slurm job 4242_0 (its state cannot be checked from here)"),
+])
+def test_status_reads_a_slurm_jobs_record_against_what_slurm_says(tmp_path, monkeypatch, recorded, said, kind,
+                                                                   detail):
+    """The cell's own record against Slurm's state of its job (sacct's, or squeue's where there is no
+    accounting): a job Slurm cancelled or timed out is not 'running' for ever."""
+    from types import SimpleNamespace
+
+    from apga.sweep import slurm
+    from apga.sweep.jobs import _submitted, write_state
+    from apga.sweep.status import cell_states
+
+    name = "elbow-all-val/seed89"
+    monkeypatch.setattr(slurm, "job_states", lambda ids: {} if said is None else {job: said for job in ids})
+    _submitted([SimpleNamespace(name=name)], [SimpleNamespace(job_id="4242_0", paths=SimpleNamespace(stderr="x.err"))],
+               tmp_path, "slurm", time.time())
+    if recorded != "submitted":
+        errors = {"failed": "ValueError: bad", "timed out": "reached its time limit 4 times (requeued 3 times)"}
+        write_state(tmp_path, name, state=recorded, job_id="4242_0", host="node7", error=errors.get(recorded, ""))
+    ((_, shown_kind, shown_detail),) = cell_states(tmp_path, [name])
+    assert shown_kind == kind and detail in shown_detail, (shown_kind, shown_detail)
+    assert kind in ("pending", "running", "requeued", "done") or "(log: x.err)" in shown_detail

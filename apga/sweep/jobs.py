@@ -131,8 +131,12 @@ def submit_slurm(cells: list[Cell], out_dir, *, partition: str | None, gpus_per_
     require_slurm()
     logs = state_dir(out_dir) / "logs"
     executor = submitit.AutoExecutor(folder=logs, cluster="slurm", slurm_max_num_timeout=MAX_REQUEUES)
+    # Slurm signals a job (submitit checkpoints and requeues it) at its first time-limit check, made
+    # every 30 s, that is within signal_s + 30 s of the limit: a short limit's signal must not come in
+    # the job's first 30 s, before submitit has set its handler (the default action of USR2 kills)
+    signal_s = min(90, max(1, 60 * timeout_min - 60))
     parameters = dict(name="apga-sweep", timeout_min=timeout_min, tasks_per_node=1, cpus_per_task=cpus_per_job,
-                      slurm_array_parallelism=parallel)
+                      slurm_array_parallelism=parallel, slurm_signal_delay_s=signal_s)
     if gpus_per_job:  # a CPU-only partition may know no GPUs at all: ask for none rather than for 0
         parameters["gpus_per_node"] = gpus_per_job
     if partition:
