@@ -60,6 +60,15 @@ def cluster(monkeypatch) -> dict:
     return {**environment(), "SLURM_CONF": conf}
 
 
+@pytest.fixture
+def submitted(cluster):
+    """The job arrays a test submits; whatever of them still runs when it ends is cancelled."""
+    arrays: list[str] = []
+    yield arrays
+    if arrays:
+        subprocess.run(["scancel", *arrays], env=cluster, capture_output=True, timeout=60)
+
+
 def _sweep(capsys, *argv) -> tuple[int, str, str]:
     """`python -m apga.sweep ARGV` in this process: its exit status, stdout and stderr."""
     from apga.sweep import entry_point
@@ -107,10 +116,11 @@ def _running(array: str) -> int:
     return sum(state == "RUNNING" for state, _ in job_states([array]).values())
 
 
-def _submitted_array(done: tuple[int, str, str]) -> str:
+def _submitted_array(done: tuple[int, str, str], submitted: list[str]) -> str:
     code, out, err = done
     assert code == 0, err[-3000:]
-    return re.search(r"submitted Slurm job array (\d+)", out).group(1)
+    submitted.append(re.search(r"submitted Slurm job array (\d+)", out).group(1))
+    return submitted[-1]
 
 
 def _status_lines(capsys, out) -> tuple[dict[str, str], str]:
@@ -180,7 +190,7 @@ def _follow(steps: list, timeout: float = 400) -> None:
 
 @pytest.mark.slow
 def test_a_job_array_on_slurm_resumes_what_was_preempted_timed_out_cancelled_or_failed(
-        tiny_data, tmp_path, one_by_one, cluster, capsys):
+        tiny_data, tmp_path, one_by_one, cluster, submitted, capsys):
     """The 2 x 2 grid as one Slurm job array (1 core each, 2 at once, no GPU, a one-minute limit):
     elbow-all is held (SIGSTOP) until Slurm signals its time limit, and submitit's checkpoint
     requeues it; elbow-4 fails (its baseline's folder is locked); wrist-all is cancelled (`scancel`)
@@ -219,7 +229,7 @@ def test_a_job_array_on_slurm_resumes_what_was_preempted_timed_out_cancelled_or_
 
     with open(failing / "baseline" / ".lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # another process "trains" elbow-4's baseline
-        array = _submitted_array(_sweep(capsys, *grid, "--timeout-min", "1"))
+        array = _submitted_array(_sweep(capsys, *grid, "--timeout-min", "1"), submitted)
         kinds = _kinds(out)
         assert kinds[CELLS[2]] == kinds[CELLS[3]] == "pending", kinds  # 2 at once: the array's last two wait
         _follow([
@@ -249,7 +259,7 @@ def test_a_job_array_on_slurm_resumes_what_was_preempted_timed_out_cancelled_or_
 
     code, shown, err = _sweep(capsys, *grid, "--timeout-min", "10")
     assert "4 cells (seeds 89): 2 finished, 0 still queued or running, 2 to run" in shown, shown + err
-    rerun = _submitted_array((code, shown, err))
+    rerun = _submitted_array((code, shown, err), submitted)
     _follow([("the rerun's end", lambda: _all_final(rerun, 2), lambda: None)])
     assert set(_kinds(out).values()) == {"done"}, _kinds(out)
     for cell in CELLS:

@@ -334,3 +334,25 @@ def test_status_reads_a_slurm_jobs_record_against_what_slurm_says(tmp_path, monk
     ((_, shown_kind, shown_detail),) = cell_states(tmp_path, [name])
     assert shown_kind == kind and detail in shown_detail, (shown_kind, shown_detail)
     assert kind in ("pending", "running", "requeued", "done") or "(log: x.err)" in shown_detail
+
+
+def test_a_job_past_its_time_limit_too_often_records_that_it_timed_out(tmp_path, monkeypatch):
+    """submitit stops requeueing a job that reached its time limit a fourth time (its error, raised
+    in the job); the cell records 'timed out', which --status shows with what to do."""
+    import submitit
+
+    import apga.experiment
+    from apga.sweep.jobs import CellJob, write_state
+    from apga.sweep.status import cell_states
+
+    def past_the_limit(config, write_index):
+        raise submitit.core.utils.UncompletedJobError("Job not requeued because: timed-out too many times.")
+
+    monkeypatch.setattr(apga.experiment, "run", past_the_limit)
+    name = "elbow-all-val/seed89"
+    with pytest.raises(submitit.core.utils.UncompletedJobError):
+        CellJob()({"out_dir": str(tmp_path)}, name)
+    write_state(tmp_path, name, log="x.err")
+    ((_, kind, detail),) = cell_states(tmp_path, [name])
+    assert kind == "timed out" and detail == ("reached its time limit 4 times (requeued 3 times); rerun the command "
+                                              "to resume it, or raise --timeout-min  (log: x.err)"), detail

@@ -81,14 +81,13 @@ class CellJob(submitit.helpers.Checkpointable):
             failures = run(make_config(**overrides), write_index=False)
         except SystemExit:
             raise  # submitit requeues the job (preemption, time limit): its state says so already
-        except submitit.core.utils.UncompletedJobError as error:
-            if "timed-out" not in str(error):
-                raise
-            # submitit stops requeueing past --timeout-min after max_num_timeout requeues
-            write_state(out_dir, cell_name, state="timed out", error=f"reached its time limit {MAX_REQUEUES + 1} times "
-                        f"(requeued {MAX_REQUEUES} times); rerun the command to resume it, or raise --timeout-min")
-            raise
         except BaseException as error:
+            if isinstance(error, submitit.core.utils.UncompletedJobError) and "timed-out" in str(error):
+                # submitit stops requeueing a job past its time limit after max_num_timeout requeues
+                write_state(out_dir, cell_name, state="timed out", error=f"reached its time limit {MAX_REQUEUES + 1} "
+                            f"times (requeued {MAX_REQUEUES} times); rerun the command to resume it, or raise "
+                            f"--timeout-min")
+                raise
             line = str(error).splitlines()[0] if str(error) else type(error).__name__
             if not isinstance(error, APGAError):
                 traceback.print_exc()
