@@ -29,6 +29,8 @@ HOST=$(hostname -s)
 say() { echo "local_slurm: $*" >&2; }
 die() { say "$*"; exit 1; }
 
+apt_install() { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"; }
+
 install_packages() {
     local missing=()
     command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v sbatch >/dev/null || missing+=(slurm-wlm)
@@ -39,10 +41,13 @@ install_packages() {
     # no service may start while installing (a container has no init; the daemons are started below)
     local policy=/usr/sbin/policy-rc.d own_policy=0
     if [ ! -e $policy ]; then printf '#!/bin/sh\nexit 101\n' > $policy && chmod 755 $policy && own_policy=1; fi
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
-        || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null; }
+    local log status=0
+    log=$(mktemp)
+    apt_install "${missing[@]}" >"$log" 2>&1 || { apt-get update -qq >>"$log" 2>&1 && apt_install "${missing[@]}" >>"$log" 2>&1; } \
+        || status=$?
     [ $own_policy -eq 1 ] && rm -f $policy
-    return 0
+    [ $status -eq 0 ] || { cat "$log" >&2; rm -f "$log"; die "apt-get could not install ${missing[*]}"; }
+    rm -f "$log"
 }
 
 memory_mb() {  # this machine's memory (or its container's limit), less a little for the daemons

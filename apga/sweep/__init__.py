@@ -74,8 +74,9 @@ def sweep(out_dir: str, body_part="all", n_shot="all", seeds=5, selections="val"
     if pending and executor == "slurm":
         jobs = submit_slurm(pending, out_dir, partition=partition, gpus_per_job=gpus_per_job,
                             cpus_per_job=cpus_per_job, timeout_min=timeout_min, parallel=parallel, mem_gb=mem_gb)
-        print(f"submitted Slurm job array {str(jobs[0].job_id).split('_')[0]} ({len(jobs)} jobs, at most {parallel} "
-              f"at once); follow it with: python -m apga.sweep --status {out_dir}")
+        submitted = (f"job array {str(jobs[0].job_id).split('_')[0]} ({len(jobs)} jobs, at most {parallel} at once)"
+                     if len(jobs) > 1 else f"job {jobs[0].job_id} (1 cell)")
+        print(f"submitted Slurm {submitted}; follow it with: python -m apga.sweep --status {out_dir}")
         return failed
     if pending:
         with tqdm(total=len(pending), desc=f"cells ({workers} at a time)") as bar:
