@@ -45,16 +45,24 @@ def _local_cluster() -> tuple[str | None, str]:
     return str(conf), ""
 
 
-@pytest.fixture
-def cluster(monkeypatch) -> dict:
-    """The environment of commands run against the local cluster: this process's (the sweep runs
-    in it) and its jobs' (they inherit it)."""
+@pytest.fixture(scope="session")
+def slurm_conf() -> str:
+    """The local cluster's config; without the cluster, a skip that names the script (a failure
+    where APGA_REQUIRE_SLURM=1, as in CI). Asked for first, before the tests' slower fixtures."""
     conf, why = _local_cluster()
     if conf is None:
         message = f"{why}; start it with `{SCRIPT} start` (as root)"
         if os.environ.get("APGA_REQUIRE_SLURM") == "1":
             pytest.fail(message)
         pytest.skip(message)
+    return conf
+
+
+@pytest.fixture
+def cluster(slurm_conf, monkeypatch) -> dict:
+    """The environment of commands run against the local cluster: this process's (the sweep runs
+    in it) and its jobs' (they inherit it)."""
+    conf = slurm_conf
     monkeypatch.setenv("SLURM_CONF", conf)
     monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the jobs import apga
     return {**environment(), "SLURM_CONF": conf}
@@ -190,7 +198,7 @@ def _follow(steps: list, timeout: float = 400) -> None:
 
 @pytest.mark.slow
 def test_a_job_array_on_slurm_resumes_what_was_preempted_timed_out_cancelled_or_failed(
-        tiny_data, tmp_path, one_by_one, cluster, submitted, capsys):
+        slurm_conf, tiny_data, tmp_path, one_by_one, cluster, submitted, capsys):
     """The 2 x 2 grid as one Slurm job array (1 core each, 2 at once, no GPU, a one-minute limit):
     elbow-all is held (SIGSTOP) until Slurm signals its time limit, and submitit's checkpoint
     requeues it; elbow-4 fails (its baseline's folder is locked); wrist-all is cancelled (`scancel`)
