@@ -36,3 +36,40 @@ def tiny_config(tiny_data, tmp_path):
         return make_config(**{**TINY, "data_root": str(tiny_data), "out_dir": str(tmp_path / "runs"),
                               "cache_dir": str(tmp_path / "cache"), **overrides})
     return make
+
+
+@pytest.fixture(scope="session")
+def one_by_one(tiny_data, tmp_path_factory):
+    """The sweep tests' 2 x 2 grid (elbow and wrist, all images and 4 per class) run one cell after
+    another, as `python apga_mura.py` runs them, with the torch threads of the sweep's jobs (results
+    depend on the thread count at the rounding level)."""
+    from apga.experiment import run
+    from sweep_helpers import ONLY_APGA
+
+    out = tmp_path_factory.mktemp("one-by-one") / "runs"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for part in ("elbow", "wrist"):
+            for shot in (None, 4):
+                run(make_config(**{**TINY, **ONLY_APGA, "data_root": str(tiny_data), "out_dir": str(out),
+                                   "cache_dir": str(out.parent / "cache"), "body_part": part, "n_shot": shot}))
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="session")
+def path_without_slurm(tmp_path_factory):
+    """This machine's PATH with none of Slurm's commands on it."""
+    from sweep_helpers import path_without_slurm
+
+    return path_without_slurm(tmp_path_factory.mktemp("path-without-slurm"))
+
+
+@pytest.fixture
+def no_slurm(monkeypatch, path_without_slurm):
+    """No Slurm for this test: none of its commands on PATH (for this process and the commands it
+    starts), and no SLURM_CONF, whatever this machine has."""
+    monkeypatch.setenv("PATH", path_without_slurm)
+    monkeypatch.delenv("SLURM_CONF", raising=False)

@@ -14,62 +14,21 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from apga.config import make_config
-from apga.experiment import run
 from apga.reporting.results import RESULTS_FILE, read_results
 from cli_helpers import ROOT, environment
 from conftest import TINY
-
-GRID = ["--body-part", "elbow,wrist", "--n-shot", "all,4", "--seeds", "1", "--workers", "2", "--threads-per-job", "1"]
-ONLY_APGA = dict(train_cutout=0, train_gradcam=0, train_end2end=0, train_random=0)
-COMPARED = ["accuracy", "auroc", "kappa", "study_kappa", "accuracy_tta", "bone_precision_10", "location_gap_10",
-            "swap_gap_10", "selection_accuracy", "best_epoch", "epochs_trained", "data_fingerprint", "superseded",
-            "threads"]
-
-
-def _flags(data_root, cache_dir) -> list[str]:
-    settings = {**TINY, **ONLY_APGA, "data_root": str(data_root), "cache_dir": str(cache_dir)}
-    return [part for name, value in settings.items() for part in (f"--{name.replace('_', '-')}", str(value))]
-
-
-def _sweep(out_dir, *flags, **kwargs) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "apga.sweep", "--out-dir", str(out_dir), *flags],
-                          capture_output=True, text=True, env=environment(), cwd=ROOT, timeout=600, **kwargs)
-
-
-def _rows(out_dir) -> pd.DataFrame:
-    return read_results(out_dir).set_index("run_id")[COMPARED].sort_index()
-
-
-@pytest.fixture(scope="module")
-def one_by_one(tiny_data, tmp_path_factory):
-    """The grid's cells run one after another, as `python apga_mura.py` runs them, with the torch
-    threads of the sweep's jobs (results depend on the thread count at the rounding level)."""
-    import torch
-
-    out = tmp_path_factory.mktemp("one-by-one") / "runs"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        for part in ("elbow", "wrist"):
-            for shot in (None, 4):
-                run(make_config(**{**TINY, **ONLY_APGA, "data_root": str(tiny_data), "out_dir": str(out),
-                                   "cache_dir": str(out.parent / "cache"), "body_part": part, "n_shot": shot}))
-    finally:
-        torch.set_num_threads(threads)
-    return out
-
+from sweep_helpers import COMPARED, GRID, ONLY_APGA, rows, run_sweep, sweep_flags
 
 @pytest.mark.slow
 def test_a_sweep_gives_the_rows_of_its_cells_run_one_by_one(tiny_data, tmp_path, one_by_one):
     out = tmp_path / "table"
-    flags = [*GRID, *_flags(tiny_data, tmp_path / "cache")]
-    done = _sweep(out, *flags)
+    flags = [*GRID, *sweep_flags(tiny_data, tmp_path / "cache")]
+    done = run_sweep(out, *flags)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "4 cells (seeds 89): 0 finished, 0 still queued or running, 4 to run" in done.stdout and "4 cells: 4 done" in done.stdout
-    pd.testing.assert_frame_equal(_rows(out), _rows(one_by_one))
+    pd.testing.assert_frame_equal(rows(out), rows(one_by_one))
     assert len(read_results(out).query("method == 'floor'")) == 4 * 4
-    again = _sweep(out, *flags)  # everything is finished: nothing is submitted
+    again = run_sweep(out, *flags)  # everything is finished: nothing is submitted
     assert again.returncode == 0 and "4 cells (seeds 89): 4 finished, 0 still queued or running, 0 to run" in again.stdout
     assert len(list((out / "sweep" / "logs").glob("*_submitted.pkl"))) == 4
     index = (out / RESULTS_FILE).read_bytes()
@@ -84,7 +43,7 @@ def test_a_sweep_gives_the_rows_of_its_cells_run_one_by_one(tiny_data, tmp_path,
 def test_a_killed_job_is_finished_by_rerunning_the_sweep(tiny_data, tmp_path, one_by_one):
     out = tmp_path / "table"
     flags = ["--body-part", "elbow", "--n-shot", "all", "--seeds", "1", "--threads-per-job", "1",
-             *_flags(tiny_data, tmp_path / "cache")]
+             *sweep_flags(tiny_data, tmp_path / "cache")]
     process = subprocess.Popen([sys.executable, "-m", "apga.sweep", "--out-dir", str(out), *flags],
                                env=environment(), cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
@@ -99,33 +58,38 @@ def test_a_killed_job_is_finished_by_rerunning_the_sweep(tiny_data, tmp_path, on
                             text=True, env=environment(), cwd=ROOT, timeout=120)
     assert "elbow-all-val/seed89  failed" in status.stdout and "stopped without a word" in status.stdout
     assert "log: " in status.stdout
-    again = _sweep(out, *flags)
+    again = run_sweep(out, *flags)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "1 cells (seeds 89): 0 finished, 0 still queued or running, 1 to run" in again.stdout and "1 cells: 1 done" in again.stdout
-    expected = _rows(one_by_one)
-    pd.testing.assert_frame_equal(_rows(out), expected[expected.index.str.startswith("elbow-all-val/")])
+    expected = rows(one_by_one)
+    pd.testing.assert_frame_equal(rows(out), expected[expected.index.str.startswith("elbow-all-val/")])
 
 
-def test_the_slurm_submission_is_one_job_array_of_the_unfinished_cells(tiny_data, tmp_path):
+def _stand_in_slurm(folder: Path, sbatch: str) -> str:
+    """The PATH with stand-ins for sbatch (this shell script), srun and sinfo (a node of 16 cores
+    and 64000 MB) in front."""
+    folder.mkdir()
+    for name, script in (("sbatch", sbatch), ("srun", "exit 0"), ("sinfo", "echo '64000|16'")):
+        (folder / name).write_text(f"#!/bin/sh\n{script}\n")
+        (folder / name).chmod((folder / name).stat().st_mode | stat.S_IEXEC)
+    return f"{folder}{os.pathsep}{os.environ['PATH']}"  # the test's PATH has no Slurm (no_slurm)
+
+
+def test_the_slurm_submission_is_one_job_array_of_the_unfinished_cells(tiny_data, tmp_path, no_slurm):
     """Without Slurm: a stand-in `sbatch` records what submitit sends."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    sbatch = bin_dir / "sbatch"
-    sbatch.write_text(f"#!/bin/sh\ncp \"$1\" {tmp_path}/submitted.sh\necho 'Submitted batch job 4242'\n")
-    sbatch.chmod(sbatch.stat().st_mode | stat.S_IEXEC)
-    (bin_dir / "srun").write_text("#!/bin/sh\nexit 0\n")
-    (bin_dir / "srun").chmod(sbatch.stat().st_mode)
+    path = _stand_in_slurm(tmp_path / "bin", f"cp \"$1\" {tmp_path}/submitted.sh\necho 'Submitted batch job 4242'")
     out = tmp_path / "table"
-    env = {**environment(), "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
+    env = {**environment(), "PATH": path}
     done = subprocess.run([sys.executable, "-m", "apga.sweep", "--out-dir", str(out), *GRID, "--selections",
                            "val,holdout", "--executor", "slurm", "--partition", "gpu", "--gpus-per-job", "1",
-                           "--timeout-min", "720", "--parallel", "3", *_flags(tiny_data, tmp_path / "cache"),
+                           "--timeout-min", "720", "--parallel", "3", *sweep_flags(tiny_data, tmp_path / "cache"),
                            "--holdout-fraction", "0.3"], capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "submitted Slurm job array 4242 (8 jobs, at most 3 at once)" in done.stdout
     script = (tmp_path / "submitted.sh").read_text()
     for line in ("#SBATCH --array=0-7%3", "#SBATCH --partition=gpu", "#SBATCH --gpus-per-node=1",
-                 "#SBATCH --time=720", "#SBATCH --job-name=apga-sweep", "#SBATCH --signal=USR2@90"):
+                 "#SBATCH --time=720", "#SBATCH --job-name=apga-sweep", "#SBATCH --signal=USR2@90",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --mem=32000MB"):  # the node's memory per core, times 8
         assert line in script, line
     assert "-m submitit.core._submit" in script
     import cloudpickle  # submitit's own pickler: what each job of the array will call
@@ -150,20 +114,43 @@ def test_the_slurm_submission_is_one_job_array_of_the_unfinished_cells(tiny_data
     (["--seed", "3"], "unknown flag(s) --seed (did you mean --seeds?)"),  # the sweep sets each cell's
     (["--executor", "pbs"], "unknown --executor 'pbs'"),
     (["--body-part", "knee"], "unknown --body-part 'knee'"),
-    (["--executor", "slurm"], "--executor slurm needs Slurm's commands (srun, sbatch) on this machine"),
+    (["--executor", "slurm"], "--executor slurm needs Slurm's commands (sbatch, srun missing on this machine)"),
+    (["--gpus-per-job", "2"], "--gpus-per-job takes 0 (CPU only) or 1, got 2"),
     (["--resume", "0"], "--resume does not go with a sweep: a sweep resumes"),
     (["--gpu-id", "1"], "--gpu-id does not go with a sweep"),
 ])
-def test_a_bad_setting_submits_nothing(tiny_data, tmp_path, capsys, flags, message):
+def test_a_bad_setting_submits_nothing(tiny_data, tmp_path, capsys, no_slurm, flags, message):
     from apga.sweep import entry_point
 
     capsys.readouterr()
     with pytest.raises(SystemExit) as exit_:
         entry_point(["--out-dir", str(tmp_path / "table"), "--body-part", "elbow",
-                     *_flags(tiny_data, tmp_path / "cache"), *flags])
+                     *sweep_flags(tiny_data, tmp_path / "cache"), *flags])
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert exit_.value.code == 2 and last.startswith("error: ") and message in last, last
     assert not list((tmp_path / "table").glob("sweep/logs/*"))
+
+
+def test_a_submission_slurm_refuses_is_one_line_with_slurms_reason(tiny_data, tmp_path, capsys, no_slurm,
+                                                                   monkeypatch):
+    """sbatch's refusal (here a stand-in's, with Slurm's words) is the sweep's one-line error, with
+    Slurm's reason; submitit's pickled calls for the refused array are not left behind; a CPU-only
+    partition is asked for no GPU at all (--gpus-per-job 0)."""
+    from apga.sweep import entry_point
+
+    refused = "sbatch: error: Batch job submission failed: Requested node configuration is not available"
+    monkeypatch.setenv("PATH", _stand_in_slurm(tmp_path / "bin", f"cp \"$1\" {tmp_path}/refused.sh\necho "
+                                               f"'{refused}' >&2\nexit 1"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_:
+        entry_point(["--out-dir", str(tmp_path / "table"), "--body-part", "elbow", "--n-shot", "all,4",
+                     "--executor", "slurm", "--gpus-per-job", "0", *sweep_flags(tiny_data, tmp_path / "cache")])
+    err = capsys.readouterr().err.strip().splitlines()  # the progress bar of the cells' checks, then the error
+    assert exit_.value.code == 2 and [line for line in err if "error" in line or "Traceback" in line] == err[-1:], err
+    assert err[-1].startswith("error: Slurm refused the job array: Batch job submission failed: Requested node "
+                             "configuration is not available; nothing was submitted"), err
+    assert not list((tmp_path / "table").glob("sweep/logs/*"))
+    assert "gpus" not in (tmp_path / "refused.sh").read_text()
 
 
 @pytest.mark.slow
@@ -193,7 +180,7 @@ def test_a_preempted_job_is_requeued_by_submitit_and_resumes(tiny_data, tmp_path
     assert job.result() == []
     assert "Requeued" in Path(job.paths.stdout).read_text() + Path(job.paths.stderr).read_text()
     assert '"state": "done"' in cell_file(out, cell.name).read_text()
-    expected = _rows(one_by_one)
+    expected = rows(one_by_one)
     pd.testing.assert_frame_equal(_rows_of_runs(out), expected[expected.index.str.startswith("elbow-all-val/")])
 
 
@@ -312,3 +299,60 @@ def test_a_slurm_jobs_own_record_wins_over_its_submission_whatever_the_clocks(tm
     _submitted([SimpleNamespace(name=name)], [SimpleNamespace(job_id="4242_0", paths=SimpleNamespace(stderr="x"))],
                tmp_path, "slurm", time.time() + 3600)
     assert read_state(tmp_path, name)["state"] == "done"
+
+
+@pytest.mark.parametrize("recorded, said, kind, detail", [
+    ("submitted", ("PENDING", "JobArrayTaskLimit"), "pending", "slurm job 4242_0, pending (JobArrayTaskLimit)"),
+    ("running", ("RUNNING", ""), "running", "slurm job 4242_0 on node7"),
+    ("running", ("PENDING", "BeginTime"), "requeued", "slurm job 4242_0, pending (BeginTime)"),
+    ("done", ("COMPLETED", ""), "done", ""),
+    ("running", ("CANCELLED", ""), "cancelled", "slurm job 4242_0 was cancelled; rerun the command to resume it"),
+    ("running", ("TIMEOUT", ""), "timed out", "Slurm stopped it at its time limit (--timeout-min)"),
+    ("timed out", ("FAILED", ""), "timed out", "reached its time limit 4 times"),
+    ("failed", ("FAILED", ""), "failed", "ValueError: bad"),
+    ("running", ("FAILED", ""), "failed", "slurm job 4242_0 failed: the job stopped without a word"),
+    ("running", ("OUT_OF_MEMORY", ""), "failed", "ran out of memory (raise --mem-gb)"),
+    ("running", None, "running", "slurm job 4242_0 (its state cannot be checked from here)"),
+])
+def test_status_reads_a_slurm_jobs_record_against_what_slurm_says(tmp_path, monkeypatch, recorded, said, kind,
+                                                                   detail):
+    """The cell's own record against Slurm's state of its job (sacct's, or squeue's where there is no
+    accounting): a job Slurm cancelled or timed out is not 'running' for ever."""
+    from types import SimpleNamespace
+
+    from apga.sweep import slurm
+    from apga.sweep.jobs import _submitted, write_state
+    from apga.sweep.status import cell_states
+
+    name = "elbow-all-val/seed89"
+    monkeypatch.setattr(slurm, "job_states", lambda ids: {} if said is None else {job: said for job in ids})
+    _submitted([SimpleNamespace(name=name)], [SimpleNamespace(job_id="4242_0", paths=SimpleNamespace(stderr="x.err"))],
+               tmp_path, "slurm", time.time())
+    if recorded != "submitted":
+        errors = {"failed": "ValueError: bad", "timed out": "reached its time limit 4 times (requeued 3 times)"}
+        write_state(tmp_path, name, state=recorded, job_id="4242_0", host="node7", error=errors.get(recorded, ""))
+    ((_, shown_kind, shown_detail),) = cell_states(tmp_path, [name])
+    assert shown_kind == kind and detail in shown_detail, (shown_kind, shown_detail)
+    assert kind in ("pending", "running", "requeued", "done") or "(log: x.err)" in shown_detail
+
+
+def test_a_job_past_its_time_limit_too_often_records_that_it_timed_out(tmp_path, monkeypatch):
+    """submitit stops requeueing a job that reached its time limit a fourth time (its error, raised
+    in the job); the cell records 'timed out', which --status shows with what to do."""
+    import submitit
+
+    import apga.experiment
+    from apga.sweep.jobs import CellJob, write_state
+    from apga.sweep.status import cell_states
+
+    def past_the_limit(config, write_index):
+        raise submitit.core.utils.UncompletedJobError("Job not requeued because: timed-out too many times.")
+
+    monkeypatch.setattr(apga.experiment, "run", past_the_limit)
+    name = "elbow-all-val/seed89"
+    with pytest.raises(submitit.core.utils.UncompletedJobError):
+        CellJob()({"out_dir": str(tmp_path)}, name)
+    write_state(tmp_path, name, log="x.err")
+    ((_, kind, detail),) = cell_states(tmp_path, [name])
+    assert kind == "timed out" and detail == ("reached its time limit 4 times (requeued 3 times); rerun the command "
+                                              "to resume it, or raise --timeout-min  (log: x.err)"), detail

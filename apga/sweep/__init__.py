@@ -20,6 +20,7 @@ from pathlib import Path
 from apga.cli import Command, Flag, config_flags
 from apga.errors import APGAError, ConfigError
 from apga.sweep.grid import REFUSED, SET_BY_THE_SWEEP, Cell, make_cells
+from apga.sweep.jobs import ACTIVE
 from apga.sweep.status import cell_states, grid_file, has_sweep, status_text
 from apga.utils import atomic_write_json, error
 
@@ -28,7 +29,7 @@ EXECUTORS = ("local", "slurm")
 
 def sweep(out_dir: str, body_part="all", n_shot="all", seeds=5, selections="val", executor: str = "local",
           workers: int = 1, partition: str | None = None, gpus_per_job: int = 1, cpus_per_job: int = 8,
-          timeout_min: int = 720, parallel: int = 16, mem_gb: int | None = None, threads_per_job: int | None = None,
+          timeout_min: int = 720, parallel: int = 16, mem_gb: float | None = None, threads_per_job: int | None = None,
           force: bool = False, **training) -> dict[str, str]:
     """Run (local) or submit (slurm) every unfinished cell that no job is working on (with `force`,
     also those whose job cannot be checked from here); returns cell -> error of failed local cells."""
@@ -45,8 +46,15 @@ def sweep(out_dir: str, body_part="all", n_shot="all", seeds=5, selections="val"
                         ("cpus_per_job", cpus_per_job), ("threads_per_job", threads_per_job or 1)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
-    if not isinstance(gpus_per_job, int) or gpus_per_job < 0:
-        raise ConfigError(f"--gpus-per-job must be an integer >= 0, got {gpus_per_job!r}")
+    if not isinstance(gpus_per_job, int) or isinstance(gpus_per_job, bool) or gpus_per_job not in (0, 1):
+        raise ConfigError(f"--gpus-per-job takes 0 (CPU only) or 1, got {gpus_per_job!r}: a cell is one process on one "
+                          f"GPU; for one run on several GPUs use torchrun (docs/many-runs.md)")
+    if mem_gb is not None and (isinstance(mem_gb, bool) or not isinstance(mem_gb, (int, float)) or not mem_gb > 0):
+        raise ConfigError(f"--mem-gb must be a positive number, got {mem_gb!r}")
+    if executor == "slurm":
+        from apga.sweep.jobs import require_slurm
+
+        require_slurm()  # before the cells' data are checked and their caches built
     cells = make_cells(out_dir, body_part, n_shot, seeds, selections, training)
     pending = []
     for cell in tqdm(cells, desc="checking cells (and building image caches)", leave=False):
@@ -54,7 +62,7 @@ def sweep(out_dir: str, body_part="all", n_shot="all", seeds=5, selections="val"
             pending.append(cell)
     finished = len(cells) - len(pending)
     busy = {name: kind for name, kind, detail in cell_states(out_dir, [cell.name for cell in pending])
-            if kind in ("submitted", "running", "requeued") and not (force and "cannot be checked" in detail)}
+            if kind in ACTIVE and not (force and "cannot be checked" in detail)}
     pending = [cell for cell in pending if cell.name not in busy]
     _remember(out_dir, cells, training, executor)
     print(f"{len(cells)} cells (seeds {', '.join(map(str, sorted({cell.seed for cell in cells})))}): {finished} finished, "
@@ -66,8 +74,9 @@ def sweep(out_dir: str, body_part="all", n_shot="all", seeds=5, selections="val"
     if pending and executor == "slurm":
         jobs = submit_slurm(pending, out_dir, partition=partition, gpus_per_job=gpus_per_job,
                             cpus_per_job=cpus_per_job, timeout_min=timeout_min, parallel=parallel, mem_gb=mem_gb)
-        print(f"submitted Slurm job array {str(jobs[0].job_id).split('_')[0]} ({len(jobs)} jobs, at most {parallel} "
-              f"at once); follow it with: python -m apga.sweep --status {out_dir}")
+        submitted = (f"job array {str(jobs[0].job_id).split('_')[0]} ({len(jobs)} jobs, at most {parallel} at once)"
+                     if len(jobs) > 1 else f"job {jobs[0].job_id} (1 cell)")
+        print(f"submitted Slurm {submitted}; follow it with: python -m apga.sweep --status {out_dir}")
         return failed
     if pending:
         with tqdm(total=len(pending), desc=f"cells ({workers} at a time)") as bar:
@@ -108,7 +117,7 @@ def show_status(out_dir: str) -> None:
 def main(out_dir: str | None = None, status: str | None = None, body_part="all", n_shot="all", seeds=5,
          selections="val", executor: str = "local", workers: int = 1, partition: str | None = None,
          gpus_per_job: int = 1, cpus_per_job: int = 8, timeout_min: int = 720, parallel: int = 16,
-         mem_gb: int | None = None, threads_per_job: int | None = None, force: bool = False, **training) -> None:
+         mem_gb: float | None = None, threads_per_job: int | None = None, force: bool = False, **training) -> None:
     try:
         if status is not None:
             show_status(status)
@@ -141,11 +150,12 @@ SWEEP_FLAGS = [
     Flag("threads_per_job", None, "local, on the CPU: torch threads of each job (default: the cores divided among "
          "the workers; results depend on it at the rounding level)", "N", "The sweep"),
     Flag("partition", None, "slurm: the partition", "NAME", "The sweep"),
-    Flag("gpus_per_job", 1, "slurm: GPUs per job", "N", "The sweep"),
+    Flag("gpus_per_job", 1, "slurm: GPUs per job, 0 (a CPU-only partition) or 1", "N", "The sweep"),
     Flag("cpus_per_job", 8, "slurm: CPU cores per job (and its torch threads)", "N", "The sweep"),
     Flag("timeout_min", 720, "a job's time limit in minutes; a job past it is requeued and resumes", "N", "The sweep"),
     Flag("parallel", 16, "slurm: at most this many jobs of the array at once", "N", "The sweep"),
-    Flag("mem_gb", None, "slurm: memory per job in GB (default: the partition's)", "N", "The sweep"),
+    Flag("mem_gb", None, "slurm: memory per job in GB (default: the partition's memory per core times "
+         "--cpus-per-job, so that the jobs of an array share a node)", "X", "The sweep"),
     Flag("force", False, "also submit cells whose earlier job cannot be checked from here (cancel it first)", "0|1",
          "The sweep"),
 ]

@@ -7,8 +7,9 @@ requeued by submitit (`checkpoint`), and its runs resume from their `last.pt`.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
-import logging
 import os
 import shutil
 import socket
@@ -19,10 +20,12 @@ from pathlib import Path
 import submitit
 
 from apga.errors import APGAError, ConfigError
+from apga.sweep import slurm
 from apga.sweep.grid import Cell
 from apga.utils import atomic_write_json, configure_logging, notice
 
 STATE_DIR = "sweep"
+MAX_REQUEUES = 3  # past its time limit, a job is requeued this many times (submitit's max_num_timeout)
 
 
 def state_dir(out_dir: str | Path) -> Path:
@@ -79,6 +82,12 @@ class CellJob(submitit.helpers.Checkpointable):
         except SystemExit:
             raise  # submitit requeues the job (preemption, time limit): its state says so already
         except BaseException as error:
+            if isinstance(error, submitit.core.utils.UncompletedJobError) and "timed-out" in str(error):
+                # submitit stops requeueing a job past its time limit after max_num_timeout requeues
+                write_state(out_dir, cell_name, state="timed out", error=f"reached its time limit {MAX_REQUEUES + 1} "
+                            f"times (requeued {MAX_REQUEUES} times); rerun the command to resume it, or raise "
+                            f"--timeout-min")
+                raise
             line = str(error).splitlines()[0] if str(error) else type(error).__name__
             if not isinstance(error, APGAError):
                 traceback.print_exc()
@@ -105,23 +114,48 @@ def _submitted(cells: list[Cell], jobs, out_dir, executor: str, since: float) ->
                                log=str(job.paths.stderr), host=socket.gethostname(), pid=0, error="", updated=since))
 
 
+def require_slurm() -> None:
+    missing = slurm.missing_commands()
+    if missing:
+        raise ConfigError(f"--executor slurm needs Slurm's commands ({', '.join(missing)} missing on this machine); run "
+                          f"the sweep on the cluster's login node, start a one-node cluster here with "
+                          f"scripts/local_slurm.sh, or use --executor local")
+
+
 def submit_slurm(cells: list[Cell], out_dir, *, partition: str | None, gpus_per_job: int, cpus_per_job: int,
-                 timeout_min: int, parallel: int, mem_gb: int | None = None) -> list:
-    """One Slurm job array of the cells, at most `parallel` of them running at once."""
-    if shutil.which("srun") is None or shutil.which("sbatch") is None:
-        raise ConfigError("--executor slurm needs Slurm's commands (srun, sbatch) on this machine; run the sweep on "
-                          "the cluster's login node, or use --executor local")
-    executor = submitit.AutoExecutor(folder=state_dir(out_dir) / "logs", cluster="slurm")
-    parameters = dict(name="apga-sweep", timeout_min=timeout_min, gpus_per_node=gpus_per_job, tasks_per_node=1,
-                      cpus_per_task=cpus_per_job, slurm_array_parallelism=parallel)
+                 timeout_min: int, parallel: int, mem_gb: float | None = None) -> list:
+    """One Slurm job array of the cells, at most `parallel` of them running at once. Without
+    `mem_gb`, each job asks for the node's memory per core times its cores (a job that asks for
+    none gets the whole node's memory where the cluster sets no default, and so runs alone)."""
+    require_slurm()
+    logs = state_dir(out_dir) / "logs"
+    executor = submitit.AutoExecutor(folder=logs, cluster="slurm", slurm_max_num_timeout=MAX_REQUEUES)
+    # Slurm signals a job (submitit checkpoints and requeues it) at its first time-limit check, made
+    # every 30 s, that is within signal_s + 30 s of the limit: a short limit's signal must not come in
+    # the job's first 30 s, before submitit has set its handler (the default action of USR2 kills)
+    signal_s = min(90, max(1, 60 * timeout_min - 60))
+    parameters = dict(name="apga-sweep", timeout_min=timeout_min, tasks_per_node=1, cpus_per_task=cpus_per_job,
+                      slurm_array_parallelism=parallel, slurm_signal_delay_s=signal_s)
+    if gpus_per_job:  # a CPU-only partition may know no GPUs at all: ask for none rather than for 0
+        parameters["gpus_per_node"] = gpus_per_job
     if partition:
         parameters["slurm_partition"] = partition
+    if not mem_gb and (per_core := slurm.memory_per_core_mb(partition)):
+        mem_gb = per_core * cpus_per_job / 1024
     if mem_gb:
         parameters["mem_gb"] = mem_gb
     executor.update_parameters(**parameters)
     since = time.time()
-    jobs = executor.map_array(CellJob(), [cell.overrides() for cell in cells], [cell.name for cell in cells],
-                              [cpus_per_job] * len(cells))
+    before = set(logs.iterdir()) if logs.is_dir() else set()
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):  # submitit prints sbatch's error; it is in the one line
+            jobs = executor.map_array(CellJob(), [cell.overrides() for cell in cells], [cell.name for cell in cells],
+                                      [cpus_per_job] * len(cells))
+    except (submitit.core.utils.FailedJobError, submitit.core.utils.FailedSubmissionError) as error:
+        for path in set(logs.iterdir()) - before:  # the calls submitit pickled for the refused array
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        raise ConfigError(f"Slurm refused the job array: {slurm.refusal(error)}; nothing was submitted (see "
+                          f"--partition, --cpus-per-job, --gpus-per-job, --mem-gb, --timeout-min)") from None
     _submitted(cells, jobs, out_dir, "slurm", since)
     return jobs
 
@@ -197,35 +231,11 @@ def _last_line(error: Exception) -> str:
     return lines[-1].strip() if lines else type(error).__name__
 
 
-ACTIVE = ("submitted", "running", "requeued")
-SLURM_ALIVE = ("PENDING", "RUNNING", "REQUEUED", "CONFIGURING", "COMPLETING", "SUSPENDED", "RESIZING")
+ACTIVE = ("submitted", "pending", "running", "requeued")
 
 
-def jobs_alive(states: list[dict]) -> list[bool | None]:
-    """For each cell state, whether the job behind it still lives; None when this machine cannot
-    tell (another host's process, a cluster whose sacct is not reachable here). Slurm's states come
-    from one sacct call for all jobs (submitit's watcher)."""
-    quiet = logging.getLogger("submitit")
-    level, quiet.level = quiet.level, logging.ERROR  # its sacct warnings are not this command's output
-    try:
-        slurm = {i: submitit.SlurmJob(folder=Path(state["log"]).parent, job_id=state["job_id"])
-                 for i, state in enumerate(states) if state.get("executor") == "slurm" and state.get("job_id")}
-        alive = []
-        for i, state in enumerate(states):
-            if i in slurm:
-                try:
-                    job_state = slurm[i].state
-                except Exception:  # noqa: BLE001 - sacct failed: not known here
-                    job_state = "UNKNOWN"
-                alive.append(None if job_state == "UNKNOWN" else job_state in SLURM_ALIVE)
-            else:
-                alive.append(_local_alive(state))
-        return alive
-    finally:
-        quiet.level = level
-
-
-def _local_alive(state: dict) -> bool | None:
+def local_alive(state: dict) -> bool | None:
+    """Whether a local job's process lives; None when it ran on another host."""
     if state.get("host") != socket.gethostname():
         return None
     # a running cell: its own process; a submitted one: submitit's controller (its job id is that pid)
