@@ -244,7 +244,8 @@ PREDICT = Command(
             "IMAGES: a folder of images (PNG of any bit depth, JPEG, TIFF, BMP, DICOM; searched recursively), one "
             "image, or a CSV with a 'path' column. Writes predictions.csv: each image's probability of being "
             "abnormal, its study's, and for masking methods the TTA probability, kept area and overlays.",
-    flags=function_flags(main, FLAG_HELP)[0], positionals=("run_dir", "images"),
+    flags=function_flags(main, FLAG_HELP, paths=("out",))[0], positionals=("run_dir", "images"),
+    path_positionals=("run_dir", "images"),
 )
 
 

@@ -62,6 +62,23 @@ def error(message: str) -> None:
     LOG.error("error: %s", message)
 
 
+def expand_path(value, flag: str = "a path") -> str:
+    """A path flag's value as the path it names, as text: `~` and `~user` expanded, as a shell would
+    (it does not after `--flag=`, inside quotes, or in a launcher's script); any other character kept.
+
+    Raises `ConfigError` naming `flag` for a `~user` whose user this machine does not know (a folder
+    named `~user` would otherwise be made in the working folder)."""
+    text = os.fsdecode(value) if isinstance(value, (bytes, os.PathLike)) else str(value)
+    if not text.startswith("~"):
+        return text
+    expanded = os.path.expanduser(text)
+    if expanded.startswith("~"):
+        user = text[1:].split("/", 1)[0]
+        whose = f"no user {user!r} on this machine" if user else "no home folder (HOME is not set)"
+        raise ConfigError(f"{flag} {text}: there is {whose} to expand ~{user} to; write the folder out in full")
+    return expanded
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch together."""
     random.seed(seed)

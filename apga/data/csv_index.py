@@ -21,6 +21,7 @@ is line 1) and what to fix.
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -67,7 +68,23 @@ def read_table(csv_path: str | Path, required: tuple[str, ...] = REQUIRED, check
         exists = table["path"].map(lambda p: (root / p).is_file())
         _fail_on(csv_path, table, line, ~exists,
                  lambda row: f"image {row['path']!r} does not exist (paths are relative to {root})")
+        same = table["path"].map(lambda p: file_identity(root / p))
+        first = pd.Series(table.index, index=table.index).groupby(same).transform("first")
+        _fail_on(csv_path, table, line, same.duplicated(),
+                 lambda row: f"image {row['path']!r} is the file of line {line[first[row.name]]} "
+                             f"({table['path'][first[row.name]]!r}) under another spelling; list each image once")
     return table, line
+
+
+def file_identity(path: Path) -> tuple:
+    """What makes two paths one file: its device and inode (`./a.png`, `a//b/../a.png`, a symbolic or
+    hard link, another case on a case-insensitive disk), or the normalised absolute path of a file
+    that cannot be opened."""
+    try:
+        stat = os.stat(path)
+        return ("inode", stat.st_dev, stat.st_ino)
+    except OSError:
+        return ("path", os.path.normpath(os.path.abspath(path)))
 
 
 def _fail_on(csv_path: Path, table: pd.DataFrame, line: pd.Series, rows: pd.Series, message) -> None:

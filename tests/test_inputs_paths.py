@@ -1,0 +1,141 @@
+"""Names and paths: every path argument of every command is the path that was typed (digits, `~`,
+commas, `#`), and two spellings of one file are one file.
+
+Rebuilt from public reports: google/python-fire#452 and #453 (an all-digit argument becomes an
+int), python-fire#95 (date-like strings), OPM/opm-simulators#5063 and boostorg/build#346
+(`--output-dir=~/subdir` taken literally: a folder named `~`), ljwztc/CLIP-Driven-Universal-Model#63
+(one case in the training and the test set)."""
+from __future__ import annotations
+
+import importlib
+import os
+import re
+import sys
+
+import pandas as pd
+import pytest
+from fire import parser
+
+from apga.cli import TRAIN, Command
+from apga.data.csv_index import read_csv_index
+from apga.errors import ConfigError, DataError
+from cli_helpers import ROOT
+from test_real_world_cases import _csv_task, _one_line_error
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def _commands() -> dict[str, Command]:
+    """Every command line of the project: the three entry points, the sweep, the data tools, the benchmarks."""
+    from apga.data import export, synthetic
+    from apga.predict import PREDICT
+    from apga.report import REPORT
+    from apga.sweep import SWEEP
+
+    found = {"apga_mura.py": TRAIN, "apga.predict": PREDICT, "apga.report": REPORT, "apga.sweep": SWEEP,
+             "apga.data.synthetic": synthetic.COMMAND, "apga.data.export": export.COMMAND}
+    for script in sorted((ROOT / "benchmarks").glob("*.py")):
+        found[f"benchmarks/{script.name}"] = importlib.import_module(script.stem).COMMAND
+    return found
+
+
+LOOKS_LIKE_A_PATH = re.compile(r"(^|_)(dir|root|csv|out|path|file|source)$|^images$")
+
+
+def _path_arguments(command: Command) -> list[str]:
+    names = [flag.name for flag in command.flags if flag.path] + list(command.path_positionals)
+    return names
+
+
+def test_every_argument_named_like_a_path_is_taken_as_a_path():
+    """A new flag such as `--log-dir` is a path too: the guard for the next one."""
+    for name, command in _commands().items():
+        named = {f.name for f in command.flags if LOOKS_LIKE_A_PATH.search(f.name)}
+        named |= {p for p in command.positionals if LOOKS_LIKE_A_PATH.search(p)}
+        assert named <= set(_path_arguments(command)), (name, sorted(named - set(_path_arguments(command))))
+        assert _path_arguments(command) or name == "benchmarks/bench_step.py", name
+
+
+VALUES = ["20241130", "2024", "1_000", "1e3", "0x10", "runs#2", "a,b", "[x]", "True", "None", "runs 2",
+          "r\u00f6ntgen", "caf\udce9"]  # the last: a Latin-1 byte of a file name, as Python passes it on
+
+
+@pytest.mark.parametrize("value", VALUES)
+def test_fire_hands_every_path_argument_of_every_command_the_text_typed(value):
+    """Case 07: Fire reads values as Python literals; a path value reaches the function as typed."""
+    for name, command in _commands().items():
+        for argument in _path_arguments(command):
+            if argument in command.positionals:
+                before = [value if p == argument else "x" for p in command.positionals]
+                argv = command.with_paths(before)
+                position = command.positionals.index(argument)
+            else:
+                argv, position = command.with_paths([f"--{argument.replace('_', '-')}", value]), 1
+            assert parser.DefaultParseValue(argv[position]) == value, (name, argument, argv)
+        inline = [f"--{a.replace('_', '-')}={value}" for a in _path_arguments(command) if a not in command.positionals]
+        for token in command.with_paths(inline):
+            assert parser.DefaultParseValue(token.split("=", 1)[1]) == value, (name, token)
+
+
+def test_a_tilde_is_expanded_in_every_path_argument_and_an_unknown_user_is_one_line(monkeypatch, tmp_path):
+    """Case 31: `--out-dir=~/runs` (the shell leaves a `~` after `=` as it is) names the home folder's
+    runs, for every command; `~nobody-here/x` is refused in one line instead of making a folder `~...`."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name, command in _commands().items():
+        for argument in _path_arguments(command):
+            if argument in command.positionals:
+                argv = command.with_paths(["~/runs" if p == argument else "x" for p in command.positionals])
+                token = argv[command.positionals.index(argument)]
+            else:
+                token = command.with_paths([f"--{argument.replace('_', '-')}=~/runs"])[0].split("=", 1)[1]
+            assert parser.DefaultParseValue(token) == str(tmp_path / "home" / "runs"), (name, argument, token)
+    with pytest.raises(ConfigError, match=r"--out-dir ~nobody-here-x/runs: there is no user 'nobody-here-x'"):
+        TRAIN.with_paths(["--out-dir", "~nobody-here-x/runs"])
+    from apga.config import make_config
+
+    assert make_config(out_dir="~/r", cache_dir=2024).out_dir == str(tmp_path / "home" / "r")  # Python callers too
+    assert make_config(cache_dir=2024).cache_dir == "2024"
+
+
+def test_the_training_command_gets_the_paths_typed(monkeypatch, tmp_path, capsys):
+    """Cases 07 and 31 through the real entry point (its run replaced by a recorder): an all-digit
+    --out-dir and a `~` after `=`; an unknown user stops with one line, exit 2, before anything runs."""
+    import apga.experiment
+    from apga.cli import entry_point
+
+    seen = []
+    monkeypatch.setattr(apga.experiment, "run", lambda config: seen.append(config) or [])
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    entry_point(["--data-root", "2024_11", "--out-dir", "20241130", "--cache-dir=~/apga-cache", "--preset", "cpu"])
+    assert (seen[0].data_root, seen[0].out_dir) == ("2024_11", "20241130")  # not 202411: Fire's int
+    assert seen[0].cache_dir == str(tmp_path / "home" / "apga-cache")
+    with pytest.raises(SystemExit) as stopped:
+        entry_point(["--out-dir=~nobody-here-x/runs"])
+    assert stopped.value.code == 2 and len(seen) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("error: --out-dir ~nobody-here-x/runs: ")
+
+
+# --- 10: one file under two spellings ---------------------------------------------------------
+
+def test_one_image_under_two_spellings_is_listed_twice(tmp_path, capsys):
+    """Case 10: `img/train_001.png` in train and `./img/train_001.png` (or a symbolic link to it, or
+    `img//train_001.png`) in valid is one image in both splits: refused naming both lines."""
+    csv = _csv_task(tmp_path)
+    table = pd.read_csv(csv, dtype=str)
+    os.symlink(tmp_path / "img" / "train_003.png", tmp_path / "img" / "linked.png")
+    for other in ("./img/train_001.png", "img//train_001.png", "img/../img/train_001.png"):
+        spelled = pd.concat([table, pd.DataFrame([{"path": other, "label": "1", "split": "valid", "study": "v",
+                                                  "patient": "v"}])])
+        spelled.to_csv(tmp_path / "dup.csv", index=False)
+        with pytest.raises(DataError, match=rf"dup.csv line 14: image {re.escape(repr(other))} is the file of line 3 "
+                                            r"\('img/train_001.png'\)"):
+            read_csv_index(tmp_path / "dup.csv")
+    linked = pd.concat([table, pd.DataFrame([{"path": "img/linked.png", "label": "1", "split": "valid"}])])
+    linked.to_csv(tmp_path / "dup.csv", index=False)
+    with pytest.raises(DataError, match=r"line 14: image 'img/linked.png' is the file of line 5"):
+        read_csv_index(tmp_path / "dup.csv")
+    from cli_helpers import run_cli_here
+    from test_real_world_cases import BASELINE_ONLY
+
+    done = run_cli_here(capsys, tmp_path, tmp_path / "runs", "--data-csv", str(tmp_path / "dup.csv"), *BASELINE_ONLY)
+    _one_line_error(done, "is the file of line 5")
