@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import hashlib
 import json
@@ -205,6 +206,54 @@ def human_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     return f"{count} B"
+
+
+NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP)  # flock's answers where there are no locks
+_UNLOCKED_DEVICES: set[int] = set()  # file systems already warned about, once per process
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, blocking: bool = True, guards: str = "this folder"):
+    """An exclusive flock on the file `path` (made if missing) for the block; it also ends with the
+    process. Raises `BlockingIOError` when `blocking` is False and another process holds it, and
+    `StorageError` when the file cannot be made. Where the file system has no locks (Lustre mounted
+    without `-o flock` and some FUSE mounts answer ENOSYS or EOPNOTSUPP, NFS without its lock daemon
+    ENOLCK), the block runs unlocked, after a warning (once per file system) naming the mount and
+    what is then not guarded (`guards`)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")
+    except OSError as error:
+        raise storage_error(path, error) from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise
+        except OSError as error:
+            if error.errno not in NO_LOCKS:
+                raise storage_error(path, error) from None
+            _warn_unlocked(path, error, guards)
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _warn_unlocked(path: Path, error: OSError, guards: str) -> None:
+    device = os.stat(path).st_dev
+    if device in _UNLOCKED_DEVICES:
+        return
+    _UNLOCKED_DEVICES.add(device)
+    mount = Path(path).resolve().parent
+    while mount.parent != mount and os.stat(mount.parent).st_dev == device:
+        mount = mount.parent
+    warn(f"the file system mounted at {mount} has no file locks (flock: {error.strerror or error}); going on without "
+         f"them, so {guards} is not guarded against two commands writing it at once (run one at a time there, or "
+         f"mount it with locks, e.g. Lustre's -o flock)")
 
 
 def atomic_write_json(path: Path, obj) -> None:
