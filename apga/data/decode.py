@@ -12,17 +12,22 @@ One decoder serves MURA, `--data-csv` tasks and `apga.predict`:
   The last rule is per image: an image whose values stay below half its true range comes out
   twice as bright (the image cache warns when a data set's images were read with different b;
   pass --bit-depth then). Colour and alpha 16-bit PNGs are read with pypng (Pillow keeps only
-  their top 8 bits).
+  their top 8 bits). A min-is-white TIFF (WhiteIsZero) is inverted at every depth, so that bright
+  is bright; 32-bit unsigned TIFF samples are read unsigned.
+- **Files of several images** (a multi-page TIFF, an animated GIF, PNG or WebP) are refused, as
+  multi-frame DICOM is; a TIFF's reduced-resolution pages and an MPO's previews do not count.
 - **DICOM** (with pydicom): the modality LUT (rescale slope and intercept), then the VOI LUT, or
   else the first window, or else the image's own range; MONOCHROME1 is inverted so that bone is
   bright, as a viewer shows it (Presentation LUT Shape INVERSE, which digital radiographs pair with
   MONOCHROME1, inverts the same way, once); colour (RGB, YBR, palette) goes to grey. JPEG 2000 through
   pylibjpeg-openjpeg; other compressed syntaxes decode when their pydicom plug-in is installed.
-  Multi-frame files and files without pixel data are refused.
+  Pixels of the Pixel Padding Value (and up to its range limit) are left out of the image's own
+  range and shown black. Multi-frame files and files without pixel data are refused.
 
 A DICOM file is recognised by its content ("DICM" after the 128-byte preamble, which some files
-use as a TIFF header: Pillow would otherwise open them as TIFFs of raw stored values) or by a
-.dcm/.dicom suffix. Everything that cannot be decoded raises `ImageError` naming the file and the
+use as a TIFF header: Pillow would otherwise open them as TIFFs of raw stored values; or, without
+preamble, a bare data set's first element) or by a .dcm/.dicom suffix. A file that is no image and
+says so in its first bytes (empty, a Git LFS pointer, macOS `._` metadata, a web page) is named so. Everything that cannot be decoded raises `ImageError` naming the file and the
 reason. The grey value of every pixel is luma (ITU-R 601: 0.299 R + 0.587 G + 0.114 B), as
 Pillow's "L" conversion.
 """
