@@ -80,6 +80,23 @@ def expand_path(value, flag: str = "a path") -> str:
     return expanded
 
 
+NAME_LIMIT = 100  # bytes of a file name derived from an input (file systems allow 255; room for suffixes)
+
+
+def file_name(name: str, portable: bool = False) -> str:
+    """A file or folder name derived from an input's name (a CSV's stem, a data set in a plot's name):
+    `name` itself when it fits; else its first characters and 8 hex digits of its SHA-256, so that
+    it stays under `NAME_LIMIT` bytes (a file system refuses names over 255) and two names never give
+    one file. `portable`: characters other than letters, digits, '-', '_' and '.' become '_' (with
+    the digest, so that `a b` and `a_b` stay two files)."""
+    text = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) if portable else name
+    if text == name and len(name.encode("utf-8", "surrogateescape")) <= NAME_LIMIT:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    head = text.encode("utf-8", "surrogateescape")[:NAME_LIMIT - 9].decode("utf-8", "ignore")
+    return f"{head}-{digest}"
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch together."""
     random.seed(seed)
@@ -190,6 +207,9 @@ def storage_error(path: Path, error: OSError) -> StorageError:
     """The one-line error for a file that could not be written: which file, why, how much space is
     left there, and what to do."""
     cause = error.strerror or type(error).__name__
+    if error.errno == errno.ENAMETOOLONG:
+        return StorageError(f"cannot write {path} ({cause}: a file system allows 255 bytes a name and 4096 a path); "
+                            f"choose a shorter folder (--out-dir, --cache-dir) or file name, and rerun the same command")
     if error.errno in _FULL:
         folder = next((p for p in Path(path).absolute().parents if p.exists()), Path("/"))
         free = shutil.disk_usage(folder).free

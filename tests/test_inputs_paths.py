@@ -7,6 +7,7 @@ int), python-fire#95 (date-like strings), OPM/opm-simulators#5063 and boostorg/b
 (one case in the training and the test set)."""
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import re
@@ -139,3 +140,30 @@ def test_one_image_under_two_spellings_is_listed_twice(tmp_path, capsys):
 
     done = run_cli_here(capsys, tmp_path, tmp_path / "runs", "--data-csv", str(tmp_path / "dup.csv"), *BASELINE_ONLY)
     _one_line_error(done, "is the file of line 5")
+
+
+# --- names derived from inputs -------------------------------------------------------------------
+
+def test_names_derived_from_inputs_fit_and_never_collide(tmp_path):
+    """A CSV named after its whole cohort description (a stem of 250 bytes: the run folder
+    `<stem>-all-val` would pass the 255-byte limit, ENAMETOOLONG) and two data sets whose names differ
+    only in characters a plot's file name cannot hold (`task 1`, `task_1`: one plot overwrote the
+    other): every derived name fits and each input keeps its own."""
+    from apga.config import make_config
+    from apga.experiment import group_name
+    from apga.reporting.plots import _safe
+    from apga.utils import storage_error
+
+    long_stem = "cohort_" + "\u00e9" * 60 + "x" * 120  # 247 bytes in UTF-8
+    names = set()
+    for ending in ("a", "b"):
+        csv = tmp_path / f"{long_stem}{ending}.csv"
+        csv.write_text("path,label,split\n")
+        group = group_name(make_config(data_csv=str(csv)))
+        assert len(group.encode()) <= 120 and group.startswith("cohort_\u00e9")
+        (tmp_path / "runs" / group).mkdir(parents=True)  # the file system takes it
+        names.add(group)
+    assert len(names) == 2
+    assert len({_safe("task 1"), _safe("task_1"), _safe("task/1")}) == 3 and _safe("elbow") == "elbow"
+    too_long = OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
+    assert "allows 255 bytes a name" in str(storage_error(tmp_path / ("x" * 300), too_long))

@@ -32,15 +32,16 @@ from pathlib import Path
 import pandas as pd
 
 from apga.errors import DataError
-from apga.utils import notice
+from apga.utils import file_name, notice
 
 REQUIRED = ("path", "label", "split")
 SPLITS = ("train", "valid")
 
 
 def dataset_name(csv_path: str | Path) -> str:
-    """What runs on a CSV are called in results (in place of a body part): the file's stem."""
-    return Path(csv_path).stem
+    """What runs on a CSV are called in results and run folders (in place of a body part): the
+    file's stem, shortened with a digest when it is too long for a folder name (apga.utils.file_name)."""
+    return file_name(Path(csv_path).stem)
 
 
 def read_table(csv_path: str | Path, required: tuple[str, ...] = REQUIRED, check_files: bool = True,

@@ -18,7 +18,7 @@ import pandas as pd
 from apga.evaluation.mask_quality import COLUMNS as MASK_QUALITY_COLUMNS
 from apga.reporting.results import method_rank
 from apga.reporting.stats import t_interval
-from apga.utils import atomic_write_bytes
+from apga.utils import atomic_write_bytes, file_name
 
 SHOT_ORDER_LAST = "all"
 REPORT_PLOTS = ("accuracy_vs_shots-*.png", "paired_differences-*.png", "mask_quality-*.png")  # what the report draws
@@ -52,7 +52,7 @@ def _shot_key(shot) -> float:
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+    return file_name(str(name), portable=True)
 
 
 def plot_shots(table: pd.DataFrame, out_dir: Path) -> list[Path]:
