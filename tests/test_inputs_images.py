@@ -226,3 +226,28 @@ def test_an_image_in_memory_round_trips(tmp_path):
     values = np.rint(radiograph(7)).astype(np.uint16)
     with Image.open(io.BytesIO(tiff([(values, {})]))) as image:
         assert np.array_equal(np.asarray(image), values)
+
+
+def test_a_float_tiff_with_nan_or_inf_keeps_its_picture(tmp_path):
+    """One NaN (no data) or inf pixel in a float TIFF made the whole image black (wkentaro/labelme#2255,
+    kidanger/vpv#38): the range is the finite pixels'; NaN is black, +inf white."""
+    unit = radiograph(5, 1.0).astype(np.float32)
+    Image.fromarray(unit, mode="F").save(tmp_path / "clean.tif")
+    reference = decode_image(tmp_path / "clean.tif", SIZE).astype(int)
+    for bad in (np.nan, np.inf):
+        values = unit.copy()
+        values[0, 0] = bad
+        Image.fromarray(values, mode="F").save(tmp_path / "bad.tif")
+        decoded = decode_image(tmp_path / "bad.tif", SIZE).astype(int)
+        assert np.abs(decoded - reference)[2:, 2:].max() <= 1, bad
+
+
+def test_dicom_with_empty_rescale_and_window_values_reads_as_without_them(tmp_path):
+    """Rescale Slope, Intercept, Window Center and Width present but empty (pydicom/pydicom#1237,
+    ImagingDataCommons/highdicom#418: TypeError on None): read as absent, as viewers do."""
+    values = radiograph(11)
+    dicom(values).save_as(tmp_path / "plain.dcm", enforce_file_format=True)
+    dicom(values, RescaleSlope=None, RescaleIntercept=None, WindowCenter=None, WindowWidth=None).save_as(
+        tmp_path / "empty.dcm", enforce_file_format=True)
+    assert "RescaleSlope" in pydicom.dcmread(tmp_path / "empty.dcm")
+    assert np.array_equal(decode_image(tmp_path / "empty.dcm", SIZE), decode_image(tmp_path / "plain.dcm", SIZE))

@@ -167,3 +167,32 @@ def test_names_derived_from_inputs_fit_and_never_collide(tmp_path):
     assert len({_safe("task 1"), _safe("task_1"), _safe("task/1")}) == 3 and _safe("elbow") == "elbow"
     too_long = OSError(errno.ENAMETOOLONG, os.strerror(errno.ENAMETOOLONG))
     assert "allows 255 bytes a name" in str(storage_error(tmp_path / ("x" * 300), too_long))
+
+
+def test_a_validation_image_that_is_a_copy_of_a_training_image_is_named(tmp_path, tiny_config, capsys):
+    """One radiograph exported twice under two names, once per split (stefyste/RIAWELC#2: every test
+    image a byte-for-byte copy of a training one; elcronos/COVID-19#51): a warning names the pair."""
+    import shutil
+
+    from apga.data import prepare_run_data
+
+    csv = _csv_task(tmp_path)
+    config = tiny_config(data_csv=str(csv), body_part=None, cache_dir=str(tmp_path / "cache"))
+    prepare_run_data(config, 89)
+    assert "byte-for-byte copies" not in capsys.readouterr().err
+    shutil.copy(tmp_path / "img" / "train_003.png", tmp_path / "img" / "valid_001.png")
+    prepare_run_data(config, 89)
+    warned = capsys.readouterr().err
+    assert "warning: 1 validation image(s) of " in warned
+    assert "are byte-for-byte copies of training images (e.g. 'img/valid_001.png' = 'img/train_003.png')" in warned
+
+
+def test_the_mura_folder_itself_as_data_root_says_to_pass_its_parent(tmp_path):
+    """--data-root pointing at MURA-v1.1/ instead of the folder holding it (pyaf/DenseNet-MURA-PyTorch#14:
+    the data root was the wrong level): one line naming the folder to pass."""
+    from apga.data.mura import load_split
+
+    (tmp_path / "MURA-v1.1").mkdir()
+    (tmp_path / "MURA-v1.1" / "train_image_paths.csv").write_text("")
+    with pytest.raises(DataError, match=rf"MURA-v1.1 is the MURA-v1.1 folder itself; .*--data-root {tmp_path}$"):
+        load_split(tmp_path / "MURA-v1.1", "train")

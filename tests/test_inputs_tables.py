@@ -92,3 +92,25 @@ def test_float_labels_and_blank_lines(tmp_path):
     csv.write_text("\n".join(blank) + "\n")
     with pytest.raises(DataError, match="task.csv line 7: split 'test' must be train or valid"):
         read_csv_index(csv)
+
+
+def test_paths_spelled_otherwise_than_their_files_are_read_as_the_files_are_named(tmp_path, capsys):
+    """A CSV written on Windows (`img\\train_000.png`: abbyy/barcode_detection_benchmark#2,
+    CellProfiler/CellProfiler#1385) and a folder copied from a Mac, whose names are in Unicode NFD
+    while the CSV says `Röntgen` in NFC (vgough/encfs#316, unmade/shelf-back#50): the same rows, with
+    one notice. An absolute Windows path is refused saying so."""
+    import unicodedata
+
+    csv, text = _utf8_task(tmp_path)
+    expected = read_csv_index(csv)
+    (tmp_path / "R\u00f6ntgen").rename(tmp_path / unicodedata.normalize("NFD", "R\u00f6ntgen"))
+    capsys.readouterr()
+    nfd = read_csv_index(csv)
+    assert "12 path(s) name their file in another spelling (the first on line 2" in capsys.readouterr().err
+    assert (nfd["path"] == expected["path"].map(lambda p: unicodedata.normalize("NFD", p))).all()
+    pd.testing.assert_frame_equal(nfd.drop(columns=["path", "study"]), expected.drop(columns=["path", "study"]))
+    (tmp_path / "windows.csv").write_text(unicodedata.normalize("NFD", text).replace("/", "\\"), encoding="utf-8")
+    assert (read_csv_index(tmp_path / "windows.csv")["path"] == nfd["path"]).all()
+    (tmp_path / "absolute.csv").write_text(text.replace("R\u00f6ntgen/", "C:\\data\\"), encoding="utf-8")
+    with pytest.raises(DataError, match=r"line 2: .* does not exist \(it is a Windows path: write the paths relative"):
+        read_csv_index(tmp_path / "absolute.csv")

@@ -27,6 +27,8 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
+import unicodedata
 from pathlib import Path
 
 import pandas as pd
@@ -80,15 +82,49 @@ def read_table(csv_path: str | Path, required: tuple[str, ...] = REQUIRED, check
     _fail_on(csv_path, table, line, table["path"].duplicated(), lambda row: f"image {row['path']!r} is listed twice")
     if check_files:
         root = csv_path.parent
+        table["path"] = respelled(csv_path, table["path"], line)
         exists = table["path"].map(lambda p: (root / p).is_file())
         _fail_on(csv_path, table, line, ~exists,
-                 lambda row: f"image {row['path']!r} does not exist (paths are relative to {root})")
+                 lambda row: f"image {row['path']!r} does not exist ({_where(row['path'], root)})")
         same = table["path"].map(lambda p: file_identity(root / p))
         first = pd.Series(table.index, index=table.index).groupby(same).transform("first")
         _fail_on(csv_path, table, line, same.duplicated(),
                  lambda row: f"image {row['path']!r} is the file of line {line[first[row.name]]} "
                              f"({table['path'][first[row.name]]!r}) under another spelling; list each image once")
     return table, line
+
+
+def respelled(csv_path: Path, paths: pd.Series, line: pd.Series) -> pd.Series:
+    """`paths` (relative to the CSV's folder) as the files are named on disk, where a path as written
+    names no file but another spelling of it does: backslashes for slashes (a CSV written on
+    Windows), or another Unicode normalisation (macOS names files in NFD, most editors write NFC:
+    `Röntgen` is then two strings). One notice says how many were read so, and the first line."""
+    root = csv_path.parent
+
+    def on_disk(path: str) -> str:
+        if (root / path).exists():
+            return path
+        for other in dict.fromkeys((path.replace("\\", "/"),) + tuple(
+                unicodedata.normalize(form, spelled) for form in ("NFC", "NFD") for spelled in (path, path.replace("\\", "/")))):
+            if other != path and (root / other).exists():
+                return other
+        return path
+
+    found = paths.map(on_disk)
+    changed = found != paths
+    if changed.any():
+        first = changed[changed].index[0]
+        notice(f"{csv_path}: {int(changed.sum())} path(s) name their file in another spelling (the first on line "
+               f"{line[first]}: {ascii(paths[first])} is {ascii(found[first])} on disk: backslashes, or another Unicode "
+               f"normalisation of the same letters); read as the files are named")
+    return found
+
+
+def _where(path: str, root: Path) -> str:
+    """The hint of a 'does not exist' message."""
+    if re.match(r"^[A-Za-z]:[\\/]|^\\\\", path):
+        return f"it is a Windows path: write the paths relative to the CSV's folder, {root}"
+    return f"paths are relative to {root}"
 
 
 def file_identity(path: Path) -> tuple:
@@ -171,6 +207,7 @@ def read_csv_index(csv_path: str | Path, check_files: bool = True) -> pd.DataFra
         _fail_on(csv_path, table, line, table["mask"] == "",
                  lambda row: "the mask cell is empty; give every image its mask, or leave the mask column out")
         if check_files:
+            table["mask"] = respelled(csv_path, table["mask"], line)
             exists = table["mask"].map(lambda p: (csv_path.parent / p).is_file())
             _fail_on(csv_path, table, line, ~exists,
                      lambda row: f"mask {row['mask']!r} does not exist (paths are relative to {csv_path.parent})")

@@ -299,10 +299,18 @@ def _png16_grey(content: bytes, header, name: str = "", bit_depth: int | None = 
 
 
 def _min_max(values: np.ndarray) -> np.ndarray:
-    low, high = float(np.min(values)), float(np.max(values))
+    """Values -> [0, 1] over their own finite range: NaN is black, +inf white, -inf black (one NaN
+    made the whole of a float TIFF black: wkentaro/labelme#2255, kidanger/vpv#38)."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.where(values == np.inf, np.float32(1), np.float32(0))
+    low, high = float(np.min(values[finite])), float(np.max(values[finite]))
     if high <= low:
-        return np.zeros(values.shape, dtype=np.float32)
-    return ((values - low) / (high - low)).astype(np.float32)
+        scaled = np.zeros(values.shape, dtype=np.float64)
+    else:
+        with np.errstate(invalid="ignore"):
+            scaled = (values - low) / (high - low)
+    return np.nan_to_num(np.clip(scaled, 0, 1), nan=0.0).astype(np.float32)
 
 
 def _dicom_grey(content: bytes, name: str) -> np.ndarray:
@@ -321,6 +329,9 @@ def _dicom_grey(content: bytes, name: str) -> np.ndarray:
     if frames > 1:
         raise ImageError(f"cannot read image {name}: it is a multi-frame DICOM ({frames} frames); export the frame to "
                          f"use as a single-frame file")
+    for keyword in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
+        if keyword in ds and ds[keyword].value in (None, "", b"", []):
+            del ds[keyword]  # present but empty (pydicom/pydicom#1237): as absent, as viewers read it
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is None:  # a bare data set: its pixels are native, in the encoding pydicom read it in
         _set_transfer_syntax(ds)

@@ -88,6 +88,9 @@ def parse_image_path(path: str) -> dict:
 def require_mura(root: Path) -> Path:
     """The MURA-v1.1 folder under `root`, or a DataError saying where to put it."""
     mura = Path(root) / MURA_DIR
+    if not mura.is_dir() and (Path(root) / "train_image_paths.csv").is_file():
+        raise DataError(f"{root} is the {MURA_DIR} folder itself; pass the folder that holds it: --data-root "
+                        f"{Path(root).absolute().parent}")
     if not mura.is_dir():
         raise DataError(f"no MURA data at {mura}; register at https://stanfordmlgroup.github.io/competitions/mura/, "
                         f"unzip MURA-v1.1 into {root}/, or try the generated data with --demo")
