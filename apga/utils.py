@@ -39,7 +39,14 @@ class _CurrentStderr(logging.StreamHandler):
 
 def configure_logging(level: int = logging.INFO) -> None:
     """How the command lines show messages: one line each on stderr, 'notice: ...', 'warning: ...',
-    'error: ...'. Called by every entry point; a library user configures the 'apga' logger as they like."""
+    'error: ...'. Called by every entry point; a library user configures the 'apga' logger as they like.
+
+    Output that the terminal's encoding cannot show (a Latin-1 or ASCII locale, as some clusters set
+    it: yadayada/acd_cli#168, projecthamster/hamster#94) is written with backslash escapes instead of
+    stopping the command with UnicodeEncodeError after its work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     if not any(isinstance(handler, _CurrentStderr) for handler in LOG.handlers):
         handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
