@@ -47,3 +47,21 @@ def test_a_terminal_that_cannot_show_a_name_gets_it_escaped(monkeypatch, capsys)
         ascii_terminal.flush()
         monkeypatch.undo()
     assert raw.getvalue() == b"| \\u5de6\\u8098-all-val | R\\xf6ntgen |\n"
+
+
+def test_a_title_in_a_script_the_plot_font_lacks_is_one_notice(tmp_path, capsys):
+    """A data set named in Chinese (a CSV `左肘.csv`): matplotlib warns once per missing glyph and per
+    draw (matplotlib/matplotlib#14269, #20251); the plot is written and one notice names them."""
+    import warnings
+
+    from apga.reporting.plots import _pyplot, _save
+
+    figure, axis = _pyplot().subplots()
+    axis.set_title("\u5de6\u8098: paired differences from the baseline")
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _save(figure, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").stat().st_size > 1000 and not [w for w in caught if "Glyph" in str(w.message)]
+    notices = [line for line in capsys.readouterr().err.splitlines() if line.startswith("notice:")]
+    assert len(notices) == 1 and "plot.png: matplotlib's font has no" in notices[0] and "5DE6" in notices[0]
