@@ -251,3 +251,43 @@ def test_dicom_with_empty_rescale_and_window_values_reads_as_without_them(tmp_pa
         tmp_path / "empty.dcm", enforce_file_format=True)
     assert "RescaleSlope" in pydicom.dcmread(tmp_path / "empty.dcm")
     assert np.array_equal(decode_image(tmp_path / "empty.dcm", SIZE), decode_image(tmp_path / "plain.dcm", SIZE))
+
+
+def test_encodings_that_already_decode_keep_decoding(tmp_path):
+    """Reports whose inputs this decoder already reads, kept as regressions: a DICOM data set written
+    in a VR other than its File Meta header says (pydicom/pydicom#1943: 'Expected explicit VR, but
+    found implicit VR'), big-endian DICOM, an Adobe CMYK JPEG (stored inverted: haraldk/TwelveMonkeys#141),
+    16-bit TIFFs compressed with LZW or deflate and big-endian ones."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+    from pydicom.uid import ExplicitVRBigEndian
+
+    values = radiograph(12)
+    dicom(values).save_as(tmp_path / "reference.dcm", enforce_file_format=True)
+    reference = decode_image(tmp_path / "reference.dcm", SIZE)
+    mismatched = dicom(values)
+    meta = DicomBytesIO()
+    meta.is_little_endian, meta.is_implicit_VR = True, False
+    write_file_meta_info(meta, mismatched.file_meta, enforce_standard=True)  # says explicit VR ...
+    bare(mismatched, tmp_path / "implicit_body")  # ... the data set is implicit
+    (tmp_path / "mismatched.dcm").write_bytes(b"\0" * 128 + b"DICM" + meta.getvalue()
+                                              + (tmp_path / "implicit_body").read_bytes())
+    big = dicom(values)
+    big.file_meta.TransferSyntaxUID = ExplicitVRBigEndian
+    big.PixelData = np.rint(values).astype(">u2").tobytes()
+    pydicom.dcmwrite(tmp_path / "big.dcm", big, enforce_file_format=True)
+    for name in ("mismatched.dcm", "big.dcm"):
+        assert np.array_equal(decode_image(tmp_path / name, SIZE), reference), name
+    grey = Image.fromarray(np.rint(values / 16).astype(np.uint8))
+    grey.save(tmp_path / "grey.jpg", quality=95)
+    grey.convert("CMYK").save(tmp_path / "cmyk.jpg", quality=95)
+    assert np.abs(decode_image(tmp_path / "cmyk.jpg", SIZE).astype(int)
+                  - decode_image(tmp_path / "grey.jpg", SIZE).astype(int)).max() <= 2
+    sixteen = np.rint(values * 16).astype(np.uint16)
+    Image.fromarray(sixteen).save(tmp_path / "plain16.tif")
+    Image.fromarray(sixteen).save(tmp_path / "lzw16.tif", compression="tiff_lzw")
+    Image.fromarray(sixteen).save(tmp_path / "deflate16.tif", compression="tiff_adobe_deflate")
+    Image.frombytes("I;16B", sixteen.shape[::-1], sixteen.astype(">u2").tobytes()).save(tmp_path / "big16.tif")
+    plain = decode_image(tmp_path / "plain16.tif", SIZE)
+    for name in ("lzw16.tif", "deflate16.tif", "big16.tif"):
+        assert np.array_equal(decode_image(tmp_path / name, SIZE), plain), name
