@@ -3,8 +3,9 @@
     python -m apga.predict RUN_DIR IMAGES [--out DIR] [--max-overlays N] [--skip-bad-images 1]
 
 RUN_DIR is a method's folder of a run (holding `best.pt`), e.g. runs/elbow-all-val/seed89/apga.
-IMAGES is a folder of images (searched recursively: PNG of any bit depth, JPEG, TIFF, BMP, and
-DICOM files with a .dcm suffix or none; a MURA-layout study folder is one), one image file, or a
+IMAGES is a folder of images (searched recursively: every file the decoder reads, by content as by
+suffix: PNG of any bit depth, JPEG, JPEG 2000, WebP, TIFF, BMP, DICOM with any name or none; one
+notice counts the files left out and why; a MURA-layout study folder is one), one image file, or a
 CSV with a `path` column as for `--data-csv` (paths relative to the CSV; `label`, `study`
 optional). Every file is decoded as for training (apga/data/decode.py). Writes
 <DIR>/predictions.csv (default DIR: RUN_DIR/predictions): one row per image with its probability
@@ -280,7 +281,8 @@ FLAG_HELP = {
 PREDICT = Command(
     usage="python -m apga.predict RUN_DIR IMAGES [--flag VALUE ...]   (or: apga-predict ...)",
     summary="Apply the run in RUN_DIR (a method's folder holding best.pt, e.g. runs/elbow-all-val/seed89/apga) to "
-            "IMAGES: a folder of images (PNG of any bit depth, JPEG, TIFF, BMP, DICOM; searched recursively), one "
+            "IMAGES: a folder of images (PNG of any bit depth, JPEG, JPEG 2000, WebP, TIFF, BMP, DICOM; searched "
+            "recursively, by content), one "
             "image, or a CSV with a 'path' column. Writes predictions.csv: each image's probability of being "
             "abnormal, its study's, and for masking methods the TTA probability, kept area and overlays.",
     flags=function_flags(main, FLAG_HELP, paths=("out",))[0], positionals=("run_dir", "images"),
