@@ -4,6 +4,11 @@ Fire turns the command line into a call. Before it does, `Command.run` answers `
 wherever it stands (Fire would train first in some positions), and refuses, in one line with exit
 code 2, what Fire would only notice after the call: unknown flags (with the nearest known one),
 single-dash abbreviations, and words that are no flag's value (`elbow --demo`, `--n-shot 25 50`).
+
+A path is a path, whatever its characters: Fire reads every value as a Python literal (`20241130`
+becomes an int, `1_000` the int 1000, `runs#2` the text `runs`, `a,b` a tuple), so the values of
+path flags (metavar DIR, FILE or PATH) and path positionals reach the function as the text that
+was typed, with `~` and `~user` expanded (`apga.utils.expand_path`).
 """
 from __future__ import annotations
 
@@ -16,11 +21,12 @@ import sys
 import textwrap
 from dataclasses import dataclass
 
-from apga.config import SECTIONS, Config, field_help, make_config
+from apga.config import PATH_FIELDS, SECTIONS, Config, field_help, make_config
 from apga.errors import APGAError
-from apga.utils import configure_logging, error
+from apga.utils import configure_logging, error, expand_path
 
 NAME_COLUMN = 30
+PATH_METAVARS = ("DIR", "FILE", "PATH")  # a flag shown with one of these takes a path
 
 
 @dataclass
@@ -30,6 +36,10 @@ class Flag:
     help: str
     metavar: str = "VALUE"
     section: str = ""
+
+    @property
+    def path(self) -> bool:
+        return self.metavar in PATH_METAVARS
 
 
 def is_flag(argument: str) -> bool:
@@ -50,13 +60,18 @@ class Command:
     positionals: tuple[str, ...] = ()
     epilog: str = ""
     unlisted: tuple[str, ...] = ()  # names the function refuses itself, with its own reason (not in --help)
+    path_positionals: tuple[str, ...] = ()  # positionals that are paths (flags are paths by their metavar)
 
     def run(self, function, argv: list[str]) -> None:
         if wants_help(argv):
             print(self.help())
             sys.exit(0)
         configure_logging()
-        problem = self.problem(argv)
+        try:
+            problem = self.problem(argv)
+            argv = self.with_paths(argv) if not problem else argv
+        except APGAError as refused:  # a `~user` that names no user
+            problem = str(refused)
         if problem:
             error(problem)
             sys.exit(2)
@@ -66,13 +81,33 @@ class Command:
 
     def problem(self, argv: list[str]) -> str | None:
         """What is wrong with `argv` (None when nothing is), by Fire's rules for flags and values."""
+        walked = self._walk(argv)
+        return walked if isinstance(walked, str) else None
+
+    def with_paths(self, argv: list[str]) -> list[str]:
+        """`argv` with every path value written as a Python string literal of its expanded text, so
+        that Fire hands the function that text (module docstring). `argv` must have no `problem`."""
+        paths = {flag.name for flag in self.flags if flag.path} | set(self.path_positionals)
+        argv = list(argv)
+        for name, position, inline in self._walk(argv):
+            if name in paths:
+                shown = name.upper() if name in self.positionals else f"--{name.replace('_', '-')}"
+                value = argv[position].split("=", 1)[1] if inline else argv[position]
+                quoted = repr(expand_path(value, shown))
+                argv[position] = f"{argv[position].split('=', 1)[0]}={quoted}" if inline else quoted
+        return argv
+
+    def _walk(self, argv: list[str]) -> str | list[tuple[str, int, bool]]:
+        """The name of each value of `argv` (a flag's or a positional's), the position of its token,
+        and whether it stands inline (`--name=value`); or what is wrong, as text."""
         tokens = argv[:argv.index("--")] if "--" in argv else argv
         names = {flag.name for flag in self.flags} | set(self.positionals) | set(self.unlisted)
-        positionals, previous, i = 0, None, 0
+        values, positionals, previous, i = [], 0, None, 0
         while i < len(tokens):
             argument = tokens[i]
             if not is_flag(argument):
                 if positionals < len(self.positionals):
+                    values.append((self.positionals[positionals], i, False))
                     positionals, i = positionals + 1, i + 1
                     continue
                 if previous:
@@ -87,9 +122,11 @@ class Command:
             if key not in names and not (boolean and key.startswith("no") and key[2:] in names):
                 return f"unknown flag(s) {argument.split('=', 1)[0]}{self._suggestion(key, names)}; see --help for the list"
             consumed = 1 if with_value or boolean else 2
+            if not boolean:
+                values.append((key, i + consumed - 1, with_value))
             previous = " ".join(tokens[i:i + consumed]) if consumed == 2 else None
             i += consumed
-        return None
+        return values
 
     @staticmethod
     def _suggestion(key: str, names: set[str]) -> str:
@@ -124,6 +161,8 @@ def _shown(value) -> str:
 
 
 def _metavar(annotation: str, name: str = "") -> str:
+    if name in PATH_FIELDS:
+        return "PATH"
     if name.startswith("train_"):
         return "0|1"
     if name == "amp":
@@ -144,15 +183,26 @@ def config_flags() -> list[Flag]:
     return flags
 
 
-def function_flags(function, helps: dict[str, str]) -> tuple[list[Flag], tuple[str, ...]]:
-    """The flags and positional arguments of a function's signature, with `helps` for their texts."""
+def function_flags(function, helps: dict[str, str], paths: tuple[str, ...] = ()) -> tuple[list[Flag], tuple[str, ...]]:
+    """The flags and positional arguments of a function's signature, with `helps` for their texts;
+    the flags named in `paths` take a path."""
     flags, positionals = [], []
     for name, parameter in inspect.signature(function).parameters.items():
         if parameter.default is inspect.Parameter.empty:
             positionals.append(name)
         else:
-            flags.append(Flag(name, parameter.default, helps.get(name, ""), _metavar(str(parameter.annotation))))
+            metavar = "PATH" if name in paths else _metavar(str(parameter.annotation))
+            flags.append(Flag(name, parameter.default, helps.get(name, ""), metavar))
     return flags, tuple(positionals)
+
+
+def script_command(function, usage: str, paths: tuple[str, ...] = ()) -> Command:
+    """The command line of a plain script (the data tools, the benchmarks): `function`'s signature as
+    its flags and positionals, its docstring as the summary; `paths` names the arguments that are
+    paths (flags or positionals)."""
+    flags, positionals = function_flags(function, {}, paths)
+    return Command(usage=usage, summary=(inspect.getdoc(function) or "").split("\n\n")[0], flags=flags,
+                   positionals=positionals, path_positionals=tuple(p for p in positionals if p in paths))
 
 
 def main(**flags) -> None:

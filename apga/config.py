@@ -106,6 +106,7 @@ SECTIONS = {"seed": "The original script's flags", "data_root": "Data", "classif
             "batch_size": "Optimisation", "model_selection": "Evaluation", "amp": "Speed", "out_dir": "Output"}
 
 DEMO_OUT_DIR = "runs/demo"
+PATH_FIELDS = ("data_root", "data_csv", "cache_dir", "out_dir")  # settings that name a file or folder
 
 PRESETS: dict[str, dict] = {
     "paper": {},
@@ -185,6 +186,11 @@ def _is_int(value) -> bool:
 
 
 def validate(c: Config) -> None:
+    from apga.utils import expand_path
+
+    for name in PATH_FIELDS:  # as the command line does it, for a config made in Python or by the sweep
+        if getattr(c, name) is not None:
+            setattr(c, name, expand_path(getattr(c, name), f"--{name.replace('_', '-')}"))
     if c.data_csv is None:
         c.body_part = str(c.body_part).lower()
         _require(c.body_part in BODY_PARTS + ("all",),

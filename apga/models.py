@@ -1,6 +1,8 @@
 """The classifier (torchvision DenseNet, 2-way head) and the agent (TernausNet UNet11)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -57,9 +59,30 @@ def build_classifier(name: str = "densenet169", pretrained: bool = False) -> nn.
             raise ConfigError("no ImageNet weights exist for --classifier densenet-small; drop --pretrained")
         return models.DenseNet(growth_rate=12, block_config=(2, 2, 2, 2), num_init_features=24, bn_size=2,
                                num_classes=2)
-    net = models.get_model(name, weights=_weights(name) if pretrained else None)
+    weights = _weights(name) if pretrained else None
+    net = imagenet(lambda: models.get_model(name, weights=weights), weights)
     net.classifier = nn.Linear(net.classifier.in_features, 2)
     return standardize_inputs(net, *weights_mean_std(name)) if pretrained else net
+
+
+def imagenet(build, weights):
+    """`build()`, a torchvision network made with ImageNet `weights` (None: none), which torchvision
+    downloads once into torch.hub's folder. Raises `ConfigError`, in one line, where the download
+    fails (a compute node without internet: pytorch/vision#1876, facebookresearch/pycls#133) or the
+    downloaded file is damaged (an interrupted download), saying how to get the weights there."""
+    if weights is None:
+        return build()
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    try:
+        return build()
+    except (OSError, RuntimeError, EOFError) as error:  # urllib's URLError is an OSError
+        reason = (str(error).splitlines() or [type(error).__name__])[0][:160]
+        if cached.is_file():
+            raise ConfigError(f"the downloaded ImageNet weights {cached} cannot be read ({reason}): an interrupted "
+                              f"download? delete the file and rerun") from None
+        raise ConfigError(f"cannot download the ImageNet weights {weights.url} ({reason}); on a machine without "
+                          f"internet, copy {Path(weights.url).name} into {cached.parent} (TORCH_HOME) from one that "
+                          f"has it, or pass --pretrained 0") from None
 
 
 class _ConvRelu(nn.Sequential):
@@ -130,7 +153,8 @@ class UNet11(nn.Module):
         if width != 32:
             raise ConfigError(f"ImageNet VGG11 weights need --agent-width 32 (got {width}); drop --pretrained "
                               f"or use width 32")
-        vgg = models.vgg11(weights=models.VGG11_Weights.IMAGENET1K_V1).features
+        weights = models.VGG11_Weights.IMAGENET1K_V1
+        vgg = imagenet(lambda: models.vgg11(weights=weights), weights).features
         convs = [m for m in vgg if isinstance(m, nn.Conv2d)]
         for name, source in zip(self._ENCODER, convs):
             getattr(self, name).load_state_dict(source.state_dict())

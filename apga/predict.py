@@ -3,8 +3,9 @@
     python -m apga.predict RUN_DIR IMAGES [--out DIR] [--max-overlays N] [--skip-bad-images 1]
 
 RUN_DIR is a method's folder of a run (holding `best.pt`), e.g. runs/elbow-all-val/seed89/apga.
-IMAGES is a folder of images (searched recursively: PNG of any bit depth, JPEG, TIFF, BMP, and
-DICOM files with a .dcm suffix or none; a MURA-layout study folder is one), one image file, or a
+IMAGES is a folder of images (searched recursively: every file the decoder reads, by content as by
+suffix: PNG of any bit depth, JPEG, JPEG 2000, WebP, TIFF, BMP, DICOM with any name or none; one
+notice counts the files left out and why; a MURA-layout study folder is one), one image file, or a
 CSV with a `path` column as for `--data-csv` (paths relative to the CSV; `label`, `study`
 optional). Every file is decoded as for training (apga/data/decode.py). Writes
 <DIR>/predictions.csv (default DIR: RUN_DIR/predictions): one row per image with its probability
@@ -20,25 +21,27 @@ import io
 import re
 import shutil
 import sys
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
 from apga.cli import Command, function_flags
 from apga.config import Config, make_config
 from apga.data import to_model_input
 from apga.data.cache import ImageFiles, keep_as_list
 from apga.data.csv_index import read_table
-from apga.data.decode import DICOM_SUFFIXES, IMAGE_SUFFIXES, is_dicom
+from apga.data.decode import APPLE_DOUBLE, IMAGE_SUFFIXES, is_dicom
 from apga.errors import APGAError, CheckpointError, DataError
 from apga.evaluation.evaluate import abnormal_probability
 from apga.methods.masks import kept_images
 from apga.reporting.gallery import mask_panels, write_panels
 from apga.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_networks
-from apga.utils import atomic_write_bytes, error, eval_mode, file_digest, resolve_device, warn
+from apga.utils import atomic_write_bytes, error, eval_mode, file_digest, notice, resolve_device, warn
 
 STUDY_FOLDER = re.compile(r"^study\d+_(positive|negative)$", re.IGNORECASE)
 PREDICTIONS_FILE = "predictions.csv"
@@ -54,12 +57,12 @@ def image_table(images: str | Path) -> pd.DataFrame:
         return pd.DataFrame({"file": [images.parent / p for p in table["path"]], "image": table["path"],
                              "study": study, "label": labels})
     if images.is_dir():
-        files = sorted(p for p in images.rglob("*") if p.is_file() and _is_image_file(p))
+        files = scan_folder(images)
         if not files:
-            raise DataError(f"no image files in {images} (PNG, JPEG, TIFF, BMP or DICOM); pass a folder of images, "
-                            f"one image, or a CSV with a 'path' column")
+            raise DataError(f"no image files in {images} (PNG, JPEG, JPEG 2000, TIFF, WebP, BMP, DICOM, ...); pass a "
+                            f"folder of images, one image, or a CSV with a 'path' column")
         shown = [str(f.relative_to(images)) for f in files]
-    elif images.is_file() and _is_image_file(images):
+    elif images.is_file() and _left_out(images) is None:
         files, shown = [images], [images.name]
     else:
         raise DataError(f"{images} is neither a folder of images, an image nor a CSV file; pass one of those")
@@ -69,24 +72,59 @@ def image_table(images: str | Path) -> pd.DataFrame:
     return pd.DataFrame({"file": files, "image": shown, "study": study, "label": label})
 
 
-def _is_image_file(path: Path) -> bool:
-    """An image by its suffix, or a DICOM file by its content whatever its name (hospital exports
-    often have no suffix, or are named by their UID, `1.2.840....320`, whose last part looks like
-    one; their DICOMDIR index is no image), if it holds pixel data. Any other file is not an image."""
+def scan_folder(folder: Path) -> list[Path]:
+    """The image files under `folder` (recursively, sorted): what the decoder reads, by content as by
+    name (`_left_out`), so that a folder and a CSV listing its files predict the same images. How many
+    files were left out, and why, is one notice."""
+    files, left_out = [], {}
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        reason = _left_out(path)
+        if reason is None:
+            files.append(path)
+        else:
+            left_out.setdefault(reason, []).append(path)
+    if left_out:
+        kinds = "; ".join(f"{len(paths)} {reason} (e.g. {paths[0].relative_to(folder)})"
+                          for reason, paths in sorted(left_out.items(), key=lambda item: -len(item[1])))
+        notice(f"left out {sum(map(len, left_out.values()))} of the {len(files) + sum(map(len, left_out.values()))} "
+               f"files in {folder}: {kinds}; list a file in a CSV to have it read anyway")
+    return files
+
+
+def _left_out(path: Path) -> str | None:
+    """Why a folder scan leaves a file out, or None when it is an image: a file with an image suffix
+    (whose decoding says what is wrong with it, if anything), any file Pillow opens (.jp2, .webp,
+    .jfif, ... : pytorch/vision#735), and DICOM by its content whatever its name (hospital exports
+    have no suffix or a UID for a name, `1.2.840....320`; some have no preamble) when it holds pixel
+    data. Left out: a DICOMDIR index, DICOM without pixel data (a report, a plan), macOS metadata
+    (`._` AppleDouble files beside every image copied from a Mac), and files of no image format."""
     if path.name.upper() == "DICOMDIR":
-        return False
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return True
+        return "DICOMDIR index"
     try:
         with open(path, "rb") as handle:
-            if not is_dicom(handle.read(132)):
-                return False
+            head = handle.read(1024)
     except OSError:
-        return False
+        return None  # unreadable: its decoding says why
+    if head.startswith(APPLE_DOUBLE):
+        return "macOS metadata file(s) ('._' AppleDouble)"
+    if is_dicom(head, path.name):
+        return None if _holds_pixels(path) else "DICOM file(s) without pixel data (reports, plans, key objects)"
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Pillow's warnings about the files it identifies
+        try:
+            with Image.open(path):
+                return None
+        except Exception:  # noqa: BLE001 - anything Pillow cannot open as an image is no image
+            return "file(s) of no image format"
+
+
+def _holds_pixels(path: Path) -> bool:
     import pydicom
 
     try:  # a report, a plan or a presentation state named like an image is no image: left out
-        header = pydicom.dcmread(path, defer_size="1 KB")  # large values stay on disk
+        header = pydicom.dcmread(path, defer_size="1 KB", force=True)  # large values stay on disk
     except Exception:  # noqa: BLE001 - an unreadable header: the file's decoding will say why
         return True
     return any(tag in header for tag in ("PixelData", "FloatPixelData", "DoubleFloatPixelData"))
@@ -96,7 +134,9 @@ def _study_of(file: Path, root: Path) -> str:
     """A MURA study folder, or a DICOM file's Study Instance UID; '' when unknown."""
     if STUDY_FOLDER.match(file.parent.name):
         return str(file.parent.relative_to(root.parent))
-    if file.suffix.lower() in DICOM_SUFFIXES or file.suffix.lower() not in IMAGE_SUFFIXES:
+    with open(file, "rb") as handle:
+        dicom = is_dicom(handle.read(1024), file.name)
+    if dicom:
         import pydicom
 
         try:
@@ -241,10 +281,12 @@ FLAG_HELP = {
 PREDICT = Command(
     usage="python -m apga.predict RUN_DIR IMAGES [--flag VALUE ...]   (or: apga-predict ...)",
     summary="Apply the run in RUN_DIR (a method's folder holding best.pt, e.g. runs/elbow-all-val/seed89/apga) to "
-            "IMAGES: a folder of images (PNG of any bit depth, JPEG, TIFF, BMP, DICOM; searched recursively), one "
+            "IMAGES: a folder of images (PNG of any bit depth, JPEG, JPEG 2000, WebP, TIFF, BMP, DICOM; searched "
+            "recursively, by content), one "
             "image, or a CSV with a 'path' column. Writes predictions.csv: each image's probability of being "
             "abnormal, its study's, and for masking methods the TTA probability, kept area and overlays.",
-    flags=function_flags(main, FLAG_HELP)[0], positionals=("run_dir", "images"),
+    flags=function_flags(main, FLAG_HELP, paths=("out",))[0], positionals=("run_dir", "images"),
+    path_positionals=("run_dir", "images"),
 )
 
 

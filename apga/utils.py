@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import functools
 import hashlib
 import json
@@ -38,7 +39,14 @@ class _CurrentStderr(logging.StreamHandler):
 
 def configure_logging(level: int = logging.INFO) -> None:
     """How the command lines show messages: one line each on stderr, 'notice: ...', 'warning: ...',
-    'error: ...'. Called by every entry point; a library user configures the 'apga' logger as they like."""
+    'error: ...'. Called by every entry point; a library user configures the 'apga' logger as they like.
+
+    Output that the terminal's encoding cannot show (a Latin-1 or ASCII locale, as some clusters set
+    it: yadayada/acd_cli#168, projecthamster/hamster#94) is written with backslash escapes instead of
+    stopping the command with UnicodeEncodeError after its work is done."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     if not any(isinstance(handler, _CurrentStderr) for handler in LOG.handlers):
         handler = _CurrentStderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
@@ -60,6 +68,40 @@ def warn(message: str) -> None:
 def error(message: str) -> None:
     """Why a command (or one of its runs) stopped: one line, what is wrong and how to fix it."""
     LOG.error("error: %s", message)
+
+
+def expand_path(value, flag: str = "a path") -> str:
+    """A path flag's value as the path it names, as text: `~` and `~user` expanded, as a shell would
+    (it does not after `--flag=`, inside quotes, or in a launcher's script); any other character kept.
+
+    Raises `ConfigError` naming `flag` for a `~user` whose user this machine does not know (a folder
+    named `~user` would otherwise be made in the working folder)."""
+    text = os.fsdecode(value) if isinstance(value, (bytes, os.PathLike)) else str(value)
+    if not text.startswith("~"):
+        return text
+    expanded = os.path.expanduser(text)
+    if expanded.startswith("~"):
+        user = text[1:].split("/", 1)[0]
+        whose = f"no user {user!r} on this machine" if user else "no home folder (HOME is not set)"
+        raise ConfigError(f"{flag} {text}: there is {whose} to expand ~{user} to; write the folder out in full")
+    return expanded
+
+
+NAME_LIMIT = 100  # bytes of a file name derived from an input (file systems allow 255; room for suffixes)
+
+
+def file_name(name: str, portable: bool = False) -> str:
+    """A file or folder name derived from an input's name (a CSV's stem, a data set in a plot's name):
+    `name` itself when it fits; else its first characters and 8 hex digits of its SHA-256, so that
+    it stays under `NAME_LIMIT` bytes (a file system refuses names over 255) and two names never give
+    one file. `portable`: characters other than letters, digits, '-', '_' and '.' become '_' (with
+    the digest, so that `a b` and `a_b` stay two files)."""
+    text = "".join(c if c.isalnum() or c in "-_." else "_" for c in name) if portable else name
+    if text == name and len(name.encode("utf-8", "surrogateescape")) <= NAME_LIMIT:
+        return name
+    digest = hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    head = text.encode("utf-8", "surrogateescape")[:NAME_LIMIT - 9].decode("utf-8", "ignore")
+    return f"{head}-{digest}"
 
 
 def seed_everything(seed: int) -> None:
@@ -189,6 +231,9 @@ def storage_error(path: Path, error: OSError) -> StorageError:
     """The one-line error for a file that could not be written: which file, why, how much space is
     left there, and what to do."""
     cause = error.strerror or type(error).__name__
+    if error.errno == errno.ENAMETOOLONG:
+        return StorageError(f"cannot write {path} ({cause}: a file system allows 255 bytes a name and 4096 a path); "
+                            f"choose a shorter folder (--out-dir, --cache-dir) or file name, and rerun the same command")
     if error.errno in _FULL:
         folder = next((p for p in Path(path).absolute().parents if p.exists()), Path("/"))
         free = shutil.disk_usage(folder).free
@@ -205,6 +250,54 @@ def human_bytes(count: float) -> str:
             return f"{count:.0f} {unit}" if unit == "B" else f"{count:.1f} {unit}"
         count /= 1024
     return f"{count} B"
+
+
+NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP)  # flock's answers where there are no locks
+_UNLOCKED_DEVICES: set[int] = set()  # file systems already warned about, once per process
+
+
+@contextlib.contextmanager
+def file_lock(path: Path, blocking: bool = True, guards: str = "this folder"):
+    """An exclusive flock on the file `path` (made if missing) for the block; it also ends with the
+    process. Raises `BlockingIOError` when `blocking` is False and another process holds it, and
+    `StorageError` when the file cannot be made. Where the file system has no locks (Lustre mounted
+    without `-o flock` and some FUSE mounts answer ENOSYS or EOPNOTSUPP, NFS without its lock daemon
+    ENOLCK), the block runs unlocked, after a warning (once per file system) naming the mount and
+    what is then not guarded (`guards`)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a")
+    except OSError as error:
+        raise storage_error(path, error) from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise
+        except OSError as error:
+            if error.errno not in NO_LOCKS:
+                raise storage_error(path, error) from None
+            _warn_unlocked(path, error, guards)
+            yield
+            return
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _warn_unlocked(path: Path, error: OSError, guards: str) -> None:
+    device = os.stat(path).st_dev
+    if device in _UNLOCKED_DEVICES:
+        return
+    _UNLOCKED_DEVICES.add(device)
+    mount = Path(path).resolve().parent
+    while mount.parent != mount and os.stat(mount.parent).st_dev == device:
+        mount = mount.parent
+    warn(f"the file system mounted at {mount} has no file locks (flock: {error.strerror or error}); going on without "
+         f"them, so {guards} is not guarded against two commands writing it at once (run one at a time there, or "
+         f"mount it with locks, e.g. Lustre's -o flock)")
 
 
 def atomic_write_json(path: Path, obj) -> None:

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from apga.cli import script_command  # noqa: E402
 from apga.config import make_config  # noqa: E402
 from apga.data import make_loader, prepare_run_data, to_model_input  # noqa: E402
 from apga.evaluation.evaluate import evaluate, occlusion_maps  # noqa: E402
@@ -244,7 +245,7 @@ def body_settings(config) -> str:
             f"lambda {config.area_weight:g}, w {config.prior_weight:g}, fill {config.fill}")
 
 
-if __name__ == "__main__":
-    import fire
+COMMAND = script_command(main, "python benchmarks/agent_probe.py [--flag VALUE ...]", paths=('out', 'data_root'))
 
-    fire.Fire(main)
+if __name__ == "__main__":
+    COMMAND.run(main, sys.argv[1:])

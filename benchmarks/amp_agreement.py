@@ -21,6 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pandas as pd  # noqa: E402
 
+from apga.cli import script_command  # noqa: E402
 from apga.config import make_config  # noqa: E402
 from apga.reporting.results import read_results  # noqa: E402
 from apga.experiment import run  # noqa: E402
@@ -61,7 +62,7 @@ def main(seeds: int = 3, epochs: int = 8, finetune_epochs: int = 2, preset: str 
     print(f"\nper seed:\n{both.round(3).to_string()}\n\ntook {(time.perf_counter() - start) / 60:.1f} min")
 
 
-if __name__ == "__main__":
-    import fire
+COMMAND = script_command(main, "python benchmarks/amp_agreement.py [--flag VALUE ...]", paths=('out_dir', 'data_root'))
 
-    fire.Fire(main)
+if __name__ == "__main__":
+    COMMAND.run(main, sys.argv[1:])

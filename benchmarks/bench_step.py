@@ -27,6 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+from apga.cli import script_command  # noqa: E402
 from apga.training.checkpoint import save_checkpoint  # noqa: E402
 from apga.config import make_config  # noqa: E402
 from apga.data import CachedImages, cached_array, make_loader  # noqa: E402
@@ -253,7 +254,7 @@ def main(preset: str = "cpu", device: str | None = None, batch_size: int = 25, r
           f"{png_seconds / cached_seconds:.1f}x the PNG loader")
 
 
-if __name__ == "__main__":
-    import fire
+COMMAND = script_command(main, "python benchmarks/bench_step.py [--flag VALUE ...]", paths=())
 
-    fire.Fire(main)
+if __name__ == "__main__":
+    COMMAND.run(main, sys.argv[1:])

@@ -19,6 +19,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from apga.cli import script_command  # noqa: E402
 from apga.data import mura  # noqa: E402
 from apga.errors import APGAError, DataError  # noqa: E402
 from apga.utils import configure_logging, error, storage_error  # noqa: E402
@@ -59,7 +60,7 @@ def main(root: str, body_part: str = "elbow", region: str = "finding") -> None:
     print(f"{len(pd.read_csv(csv))} images: {csv}")
 
 
-if __name__ == "__main__":
-    import fire
+COMMAND = script_command(main, "python benchmarks/finding_task.py [--flag VALUE ...]", paths=('root',))
 
-    fire.Fire(main)
+if __name__ == "__main__":
+    COMMAND.run(main, sys.argv[1:])

@@ -22,6 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from apga.cli import script_command  # noqa: E402
 from apga.data import make_loader, prepare_run_data  # noqa: E402
 from apga.predict import load_run  # noqa: E402
 from apga.training.loop import model_batch  # noqa: E402
@@ -48,7 +49,8 @@ def main(seeds_dir: str, method_dir: str, data_root: str = "datasets/cond-spurio
           + " ".join(f"{seed}: {share:.2f}" for seed, share in shares.items()))
 
 
-if __name__ == "__main__":
-    import fire
+COMMAND = script_command(main, "python benchmarks/marker_kept.py SEEDS_DIR METHOD_DIR [--data-root PATH]",
+                         paths=("seeds_dir", "method_dir", "data_root"))
 
-    fire.Fire(main)
+if __name__ == "__main__":
+    COMMAND.run(main, sys.argv[1:])

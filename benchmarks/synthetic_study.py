@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from apga.cli import script_command  # noqa: E402
 from apga.reporting import summary as report  # noqa: E402
 from apga.reporting.results import rebuild  # noqa: E402
 from apga.sweep import sweep  # noqa: E402
@@ -53,7 +54,7 @@ def main(body_part: str = "elbow", shots: str = "25,100,all", seeds: int = 5, ou
           + (f"; failed cells: {', '.join(sorted(failed))}" if failed else ""))
 
 
-if __name__ == "__main__":
-    import fire
+COMMAND = script_command(main, "python benchmarks/synthetic_study.py [--flag VALUE ...]", paths=('out_dir', 'data_root'))
 
-    fire.Fire(main)
+if __name__ == "__main__":
+    COMMAND.run(main, sys.argv[1:])

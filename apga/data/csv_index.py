@@ -1,8 +1,12 @@
 """Any binary image task from one CSV file: `python apga_mura.py --data-csv my.csv`.
 
+The file is UTF-8 (a cp1252 file from Excel is refused in one line saying how to save it) or UTF-16
+with its byte order mark; commas separate the columns, or semicolons or tabs (read with a notice), or
+what an Excel `sep=;` first line declares. A header that names a column twice is refused.
+
 Columns (a header row is required; order does not matter):
 - `path`: the image file, relative to the CSV's folder (or absolute);
-- `label`: 0 (normal) or 1 (abnormal);
+- `label`: 0 (normal) or 1 (abnormal) (0.0 and 1.0, as pandas writes labels with a blank, too);
 - `split`: `train` or `valid` (valid is the reported split, as MURA's);
 - `study` (optional): images of one study are averaged for the study-level metrics (default, and
   for a blank cell: the image is its own study);
@@ -20,21 +24,26 @@ is line 1) and what to fix.
 """
 from __future__ import annotations
 
+import csv
 import io
+import os
+import re
+import unicodedata
 from pathlib import Path
 
 import pandas as pd
 
 from apga.errors import DataError
-from apga.utils import notice
+from apga.utils import file_name, notice
 
 REQUIRED = ("path", "label", "split")
 SPLITS = ("train", "valid")
 
 
 def dataset_name(csv_path: str | Path) -> str:
-    """What runs on a CSV are called in results (in place of a body part): the file's stem."""
-    return Path(csv_path).stem
+    """What runs on a CSV are called in results and run folders (in place of a body part): the
+    file's stem, shortened with a digest when it is too long for a folder name (apga.utils.file_name)."""
+    return file_name(Path(csv_path).stem)
 
 
 def read_table(csv_path: str | Path, required: tuple[str, ...] = REQUIRED, check_files: bool = True,
@@ -45,29 +54,129 @@ def read_table(csv_path: str | Path, required: tuple[str, ...] = REQUIRED, check
     csv_path = Path(csv_path)
     if not csv_path.is_file():
         raise DataError(f"no CSV file at {csv_path}; pass {what} the path of a CSV with columns {','.join(required)}")
-    text = csv_path.read_bytes().decode("utf-8-sig", errors="replace")
+    text, separator, header_line = _csv_text(csv_path)
     try:
-        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True)
+        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True,
+                            sep=separator, skip_blank_lines=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise DataError(f"{csv_path} is not a readable CSV ({str(error).splitlines()[0]}); write one row per image "
                         f"with a header row {','.join(required)}") from None
+    header = [cell.strip().lower() for cell in next(csv.reader(io.StringIO(text), delimiter=separator), [])]
+    twice = sorted({name for name in header if header.count(name) > 1 and name})
+    if twice:
+        columns = [str(i + 1) for i, name in enumerate(header) if name == twice[0]]
+        raise DataError(f"{csv_path} line {header_line}: the header names column {twice[0]!r} more than once (columns "
+                        f"{' and '.join(columns)}); keep one, or rename the others")
     table.columns = [str(c).strip().lower() for c in table.columns]
     missing = [c for c in required if c not in table.columns]
     if missing:
         raise DataError(f"{csv_path} has no column {', '.join(missing)} (found: {', '.join(table.columns)}); its header "
                         f"row must name {', '.join(required)}")
     table = table.apply(lambda column: column.str.strip())
-    line = pd.Series(range(2, len(table) + 2), index=table.index)
+    line = pd.Series(range(header_line + 1, header_line + 1 + len(table)), index=table.index)
+    table = table[(table != "").any(axis=1)]  # blank lines: left out, the others keep their line numbers
+    line = line[table.index]
     if table.empty:
         raise DataError(f"{csv_path} has a header but no rows; list one image per row")
     _fail_on(csv_path, table, line, table["path"] == "", lambda row: "the path is empty")
     _fail_on(csv_path, table, line, table["path"].duplicated(), lambda row: f"image {row['path']!r} is listed twice")
     if check_files:
         root = csv_path.parent
+        table["path"] = respelled(csv_path, table["path"], line)
         exists = table["path"].map(lambda p: (root / p).is_file())
         _fail_on(csv_path, table, line, ~exists,
-                 lambda row: f"image {row['path']!r} does not exist (paths are relative to {root})")
+                 lambda row: f"image {row['path']!r} does not exist ({_where(row['path'], root)})")
+        same = table["path"].map(lambda p: file_identity(root / p))
+        first = pd.Series(table.index, index=table.index).groupby(same).transform("first")
+        _fail_on(csv_path, table, line, same.duplicated(),
+                 lambda row: f"image {row['path']!r} is the file of line {line[first[row.name]]} "
+                             f"({table['path'][first[row.name]]!r}) under another spelling; list each image once")
     return table, line
+
+
+def respelled(csv_path: Path, paths: pd.Series, line: pd.Series) -> pd.Series:
+    """`paths` (relative to the CSV's folder) as the files are named on disk, where a path as written
+    names no file but another spelling of it does: backslashes for slashes (a CSV written on
+    Windows), or another Unicode normalisation (macOS names files in NFD, most editors write NFC:
+    `Röntgen` is then two strings). One notice says how many were read so, and the first line."""
+    root = csv_path.parent
+
+    def on_disk(path: str) -> str:
+        if (root / path).exists():
+            return path
+        for other in dict.fromkeys((path.replace("\\", "/"),) + tuple(
+                unicodedata.normalize(form, spelled) for form in ("NFC", "NFD") for spelled in (path, path.replace("\\", "/")))):
+            if other != path and (root / other).exists():
+                return other
+        return path
+
+    found = paths.map(on_disk)
+    changed = found != paths
+    if changed.any():
+        first = changed[changed].index[0]
+        notice(f"{csv_path}: {int(changed.sum())} path(s) name their file in another spelling (the first on line "
+               f"{line[first]}: {ascii(paths[first])} is {ascii(found[first])} on disk: backslashes, or another Unicode "
+               f"normalisation of the same letters); read as the files are named")
+    return found
+
+
+def _where(path: str, root: Path) -> str:
+    """The hint of a 'does not exist' message."""
+    if re.match(r"^[A-Za-z]:[\\/]|^\\\\", path):
+        return f"it is a Windows path: write the paths relative to the CSV's folder, {root}"
+    return f"paths are relative to {root}"
+
+
+def file_identity(path: Path) -> tuple:
+    """What makes two paths one file: its device and inode (`./a.png`, `a//b/../a.png`, a symbolic or
+    hard link, another case on a case-insensitive disk), or the normalised absolute path of a file
+    that cannot be opened."""
+    try:
+        stat = os.stat(path)
+        return ("inode", stat.st_dev, stat.st_ino)
+    except OSError:
+        return ("path", os.path.normpath(os.path.abspath(path)))
+
+
+SEPARATORS = {",": "commas", ";": "semicolons", "\t": "tabs"}
+
+
+def decoded_text(path: Path) -> str:
+    """A text file's content: UTF-8 (with or without a byte order mark), or UTF-16 with its byte order
+    mark (Excel's "Unicode text"). Anything else raises a DataError naming the first byte that is no
+    UTF-8, its line, and how to save the file as UTF-8: a file saved in a Windows code page would
+    otherwise name images that do not exist."""
+    content = path.read_bytes()
+    if content.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return content.decode("utf-16")
+    try:
+        return content.decode("utf-8-sig")
+    except UnicodeDecodeError as problem:
+        start = content.rfind(b"\n", 0, problem.start) + 1
+        end = content.find(b"\n", problem.start)
+        line = content[start:end if end >= 0 else len(content)].rstrip(b"\r")
+        number = content.count(b"\n", 0, problem.start) + 1
+        raise DataError(f"{path} is not UTF-8 text: line {number} has the byte 0x{content[problem.start]:02X} (read "
+                        f"as Windows-1252, the code page Excel saves in, the line is "
+                        f"{line.decode('cp1252', errors='replace')[:60]!r}); save the file as UTF-8 (Excel: Save As "
+                        f"'CSV UTF-8'; or iconv -f cp1252 -t utf-8 {path.name} > utf8.csv) and pass that") from None
+
+
+def _csv_text(csv_path: Path) -> tuple[str, str, int]:
+    """A CSV's text, its separator, and the line number of its header. Excel writes semicolons (or
+    tabs) where the decimal separator is a comma, and may put a `sep=;` line first: both are read,
+    the first with a notice."""
+    text = decoded_text(csv_path)
+    lines = text.splitlines()
+    first = lines[0].strip().strip('"') if lines else ""
+    if first.lower().startswith("sep=") and len(first) == 5:
+        return "\n".join(lines[1:]), first[4], 2
+    if "," not in first:
+        for separator in (";", "\t"):
+            if separator in first:
+                notice(f"{csv_path} separates its columns with {SEPARATORS[separator]}, not commas; read so")
+                return text, separator, 1
+    return text, ",", 1
 
 
 def _fail_on(csv_path: Path, table: pd.DataFrame, line: pd.Series, rows: pd.Series, message) -> None:
@@ -81,6 +190,7 @@ def read_csv_index(csv_path: str | Path, check_files: bool = True) -> pd.DataFra
     """The index of every row of the CSV, checked; paths relative to the CSV's folder."""
     csv_path = Path(csv_path)
     table, line = read_table(csv_path, REQUIRED, check_files)
+    table["label"] = table["label"].str.replace(r"^([01])\.0*$", r"\1", regex=True)  # 1.0: pandas' float labels
     _fail_on(csv_path, table, line, ~table["label"].isin(["0", "1"]),
              lambda row: f"label {row['label']!r} must be 0 (normal) or 1 (abnormal)")
     _fail_on(csv_path, table, line, ~table["split"].str.lower().isin(SPLITS),
@@ -97,6 +207,7 @@ def read_csv_index(csv_path: str | Path, check_files: bool = True) -> pd.DataFra
         _fail_on(csv_path, table, line, table["mask"] == "",
                  lambda row: "the mask cell is empty; give every image its mask, or leave the mask column out")
         if check_files:
+            table["mask"] = respelled(csv_path, table["mask"], line)
             exists = table["mask"].map(lambda p: (csv_path.parent / p).is_file())
             _fail_on(csv_path, table, line, ~exists,
                      lambda row: f"mask {row['mask']!r} does not exist (paths are relative to {csv_path.parent})")

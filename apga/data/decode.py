@@ -12,17 +12,22 @@ One decoder serves MURA, `--data-csv` tasks and `apga.predict`:
   The last rule is per image: an image whose values stay below half its true range comes out
   twice as bright (the image cache warns when a data set's images were read with different b;
   pass --bit-depth then). Colour and alpha 16-bit PNGs are read with pypng (Pillow keeps only
-  their top 8 bits).
+  their top 8 bits). A min-is-white TIFF (WhiteIsZero) is inverted at every depth, so that bright
+  is bright; 32-bit unsigned TIFF samples are read unsigned.
+- **Files of several images** (a multi-page TIFF, an animated GIF, PNG or WebP) are refused, as
+  multi-frame DICOM is; a TIFF's reduced-resolution pages and an MPO's previews do not count.
 - **DICOM** (with pydicom): the modality LUT (rescale slope and intercept), then the VOI LUT, or
   else the first window, or else the image's own range; MONOCHROME1 is inverted so that bone is
   bright, as a viewer shows it (Presentation LUT Shape INVERSE, which digital radiographs pair with
   MONOCHROME1, inverts the same way, once); colour (RGB, YBR, palette) goes to grey. JPEG 2000 through
   pylibjpeg-openjpeg; other compressed syntaxes decode when their pydicom plug-in is installed.
-  Multi-frame files and files without pixel data are refused.
+  Pixels of the Pixel Padding Value (and up to its range limit) are left out of the image's own
+  range and shown black. Multi-frame files and files without pixel data are refused.
 
 A DICOM file is recognised by its content ("DICM" after the 128-byte preamble, which some files
-use as a TIFF header: Pillow would otherwise open them as TIFFs of raw stored values) or by a
-.dcm/.dicom suffix. Everything that cannot be decoded raises `ImageError` naming the file and the
+use as a TIFF header: Pillow would otherwise open them as TIFFs of raw stored values; or, without
+preamble, a bare data set's first element) or by a .dcm/.dicom suffix. A file that is no image and
+says so in its first bytes (empty, a Git LFS pointer, macOS `._` metadata, a web page) is named so. Everything that cannot be decoded raises `ImageError` naming the file and the
 reason. The grey value of every pixel is luma (ITU-R 601: 0.299 R + 0.587 G + 0.114 B), as
 Pillow's "L" conversion.
 """
@@ -32,15 +37,17 @@ import io
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from apga.errors import ImageError
 
-DECODER_VERSION = 4  # bump when decoding changes what an image decodes to (it keys the image cache)
+DECODER_VERSION = 5  # bump when decoding changes what an image decodes to (it keys the image cache)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp") + DICOM_SUFFIXES
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff", ".bmp", ".jp2", ".j2k", ".webp",
+                  ".gif") + DICOM_SUFFIXES  # a folder scan takes these whatever their content (and others by content)
 LUMA = (0.299, 0.587, 0.114)
+APPLE_DOUBLE = b"\x00\x05\x16\x07"  # the magic number of macOS's `._` metadata files
 _HIGH_DEPTH_MODES = {"I;16", "I;16B", "I;16L", "I;16N", "I", "F"}
 
 
@@ -65,8 +72,27 @@ def decoder_settings() -> dict:
 
 
 def is_dicom(content: bytes, name: str = "") -> bool:
-    """A DICOM file: "DICM" after the 128-byte preamble, or (no preamble) a DICOM suffix."""
-    return content[128:132] == b"DICM" or Path(name).suffix.lower() in DICOM_SUFFIXES
+    """A DICOM file: "DICM" after the 128-byte preamble, a DICOM suffix, or (no preamble, any name) a
+    bare data set (`is_bare_dicom`)."""
+    return content[128:132] == b"DICM" or Path(name).suffix.lower() in DICOM_SUFFIXES or is_bare_dicom(content)
+
+
+_VRS = {b"AE", b"AS", b"AT", b"CS", b"DA", b"DS", b"DT", b"FL", b"FD", b"IS", b"LO", b"LT", b"OB", b"OD", b"OF", b"OL",
+        b"OV", b"OW", b"PN", b"SH", b"SL", b"SQ", b"SS", b"ST", b"SV", b"TM", b"UC", b"UI", b"UL", b"UN", b"UR", b"US",
+        b"UT", b"UV"}
+
+
+def is_bare_dicom(content: bytes) -> bool:
+    """A DICOM data set written without the preamble, "DICM" and File Meta header (ACR-NEMA-era files,
+    some modality exports; pydicom/pydicom#150): its first element is of an even group from 0002 to
+    0028 (File Meta, identification, patient, acquisition, image), little endian, in explicit VR (two
+    letters of a VR follow the tag) or implicit VR (a 4-byte length that fits in the file). No image
+    format Pillow reads starts so."""
+    if len(content) < 16 or content[1] != 0 or content[0] % 2 or not 0x02 <= content[0] <= 0x28:
+        return False
+    if content[4:6] in _VRS:
+        return True
+    return int.from_bytes(content[4:8], "little") < len(content)
 
 
 def decode_image(path, size: int, bit_depth: int | None = None) -> np.ndarray:
@@ -100,6 +126,9 @@ def decode_with_depth(content: bytes, size: int, name: str, mask: bool = False,
     """`decode_bytes`, and the bit depth b read off a 16-bit file's largest value (None when b came
     from sBIT or `bit_depth`, or the file is no 16-bit PNG or TIFF)."""
     inferred = []
+    not_an_image = what_else(content)
+    if not_an_image:
+        raise ImageError(f"cannot read image {name}: {not_an_image}")
     try:
         grey = _grey(content, name, bit_depth, inferred)
     except ImageError:
@@ -108,8 +137,11 @@ def decode_with_depth(content: bytes, size: int, name: str, mask: bool = False,
         raise ImageError(f"cannot read image {name}: {_bomb_reason(error)}") from None
     except Exception as error:  # noqa: BLE001 - any failure to decode a file makes that file unreadable
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ImageError(f"cannot read image {name}: it is truncated, corrupted or not an image "
-                         f"({type(error).__name__}: {reason[:160]})") from None
+        kind = _signature_format(content) if isinstance(error, UnidentifiedImageError) else None
+        what = (f"it starts as {kind} file does, but Pillow cannot decode it (truncated, or a variant it does not "
+                f"read{', without a plug-in such as pillow-heif' if 'HEIF' in kind else ''}); convert it to PNG (a "
+                f"16-bit PNG for more than 8 bits)" if kind else "it is truncated, corrupted or not an image")
+        raise ImageError(f"cannot read image {name}: {what} ({type(error).__name__}: {reason[:160]})") from None
     if mask:  # binary at full size, above half the file's own maximum (0/1 and 0/255 masks alike)
         values = np.asarray(grey, dtype=np.float32)
         top = float(values.max()) if values.size else 0.0
@@ -121,6 +153,36 @@ def decode_with_depth(content: bytes, size: int, name: str, mask: bool = False,
         resized = np.asarray(resized.resize((size, size), Image.BILINEAR))
         pixels = np.clip(np.rint(resized * 255.0), 0, 255).astype(np.uint8)
     return ((pixels >= 128).astype(np.uint8) if mask else pixels), (inferred[0] if inferred else None)
+
+
+def what_else(content: bytes) -> str | None:
+    """What a file that is no image is, when its first bytes say so, and how to get the image (None
+    otherwise): an empty file, a Git LFS pointer (a repository cloned without its LFS objects), macOS
+    metadata (an AppleDouble `._` file, copied from a Mac to a USB disk or a share), a web page saved
+    under an image's name."""
+    if not content:
+        return "it is empty (0 bytes: an interrupted copy or download?); copy it again"
+    if content.startswith(b"version https://git-lfs"):
+        return ("it is a Git LFS pointer, not the image (the repository was cloned without its LFS files); run "
+                "git lfs pull there")
+    if content.startswith(APPLE_DOUBLE):
+        return ("it is macOS metadata (an AppleDouble '._' file, made when a Mac copies to a FAT/exFAT disk or a share), "
+                "not an image; delete those files (dot_clean, or find DIR -name '._*' -delete)")
+    if content[:512].lstrip().lower().startswith((b"<!doctype html", b"<html")):
+        return "it is a web page, not an image (a download that got a login, quota or error page); download it again"
+    return None
+
+
+_SIGNATURES = {b"II*\x00": "a TIFF", b"MM\x00*": "a TIFF", b"II+\x00": "a BigTIFF", b"\xff\xd8\xff": "a JPEG",
+               b"\x00\x00\x00\x0cjP  ": "a JPEG 2000", b"\xff\x4f\xff\x51": "a JPEG 2000 codestream",
+               b"\xff\x0a": "a JPEG XL", b"\x00\x00\x00\x0cJXL ": "a JPEG XL"}
+
+
+def _signature_format(content: bytes) -> str | None:
+    """The format a file's first bytes announce (for a message), or None."""
+    if content[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
+        return "a HEIF/AVIF photo"
+    return next((kind for signature, kind in _SIGNATURES.items() if content.startswith(signature)), None)
 
 
 def _bomb_reason(error: Exception) -> str:
@@ -141,13 +203,57 @@ def _grey(content: bytes, name: str, bit_depth: int | None = None, inferred: lis
         header.preamble()
         return _png16_grey(content, header, name, bit_depth, inferred)
     with Image.open(io.BytesIO(content)) as image:
+        _require_one_image(image, name)
         image.load()
+        tags = dict(getattr(image, "tag_v2", {}) or {})  # a TIFF's: how its samples are stored
         image = ImageOps.exif_transpose(image)
         if image.mode in _HIGH_DEPTH_MODES:
-            return _high_depth_grey(np.asarray(image), name, bit_depth, inferred)
+            return _high_depth_grey(_tiff_samples(np.asarray(image), tags), name, bit_depth, inferred)
         if image.mode in ("LA", "RGBA", "PA") or (image.mode == "P" and "transparency" in image.info):
             image = image.convert("RGBA").convert("RGB")  # drop alpha, keep the intensities
         return image.convert("L")
+
+
+def _require_one_image(image: Image.Image, name: str) -> None:
+    """Refuses a file of several images (a multi-page TIFF: a label card and the radiograph, or every
+    view of a study; an animated GIF, PNG or WebP), as multi-frame DICOM is refused: which page is
+    the image is not ours to guess (alephdata/aleph#20: only the first page was read). Pages that
+    are reduced-resolution copies of the first (TIFF NewSubfileType bit 0) and an MPO's previews
+    (phones' JPEGs: the first image is the picture) do not count."""
+    frames = getattr(image, "n_frames", 1)
+    if frames <= 1 or image.format == "MPO":
+        return
+    if image.format == "TIFF":
+        previews = 0
+        for page in range(1, frames):
+            image.seek(page)
+            previews += int(image.tag_v2.get(254, 0)) & 1
+        image.seek(0)
+        if previews == frames - 1:
+            return
+    kind = "page" if image.format == "TIFF" else "frame"
+    raise ImageError(f"cannot read image {name}: it is a multi-{kind} {image.format} ({frames} {kind}s); save the "
+                     f"{kind} to use as a file of its own (e.g. tiffsplit, or Pillow's Image.seek and save)")
+
+
+def _tiff_samples(values: np.ndarray, tags: dict) -> np.ndarray:
+    """A high-depth image's samples as stored, the TIFF tags `tags` applied: unsigned 32-bit samples
+    (which Pillow hands over as signed) read unsigned, and WhiteIsZero ("min-is-white", the TIFF
+    counterpart of MONOCHROME1) inverted at every depth (darktable-org/darktable#18815; Pillow
+    inverts 1- to 8-bit samples only), so that a bright value is bright."""
+    def first(tag: int, default):
+        value = tags.get(tag, default)
+        return value[0] if isinstance(value, tuple) else value
+
+    bits, sample_format = first(258, None), first(339, 1)
+    if values.dtype == np.int32 and bits == 32 and sample_format == 1:
+        values = values.view(np.uint32)
+    if first(262, 1) != 0:
+        return values
+    if values.dtype.kind == "u":
+        top = 2 ** bits - 1 if bits else np.iinfo(values.dtype).max
+        return (top - values.astype(np.uint64)).astype(values.dtype.newbyteorder("="))
+    return -values.astype(np.float64)  # signed or float: shown over their own range, inverted
 
 
 def unit_range(values: np.ndarray, significant_bits: int | None = None, bit_depth: int | None = None,
@@ -193,10 +299,18 @@ def _png16_grey(content: bytes, header, name: str = "", bit_depth: int | None = 
 
 
 def _min_max(values: np.ndarray) -> np.ndarray:
-    low, high = float(np.min(values)), float(np.max(values))
+    """Values -> [0, 1] over their own finite range: NaN is black, +inf white, -inf black (one NaN
+    made the whole of a float TIFF black: wkentaro/labelme#2255, kidanger/vpv#38)."""
+    finite = np.isfinite(values)
+    if not finite.any():
+        return np.where(values == np.inf, np.float32(1), np.float32(0))
+    low, high = float(np.min(values[finite])), float(np.max(values[finite]))
     if high <= low:
-        return np.zeros(values.shape, dtype=np.float32)
-    return ((values - low) / (high - low)).astype(np.float32)
+        scaled = np.zeros(values.shape, dtype=np.float64)
+    else:
+        with np.errstate(invalid="ignore"):
+            scaled = (values - low) / (high - low)
+    return np.nan_to_num(np.clip(scaled, 0, 1), nan=0.0).astype(np.float32)
 
 
 def _dicom_grey(content: bytes, name: str) -> np.ndarray:
@@ -215,7 +329,12 @@ def _dicom_grey(content: bytes, name: str) -> np.ndarray:
     if frames > 1:
         raise ImageError(f"cannot read image {name}: it is a multi-frame DICOM ({frames} frames); export the frame to "
                          f"use as a single-frame file")
+    for keyword in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
+        if keyword in ds and ds[keyword].value in (None, "", b"", []):
+            del ds[keyword]  # present but empty (pydicom/pydicom#1237): as absent, as viewers read it
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None:  # a bare data set: its pixels are native, in the encoding pydicom read it in
+        _set_transfer_syntax(ds)
     compressed = syntax is not None and syntax.is_compressed
     if compressed:
         _require_decoder(syntax, name)
@@ -230,10 +349,12 @@ def _dicom_grey(content: bytes, name: str) -> np.ndarray:
                          f"JPEG variants") from None
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
-        unit = _displayed(arr, ds)
+        padding = _padding(arr, ds)
+        unit = _displayed(arr, ds, padding)
         # MONOCHROME1 (or Presentation LUT Shape INVERSE, which DX images pair with it): one inversion
         inverse = photometric == "MONOCHROME1" or str(ds.get("PresentationLUTShape", "")).upper() == "INVERSE"
-        return 1.0 - unit if inverse else unit
+        unit = 1.0 - unit if inverse else unit
+        return np.where(padding, np.float32(0), unit) if padding is not None else unit
     from pydicom.pixels import apply_color_lut
 
     if photometric == "PALETTE COLOR":
@@ -245,6 +366,34 @@ def _dicom_grey(content: bytes, name: str) -> np.ndarray:
         raise ImageError(f"cannot read image {name}: its photometric interpretation {photometric} with pixel shape "
                          f"{rgb.shape} is not one this decoder knows")
     return ((rgb.astype(np.float32) @ np.asarray(LUMA, dtype=np.float32)) / (2 ** bits - 1)).clip(0, 1)
+
+
+def _set_transfer_syntax(ds) -> None:
+    """The File Meta header's transfer syntax of a data set read without one, from the encoding
+    pydicom detected (implicit or explicit VR, little or big endian): what pixel decoding needs."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    syntax = ImplicitVRLittleEndian if implicit else ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+    if getattr(ds, "file_meta", None) is None:
+        ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = syntax
+
+
+def _padding(arr: np.ndarray, ds) -> np.ndarray | None:
+    """Where the stored values are Pixel Padding (0028,0120), up to Pixel Padding Range Limit
+    (0028,0121) when given: the pixels outside a collimated or reconstructed field (PS3.3
+    C.7.5.1.1.2). None when the image has no padding value, or no pixel holds it."""
+    value = ds.get("PixelPaddingValue")
+    if value is None or isinstance(value, (bytes, list)):
+        return None
+    limit = ds.get("PixelPaddingRangeLimit")
+    if isinstance(limit, int):
+        padded = (arr >= min(value, limit)) & (arr <= max(value, limit))
+    else:
+        padded = arr == value
+    return padded if padded.any() else None
 
 
 def _require_decoder(syntax, name: str) -> None:
@@ -261,9 +410,10 @@ def _require_decoder(syntax, name: str) -> None:
                          f"it is installed ({needs})")
 
 
-def _displayed(arr: np.ndarray, ds) -> np.ndarray:
+def _displayed(arr: np.ndarray, ds, padding: np.ndarray | None = None) -> np.ndarray:
     """Stored values -> [0, 1] as a viewer displays them (before MONOCHROME1's inversion): the
-    modality LUT, then the VOI LUT, or else the first window, or else the image's own range."""
+    modality LUT, then the VOI LUT, or else the first window, or else the image's own range, which
+    leaves the `padding` pixels out (fo-dicom/fo-dicom#406: they would take the contrast)."""
     from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing
 
     values = apply_modality_lut(arr, ds)
@@ -278,6 +428,9 @@ def _displayed(arr: np.ndarray, ds) -> np.ndarray:
             return _scaled(apply_windowing(values, ds, 0), float(low), float(high))
         except ValueError:  # an invalid window (width < 1): shown as the image's range
             pass
+    if padding is not None and not padding.all():
+        inside = values[~padding]
+        return _scaled(values, float(inside.min()), float(inside.max()))
     return _min_max(values.astype(np.float64))
 
 

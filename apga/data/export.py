@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from apga.cli import script_command
 from apga.data import mura
 from apga.errors import APGAError, DataError
 from apga.utils import configure_logging, error, storage_error
@@ -93,7 +94,9 @@ def main(source: str, out: str, format: str = "dicom", body_part: str = "elbow")
     print(f"{len(pd.read_csv(csv))} images: {csv}")
 
 
-if __name__ == "__main__":
-    import fire
+COMMAND = script_command(main, "python -m apga.data.export SOURCE OUT [--format dicom|png16] [--body-part PART]",
+                         paths=("source", "out"))
 
-    fire.Fire(main)
+
+if __name__ == "__main__":
+    COMMAND.run(main, sys.argv[1:])

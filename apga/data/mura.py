@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from apga.config import BODY_PARTS
+from apga.data.csv_index import decoded_text
 from apga.errors import DataError
 
 MURA_DIR = "MURA-v1.1"
@@ -33,7 +34,7 @@ def _csv_rows(path: Path) -> list[list[str]]:
     """Rows of a small CSV, tolerating a BOM, CRLF line endings and blank lines."""
     if not path.is_file():
         raise DataError(f"missing CSV file {path}; put the official MURA-v1.1 folder (with its four CSV files) there")
-    text = path.read_bytes().decode("utf-8-sig", errors="replace")
+    text = decoded_text(path)
     rows = [[cell.strip().strip('"') for cell in line.split(",")] for line in text.splitlines() if line.strip()]
     if not rows:
         raise DataError(f"{path} is empty; re-extract MURA-v1.1 from the official archive")
@@ -87,6 +88,9 @@ def parse_image_path(path: str) -> dict:
 def require_mura(root: Path) -> Path:
     """The MURA-v1.1 folder under `root`, or a DataError saying where to put it."""
     mura = Path(root) / MURA_DIR
+    if not mura.is_dir() and (Path(root) / "train_image_paths.csv").is_file():
+        raise DataError(f"{root} is the {MURA_DIR} folder itself; pass the folder that holds it: --data-root "
+                        f"{Path(root).absolute().parent}")
     if not mura.is_dir():
         raise DataError(f"no MURA data at {mura}; register at https://stanfordmlgroup.github.io/competitions/mura/, "
                         f"unzip MURA-v1.1 into {root}/, or try the generated data with --demo")

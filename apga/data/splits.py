@@ -105,6 +105,22 @@ def require_both_classes(labels, what: str, fix: str) -> None:
         raise DataError(f"{what} holds {only} images; accuracy, AUROC and kappa need normal and abnormal images: {fix}")
 
 
+def warn_on_copies(train: pd.DataFrame, valid: pd.DataFrame, source: str) -> None:
+    """A warning naming the validation images whose file is a byte-for-byte copy of a training image
+    under another name (the same CRC-32 of the file and of its decoded image): the reported numbers
+    are then partly measured on training data (stefyste/RIAWELC#2: every test radiograph was a copy
+    of a training one; zalandoresearch/fashion-mnist#44). A warning, not a refusal: two patients'
+    blank images may be the same bytes."""
+    key = ["crc32", "row_crc32"]
+    copies = valid.merge(train[key + ["path"]], on=key, suffixes=("", "_train"))
+    if copies.empty:
+        return
+    first = copies.iloc[0]
+    warn(f"{copies['path'].nunique()} validation image(s) of {source} are byte-for-byte copies of training images "
+         f"(e.g. {first['path']!r} = {first['path_train']!r}): the reported numbers are partly measured on training "
+         f"data; remove the copies from one split")
+
+
 def data_fingerprint(root: Path, splits: dict[str, Split]) -> str:
     """A short digest of what a run learns from and is measured on: every split's image paths,
     labels, file contents and decoded images (their CRC-32s; after k-shot, holdout and skipped
@@ -166,6 +182,7 @@ def prepare_run_data(config, seed: int) -> RunData:
 
     train_rows = np.flatnonzero(train_ok)
     source = config.data_csv or f"{root / mura.MURA_DIR} ({name})"
+    warn_on_copies(train[train_ok], valid[valid_ok], source)
     require_both_classes(valid["label"].to_numpy()[valid_ok], f"the valid split of {source}",
                          "check the data root and --body-part, or the CSV's split column")
     require_both_classes(train["label"].to_numpy()[train_rows], f"the train split of {source}",

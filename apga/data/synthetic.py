@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from apga.cli import script_command
 from apga.config import BODY_PARTS
 from apga.data.mura import FINDING_DIR, MASK_DIR, MURA_DIR
 from apga.errors import APGAError, DataError
@@ -373,7 +374,9 @@ def main(out: str = "datasets/synthetic", seed: int = 0, train_patients: int = 2
     print(json.dumps(summary, indent=2))
 
 
-if __name__ == "__main__":
-    import fire
+COMMAND = script_command(main, "python -m apga.data.synthetic [--out DIR] [--flag VALUE ...]",
+                         paths=("out",))
 
-    fire.Fire(main)
+
+if __name__ == "__main__":
+    COMMAND.run(main, sys.argv[1:])

@@ -10,6 +10,7 @@ summary.md; the training loop draws a run's curves next to its metrics.csv.
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,7 @@ import pandas as pd
 from apga.evaluation.mask_quality import COLUMNS as MASK_QUALITY_COLUMNS
 from apga.reporting.results import method_rank
 from apga.reporting.stats import t_interval
-from apga.utils import atomic_write_bytes
+from apga.utils import atomic_write_bytes, file_name, notice
 
 SHOT_ORDER_LAST = "all"
 REPORT_PLOTS = ("accuracy_vs_shots-*.png", "paired_differences-*.png", "mask_quality-*.png")  # what the report draws
@@ -38,11 +39,24 @@ def _pyplot():
 
 
 def _save(figure, path: Path) -> Path:
+    """The figure as a PNG at `path`, written atomically. Characters of a title that matplotlib's
+    font lacks (a data set named in Chinese: matplotlib/matplotlib#14269, #20251, a warning per
+    glyph and draw) are one notice; they show as boxes."""
     import io
+    import warnings
 
     buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
     _pyplot().close(figure)
+    missing = sorted({match[1] for w in caught for match in [re.search(r"Glyph \d+ \((.*?)\) missing", str(w.message))]
+                      if match})
+    for other in (w for w in caught if not re.search(r"Glyph \d+ .*missing", str(w.message))):
+        warnings.warn_explicit(other.message, other.category, other.filename, other.lineno)
+    if missing:
+        notice(f"{Path(path).name}: matplotlib's font has no {', '.join(missing[:6])}{' ...' if len(missing) > 6 else ''}; "
+               f"those characters show as boxes")
     atomic_write_bytes(Path(path), buffer.getvalue())
     return Path(path)
 
@@ -52,7 +66,7 @@ def _shot_key(shot) -> float:
 
 
 def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+    return file_name(str(name), portable=True)
 
 
 def plot_shots(table: pd.DataFrame, out_dir: Path) -> list[Path]:

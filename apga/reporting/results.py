@@ -12,8 +12,6 @@ miss a run that finished during it, and the next rebuild restores it.
 """
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import io
 import json
 import math
@@ -23,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 
 from apga.evaluation.mask_quality import COLUMNS as MASK_QUALITY_COLUMNS
-from apga.utils import atomic_write_bytes, notice
+from apga.utils import atomic_write_bytes, file_lock, notice
 
 RESULTS_FILE = "results.csv"
 RESULT_FILE = "result.json"
@@ -52,15 +50,9 @@ def run_row(identity: dict, trained_with: dict, inputs: dict, result: dict) -> d
     }
 
 
-@contextlib.contextmanager
 def locked(path: Path):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    """The lock that makes rebuilds of `path` (results.csv) one at a time (apga.utils.file_lock)."""
+    return file_lock(path.with_name(path.name + ".lock"), guards=f"rebuilding {path.name}")
 
 
 def collect(out_dir: Path) -> tuple[pd.DataFrame, list[str]]:

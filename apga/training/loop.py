@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import fcntl
 import json
 import math
 import shutil
@@ -53,8 +52,8 @@ from apga.reporting.results import RESULT_FILE, run_row
 from apga.training.checkpoint import (check_same_config, load_checkpoint, load_networks, network_states, restore_rng,
                                       retrain_hint, save_checkpoint, save_state)
 from apga.training.precision import Precision
-from apga.utils import (atomic_write_bytes, atomic_write_json, code_version, derive_seed, file_digest, notice,
-                        storage_error)
+from apga.utils import (atomic_write_bytes, atomic_write_json, code_version, derive_seed, file_digest, file_lock,
+                        notice)
 
 GALLERY_IMAGES = 8
 PREDICTIONS_DIR = "predictions"  # where apga.predict writes inside a run folder
@@ -248,25 +247,17 @@ def fit(method, data: RunData, stage: Stage) -> dict:
 def run_folder_lock(run_dir: Path, take: bool = True):
     """An exclusive lock on a run folder while it trains: a second process (a sweep resubmitted while
     its jobs still run, a shell loop) stops with one line instead of writing the same checkpoints.
-    Where the file system does not honour locks, it is advice only."""
+    Where the file system has no locks, the run goes on without one (apga.utils.file_lock warns once)."""
     if not take:
         yield
         return
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        handle = open(run_dir / ".lock", "a")
-    except OSError as error:
-        raise storage_error(run_dir / ".lock", error) from None
-    with handle:
+    with contextlib.ExitStack() as held:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            held.enter_context(file_lock(run_dir / ".lock", blocking=False, guards="each run folder"))
         except BlockingIOError:
             raise CheckpointError(f"another process is training {run_dir} (it holds {run_dir / '.lock'}); wait for "
                                   f"it to finish, or stop it and rerun") from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
 
 
 class _Run:
