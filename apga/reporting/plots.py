@@ -15,17 +15,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from apga.evaluation.mask_quality import COLUMNS as MASK_QUALITY_COLUMNS
+from apga.evaluation.columns import BY_NAME
 from apga.reporting.results import method_rank
 from apga.reporting.stats import t_interval
 from apga.utils import atomic_write_bytes
 
 SHOT_ORDER_LAST = "all"
 REPORT_PLOTS = ("accuracy_vs_shots-*.png", "paired_differences-*.png", "mask_quality-*.png")  # what the report draws
-QUALITY_PANELS = (("bone_precision_10", "bone precision, top 10 %"), ("finding_cover_10", "finding covered, top 10 %"),
-                  ("location_gap_10", "location gap, top 10 % (CE)"), ("swap_gap_10", "swap gap, top 10 % (CE)"),
-                  ("occlusion_agreement_10", "agreement with occlusion, top 10 %"))  # a choice among MASK_QUALITY_COLUMNS
-assert {column for column, _ in QUALITY_PANELS} <= set(MASK_QUALITY_COLUMNS)
+QUALITY_PANELS = tuple(BY_NAME[name] for name in ("bone_precision_10", "finding_cover_10", "location_gap_10",
+                                                   "swap_gap_10", "occlusion_agreement_10"))  # mask-quality columns drawn
 
 
 def _pyplot():
@@ -123,8 +121,8 @@ def plot_mask_quality(table: pd.DataFrame, out_dir: Path) -> list[Path]:
     for (body_part, protocol), part in measured.groupby(["body_part", "model_selection"]):
         labels = sorted(set(part["label"]), key=method_rank)
         shots = sorted(part["n_shot"].astype(str).unique(), key=_shot_key)
-        panels = [(c, t) for c, t in QUALITY_PANELS
-                  if c in part.columns and pd.to_numeric(part[c], errors="coerce").notna().any()]
+        panels = [(c.name, c.axis_label) for c in QUALITY_PANELS
+                  if c.name in part.columns and pd.to_numeric(part[c.name], errors="coerce").notna().any()]
         figure, axes = plt.subplots(len(panels), 1, figsize=(max(7, 0.75 * len(labels) * len(shots) / 2 + 3),
                                                              2.6 * len(panels)), squeeze=False, layout="constrained")
         width = 0.8 / len(shots)

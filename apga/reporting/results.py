@@ -22,17 +22,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from apga.evaluation.mask_quality import COLUMNS as MASK_QUALITY_COLUMNS
+from apga.evaluation import columns
 from apga.utils import atomic_write_bytes, notice
 
 RESULTS_FILE = "results.csv"
 RESULT_FILE = "result.json"
 METHOD_ORDER = ["baseline", "cutout", "gradcam", "end2end", "apga", "oracle", "random", "floor"]  # how tables and plots list them
 IDENTITY = ["body_part", "seed", "n_shot", "method", "variant", "model_selection"]
-METRICS = ["accuracy", "accuracy_tta", "auroc", "kappa", "study_accuracy", "study_accuracy_tta", "study_auroc",
-           "study_kappa", *MASK_QUALITY_COLUMNS, "policy_area", "mask_area", "keep_area", "mask_iou", "mask_recall",
-           "kept_accuracy", "removed_accuracy", "selection_accuracy", "selection_evaluations", "best_epoch",
-           "epochs_trained"]  # the columns results.csv lists first, in this order
+METRICS = [column.name for column in columns.METRICS]  # the columns results.csv lists first, in this order
 RUN_PATTERNS = ("*/seed*/*/" + RESULT_FILE, "*/seed*/floors/*/" + RESULT_FILE)  # run folders under an out-dir
 
 
