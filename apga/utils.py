@@ -177,9 +177,9 @@ def storage_error(path: Path, error: OSError) -> StorageError:
         free = shutil.disk_usage(folder).free
         return StorageError(f"cannot write {path} ({cause}; {human_bytes(free)} free on that disk); free some space, "
                             f"or choose another folder (--out-dir, --cache-dir), then rerun the same command: "
-                            f"finished runs and the last checkpoints are kept")
+                            f"finished runs and the last checkpoints are kept", cause)
     return StorageError(f"cannot write {path} ({cause}); choose a writable folder (--out-dir, --cache-dir) and rerun "
-                        f"the same command")
+                        f"the same command", cause)
 
 
 def human_bytes(count: float) -> str:

@@ -169,3 +169,29 @@ def test_every_header_sits_over_its_own_column():
     for name in ACCURACY_MEANS:
         assert accuracy[BY_NAME[name].header] == BY_NAME[name].shown(values[name]), name
     assert accuracy["accuracy"] == f"{values['accuracy']:.3f}"
+
+
+def test_the_report_finds_the_out_dirs_below_a_folder_and_a_failed_report_writes_nothing(tmp_path, capsys):
+    """`python -m apga.report runs` after the demo (which writes runs/demo): the out-dir below is
+    reported; a folder without runs is one line, exit 2, and no file left behind (no header-only
+    results.csv, no lock)."""
+    from apga.reporting.summary import main
+
+    runs = tmp_path / "runs"
+    for i, (method, accuracy) in enumerate((("baseline", 0.7), ("apga", 0.75))):
+        _finish(runs / "demo", 89, i, method=method, accuracy=accuracy)
+    main(str(runs))
+    captured = capsys.readouterr()
+    assert "reporting the out-dir(s) below it: " + str(runs / "demo") in captured.err
+    assert "| elbow | all | val | apga | 1 | 0.750 | +0.050† | 1/1 |" in captured.out
+    assert sorted(p.name for p in runs.iterdir()) == ["demo"]  # nothing written beside it
+    assert sorted(read_results(runs / "demo")["method"]) == ["apga", "baseline"]
+
+    empty = tmp_path / "empty"
+    (empty / "elbow-all-val" / "seed89" / "baseline").mkdir(parents=True)  # a run that has not finished
+    with pytest.raises(SystemExit) as exit_:
+        main(str(empty))
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: no finished runs in") and "runs/demo" in last
+    assert [p.name for p in empty.iterdir()] == ["elbow-all-val"]

@@ -70,8 +70,8 @@ def plot_shots(table: pd.DataFrame, out_dir: Path) -> list[Path]:
                 axis = axes[metric_row, column]
                 for number, label in enumerate(labels):  # each method a little to the side, so intervals do not hide
                     group = runs[runs["label"] == label]
-                    stats = [t_interval(pd.to_numeric(group[group["n_shot"].astype(str) == k][metric], errors="coerce"))
-                             for k in shots]
+                    stats = [t_interval(pd.to_numeric(group[group["n_shot"].astype(str) == k].get(metric),
+                                                      errors="coerce")) for k in shots]
                     means, halves = zip(*stats)
                     dodge = 0.06 * (number - (len(labels) - 1) / 2)
                     axis.errorbar(np.arange(len(shots)) + dodge, means, yerr=halves, marker="o", capsize=3, label=label,

@@ -25,8 +25,9 @@ import pandas as pd
 from apga.evaluation.columns import BY_NAME, MASK_QUALITY
 from apga.reporting import plots
 from apga.reporting.stats import ratio_interval, t_interval
-from apga.reporting.results import method_rank, rebuild
-from apga.utils import atomic_write_bytes, error
+from apga.errors import StorageError
+from apga.reporting.results import RESULTS_FILE, index_table, method_rank, out_dirs, rebuild
+from apga.utils import atomic_write_bytes, error, notice, warn
 
 SUMMARY_FILE = "summary.md"
 GROUP = ["body_part", "n_shot", "model_selection"]
@@ -250,7 +251,8 @@ def collapse_note(summary: pd.DataFrame) -> str:
         if count.isdigit() and int(count) > 0:
             lines.append(f"- **{row.method} collapsed** in {count} of {total} seed(s) ({row.body_part}, n_shot "
                          f"{row.n_shot}, {row.model_selection}): its policy marks {row.collapsed_area:.1%} of the "
-                         f"pixels, all or nothing, so its map says nothing about where the classifier looks.")
+                         f"pixels (outside 2-98 %), nearly all or none, so its map tells little about where the "
+                         f"classifier looks.")
     return "\n".join(lines)
 
 
@@ -327,14 +329,43 @@ def write(table: pd.DataFrame, out_dir: str | Path) -> Path:
 
 
 def main(out_dir: str = "runs") -> None:
-    """Rebuild <out_dir>/results.csv from its runs' result.json files; print and write the summary."""
-    if not Path(out_dir).is_dir():
+    """Rebuild results.csv of `out_dir` (or of each out-dir below it, e.g. runs/demo from runs) from its
+    runs' result.json files; print and write the summary. Where the folder cannot be written
+    (read-only storage), the tables are printed and a warning names what was not written."""
+    folder = Path(out_dir)
+    if not folder.is_dir():
         error(f"no folder {out_dir}; pass the --out-dir of a training command or sweep")
         sys.exit(2)
-    table = rebuild(out_dir)
-    if table.empty:
-        error(f"no finished runs in {out_dir}; run apga_mura.py (or python -m apga.sweep) first")
+    found = out_dirs(folder)
+    if not found:
+        error(f"no finished runs in {out_dir} or below it; pass the --out-dir of a training command or sweep "
+              f"(the demo's is runs/demo), or run apga_mura.py (or python -m apga.sweep) first")
         sys.exit(2)
-    path = write(table, out_dir)
+    if found != [folder]:
+        notice(f"{out_dir} holds no runs of its own; reporting the out-dir(s) below it: "
+               f"{', '.join(str(path) for path in found)}")
+    for number, path in enumerate(found):
+        if len(found) > 1:
+            print(f"{'' if number == 0 else chr(10)}# {path}\n")
+        report_folder(path)
+
+
+def report_folder(out_dir: Path) -> None:
+    """Print the summary of one out-dir and write results.csv, summary.md and the plots into it, or say
+    in a warning what could not be written."""
+    unwritten = []
+    try:
+        table = rebuild(out_dir)
+    except StorageError as problem:
+        table, unwritten = index_table(out_dir), [f"{RESULTS_FILE} ({problem.reason})"]
+    if not unwritten:
+        try:
+            path = write(table, out_dir)
+        except StorageError as problem:
+            unwritten.append(f"{SUMMARY_FILE} and the plots ({problem.reason})")
     print(render(table))
-    print(f"written to {path}, with the plots beside it")
+    if unwritten:
+        warn(f"could not write into {out_dir}: {'; '.join(unwritten)}. The tables above are complete; to keep them "
+             f"as files, copy {out_dir} to a writable folder and run python -m apga.report there")
+    else:
+        print(f"written to {path}, with the plots beside it")
