@@ -62,6 +62,13 @@ def error(message: str) -> None:
     LOG.error("error: %s", message)
 
 
+def shown_path(path) -> str:
+    """A path as text that any UTF-8 output (a CSV, the console, a picture) can hold: the bytes of a
+    name that are not UTF-8 (from a Latin-1 or cp1252 system; Python holds them as lone surrogates)
+    as \\xNN escapes, everything else unchanged."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch together."""
     random.seed(seed)
@@ -122,7 +129,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # a short temporary name: a file whose own name is near the file system's limit is written too
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:40]}.", suffix=".tmp")
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would outlive the rename
     except OSError as error:
         raise storage_error(path, error) from None

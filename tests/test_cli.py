@@ -34,7 +34,7 @@ def test_cli_runs_every_method_and_collects_seeds(tiny_data, tmp_path):
     assert table[table["method"].isin(["baseline", "cutout"])]["location_gap_10"].isna().all()
     assert table["selection_evaluations"].ge(1).all() and table["data_fingerprint"].nunique() == 1
     gallery = out / "elbow-all-val" / "seed89" / "apga" / "gallery" / "final.png"
-    assert Image.open(gallery).size[0] == 4 * 96
+    assert Image.open(gallery).size[0] == 4 * 128
     assert (out / "elbow-all-val" / "seed89" / "baseline" / "metrics.csv").is_file()
     assert "| elbow | all | val | apga |" in done.stdout and (out / "summary.md").is_file()
     assert "| elbow | all | val | floor[random-boxes] |" in (out / "summary.md").read_text()
