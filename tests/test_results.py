@@ -195,3 +195,25 @@ def test_the_report_finds_the_out_dirs_below_a_folder_and_a_failed_report_writes
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("error: no finished runs in") and "runs/demo" in last
     assert [p.name for p in empty.iterdir()] == ["elbow-all-val"]
+
+
+def test_the_summary_names_a_collapsed_agent_and_the_split_it_reports():
+    """A collapsed agent gets a line of its own (and one on the console when its run ends); a CSV task's
+    report split is not called MURA's."""
+    import json
+
+    from apga.experiment import collapse_warning
+    from apga.reporting.summary import render
+
+    rows = [{"body_part": "task", "n_shot": "all", "model_selection": "val", "seed": seed, "method": method,
+             "variant": "", "accuracy": 0.7, "location_gap_10": 0.1, "collapsed": collapsed, "policy_area": area,
+             "config": json.dumps({"data_csv": "task.csv"})}
+            for seed, method, collapsed, area in ((1, "baseline", None, None), (1, "apga", 1.0, 0.999),
+                                                  (2, "apga", 0.0, 0.3))]
+    text = render(pd.DataFrame(rows))
+    assert "- **apga collapsed** in 1 of 2 seed(s) (task, n_shot all, val): its policy marks 99.9% of the" in text
+    assert "MURA" not in text and "Image-level accuracy on the CSV task's rows of split 'valid'" in text
+    assert "MURA's validation split" in render(pd.DataFrame(rows).assign(config=json.dumps({"data_csv": None})))
+    assert "collapsed**" not in render(pd.DataFrame(rows).assign(collapsed=0.0))
+    assert "apga's policy collapsed: it marks 99.9% of the pixels" in collapse_warning("apga", rows[1])
+    assert collapse_warning("apga", rows[2]) is None

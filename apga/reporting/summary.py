@@ -321,6 +321,7 @@ def write(table: pd.DataFrame, out_dir: str | Path) -> Path:
         written |= set(plots.plot_shots(prepared, out_dir))
         written |= set(plots.plot_paired(summarize(table), out_dir))
         written |= set(plots.plot_mask_quality(prepared, out_dir))
+        written |= set(plots.plot_roc(prepared, out_dir))
     for pattern in plots.REPORT_PLOTS:
         for stale in out_dir.glob(pattern):
             if stale not in written:

@@ -44,7 +44,7 @@ from apga.config import config_dict
 from apga.data import RunData, make_loader, to_model_input
 from apga.distributed import Dist, plain_networks
 from apga.errors import CheckpointError, NonFiniteError
-from apga.evaluation.evaluate import evaluate
+from apga.evaluation.evaluate import REPORT_PREDICTIONS_FILE, evaluate
 from apga.reporting.board import BOARD_DIR, RunBoard
 from apga.reporting.gallery import save_gallery
 from apga.reporting.plots import plot_curves
@@ -459,7 +459,7 @@ class _Run:
                     if picture is not None and self.board is not None:
                         self.board.picture(picture, self.progress["best_epoch"], "masks/selected")
                 result = evaluate(method, self.data.report, stage.device, mask_quality=True, seed=stage.seed,
-                                  **self.eval_kwargs())
+                                  predictions_file=stage.run_dir / REPORT_PREDICTIONS_FILE, **self.eval_kwargs())
             if self.history:
                 plot_curves(files["history"], stage.run_dir / "curves.png",
                             title="/".join(stage.run_dir.parts[-3:]))  # e.g. elbow-all-val/seed89/apga
