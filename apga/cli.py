@@ -50,12 +50,15 @@ class Command:
     positionals: tuple[str, ...] = ()
     epilog: str = ""
     unlisted: tuple[str, ...] = ()  # names the function refuses itself, with its own reason (not in --help)
+    required: int | None = None  # how many positionals must be given (None: all of them)
 
     def run(self, function, argv: list[str]) -> None:
         if wants_help(argv):
             print(self.help())
             sys.exit(0)
         configure_logging()
+        if hasattr(sys.stdout, "reconfigure"):  # a file name that is not UTF-8 is printed escaped, never a crash
+            sys.stdout.reconfigure(errors="backslashreplace")
         problem = self.problem(argv)
         if problem:
             error(problem)
@@ -86,9 +89,16 @@ class Command:
             boolean = not with_value and (i + 1 == len(tokens) or is_flag(tokens[i + 1]))
             if key not in names and not (boolean and key.startswith("no") and key[2:] in names):
                 return f"unknown flag(s) {argument.split('=', 1)[0]}{self._suggestion(key, names)}; see --help for the list"
+            metavar = next((flag.metavar for flag in self.flags if flag.name == key), "0|1")
+            if boolean and metavar != "0|1":  # Fire would pass True
+                return f"{argument} needs a value: --{key.replace('_', '-')} {metavar}"
             consumed = 1 if with_value or boolean else 2
             previous = " ".join(tokens[i:i + consumed]) if consumed == 2 else None
             i += consumed
+        required = len(self.positionals) if self.required is None else self.required
+        if positionals < required:
+            missing = " and ".join(name.upper() for name in self.positionals[positionals:required])
+            return f"missing {missing}: usage: {self.usage}"
         return None
 
     @staticmethod

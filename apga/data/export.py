@@ -93,7 +93,16 @@ def main(source: str, out: str, format: str = "dicom", body_part: str = "elbow")
     print(f"{len(pd.read_csv(csv))} images: {csv}")
 
 
-if __name__ == "__main__":
-    import fire
+FLAG_HELP = {"format": "dicom (CR, MONOCHROME1, 12 bits stored) or png16 (16-bit PNGs holding 12-bit values)",
+             "body_part": "the body part of SOURCE to write"}
+USAGE = "python -m apga.data.export SOURCE OUT [--format dicom|png16] [--body-part PART]"
+SUMMARY = ("Write the images of one body part of SOURCE (a data set in MURA's layout, e.g. the generated one) into "
+           "the new folder OUT as a --data-csv task (OUT/task.csv: path, label, split, study, patient), as DICOM files "
+           "or 16-bit PNGs, as a hospital export would hand them over.")
 
-    fire.Fire(main)
+
+if __name__ == "__main__":  # the command line: an entry point, the one place here that may use apga.cli
+    from apga.cli import Command, function_flags
+
+    flags, positionals = function_flags(main, FLAG_HELP)
+    Command(usage=USAGE, summary=SUMMARY, flags=flags, positionals=positionals).run(main, sys.argv[1:])
