@@ -315,7 +315,8 @@ def run_prediction(run_dir: str, images: str, out: str | None = None, batch_size
     frame = predictions[[c for c in shown if c in predictions.columns]]
     path = out_dir / PREDICTIONS_FILE
     atomic_write_bytes(path, frame.to_csv(index=False).encode())
-    print(f"{len(frame)} images, {frame['study'].replace('', np.nan).nunique()} studies: {shown_path(path)}")
+    studies = frame["study"].replace("", np.nan).nunique()
+    print(f"{len(frame)} image(s), {studies} stud{'y' if studies == 1 else 'ies'}: {shown_path(path)}")
     metrics = label_metrics(predictions)
     if metrics is not None:
         atomic_write_json(out_dir / METRICS_FILE, {k: None if isinstance(v, float) and math.isnan(v) else v
