@@ -61,12 +61,15 @@ class Command:
     epilog: str = ""
     unlisted: tuple[str, ...] = ()  # names the function refuses itself, with its own reason (not in --help)
     path_positionals: tuple[str, ...] = ()  # positionals that are paths (flags are paths by their metavar)
+    required: int | None = None  # how many positionals must be given (None: all of them)
 
     def run(self, function, argv: list[str]) -> None:
         if wants_help(argv):
             print(self.help())
             sys.exit(0)
         configure_logging()
+        if hasattr(sys.stdout, "reconfigure"):  # a file name that is not UTF-8 is printed escaped, never a crash
+            sys.stdout.reconfigure(errors="backslashreplace")
         try:
             problem = self.problem(argv)
             argv = self.with_paths(argv) if not problem else argv
@@ -121,11 +124,18 @@ class Command:
             boolean = not with_value and (i + 1 == len(tokens) or is_flag(tokens[i + 1]))
             if key not in names and not (boolean and key.startswith("no") and key[2:] in names):
                 return f"unknown flag(s) {argument.split('=', 1)[0]}{self._suggestion(key, names)}; see --help for the list"
+            metavar = next((flag.metavar for flag in self.flags if flag.name == key), "0|1")
+            if boolean and not metavar.startswith("0|1"):  # Fire would pass True
+                return f"{argument} needs a value: --{key.replace('_', '-')} {metavar}"
             consumed = 1 if with_value or boolean else 2
             if not boolean:
                 values.append((key, i + consumed - 1, with_value))
             previous = " ".join(tokens[i:i + consumed]) if consumed == 2 else None
             i += consumed
+        required = len(self.positionals) if self.required is None else self.required
+        if positionals < required:
+            missing = " and ".join(name.upper() for name in self.positionals[positionals:required])
+            return f"missing {missing}: usage: {self.usage}"
         return values
 
     @staticmethod
@@ -196,12 +206,13 @@ def function_flags(function, helps: dict[str, str], paths: tuple[str, ...] = ())
     return flags, tuple(positionals)
 
 
-def script_command(function, usage: str, paths: tuple[str, ...] = ()) -> Command:
+def script_command(function, usage: str, paths: tuple[str, ...] = (), helps: dict[str, str] | None = None,
+                   summary: str | None = None) -> Command:
     """The command line of a plain script (the data tools, the benchmarks): `function`'s signature as
-    its flags and positionals, its docstring as the summary; `paths` names the arguments that are
-    paths (flags or positionals)."""
-    flags, positionals = function_flags(function, {}, paths)
-    return Command(usage=usage, summary=(inspect.getdoc(function) or "").split("\n\n")[0], flags=flags,
+    its flags and positionals with `helps` for their texts, `summary` (default: the docstring's first
+    paragraph); `paths` names the arguments that are paths (flags or positionals)."""
+    flags, positionals = function_flags(function, helps or {}, paths)
+    return Command(usage=usage, summary=summary or (inspect.getdoc(function) or "").split("\n\n")[0], flags=flags,
                    positionals=positionals, path_positionals=tuple(p for p in positionals if p in paths))
 
 

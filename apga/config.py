@@ -49,7 +49,7 @@ class Config:
     demo: bool = _f(False, "run on the generated MURA-layout data (made once) with --preset demo, into runs/demo (unless given otherwise)")
     image_size: int = _f(224, "images are resized to this square side (the agent pads it to a multiple of 32)")
     num_workers: int = _f(2, "processes decoding a cache of 256+ images (batches: in process)")
-    skip_bad_images: bool = _f(False, "skip unreadable PNGs (counted in the log) instead of stopping")
+    skip_bad_images: bool = _f(False, "skip unreadable images, any format (counted in a warning)")
     cache_dir: str | None = _f(None, "where decoded, resized images are cached (default: <data-root>/.apga-cache)")
     bit_depth: int | None = _f(None, "16-bit PNG/TIFF without sBIT: the bits their values use, e.g. 12 (default: each image's largest value decides)")
     # --- models ----------------------------------------------------------------------------

@@ -26,4 +26,9 @@ class ImageError(DataError):
 
 
 class StorageError(APGAError):
-    """A file could not be written (a full disk, a read-only or unwritable folder)."""
+    """A file could not be written (a full disk, a read-only or unwritable folder); `reason` is the
+    system's word for why (e.g. 'Read-only file system')."""
+
+    def __init__(self, message: str, reason: str = ""):
+        super().__init__(message)
+        self.reason = reason

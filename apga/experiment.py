@@ -307,6 +307,8 @@ def _run(config: Config, dist: Dist, device, write_index: bool = True) -> list[s
             shown = name + (f"[{result['variant']}]" if result.get("variant") else "")
             say(f"  {shown}: accuracy {result['accuracy']:.3f}"
                 + (f", TTA {result['accuracy_tta']:.3f}" if "accuracy_tta" in result else ""))
+            if dist.is_main and collapse_warning(shown, result):
+                utils.warn(collapse_warning(shown, result))
     if not dist.is_main or not write_index:
         return failures
     table = rebuild(out_dir)
@@ -319,6 +321,14 @@ def _run(config: Config, dist: Dist, device, write_index: bool = True) -> list[s
     return failures
 
 
+def collapse_warning(shown: str, result: dict) -> str | None:
+    """The console line for a run whose policy collapsed (its `collapsed` flag), or None."""
+    if result.get("collapsed") != 1:
+        return None
+    return (f"{shown}'s policy collapsed: it marks {result['policy_area']:.1%} of the pixels (outside 2-98 %), nearly "
+            f"all or none, so its masks say little about where the classifier looks (the summary's mask quality)")
+
+
 def where_things_are(config: Config, out_dir: Path) -> str:
     """The closing lines of a command: where its tables, pictures and run folders are."""
     plots = sorted(p.name for pattern in report.plots.REPORT_PLOTS for p in out_dir.glob(pattern))
@@ -328,6 +338,7 @@ def where_things_are(config: Config, out_dir: Path) -> str:
     return "\n".join([
         f"tables:   {out_dir / RESULTS_FILE} (one row per run), {out_dir / report.SUMMARY_FILE} (all runs' summary)",
         f"plots:    {out_dir}/{{{', '.join(plots)}}}" if plots else f"plots:    none yet ({out_dir})",
-        f"runs:     {group}/seed<S>/<method>/ (best.pt, metrics.csv, curves.png, gallery/final.png)",
+        f"runs:     {group}/seed<S>/<method>/ (best.pt, metrics.csv, curves.png, gallery/final.png, "
+        f"report_predictions.csv)",
         f"predict:  python -m apga.predict {apga} <images>  (predictions.csv and overlays/ in it)",
     ])

@@ -12,7 +12,7 @@ REPORT = Command(
     summary="Print the summary of RUNS_DIR/results.csv (default: runs): each method over seeds with its paired "
             "difference from the baseline and a 95 % interval, and the mask-quality table; write summary.md and the "
             "plots beside it.",
-    flags=[], positionals=("out_dir",), path_positionals=("out_dir",),
+    flags=[], positionals=("out_dir",), path_positionals=("out_dir",), required=0,
 )
 
 

@@ -104,6 +104,13 @@ def file_name(name: str, portable: bool = False) -> str:
     return f"{head}-{digest}"
 
 
+def shown_path(path) -> str:
+    """A path as text that any UTF-8 output (a CSV, the console, a picture) can hold: the bytes of a
+    name that are not UTF-8 (from a Latin-1 or cp1252 system; Python holds them as lone surrogates)
+    as \\xNN escapes, everything else unchanged."""
+    return os.fsencode(str(path)).decode("utf-8", "backslashreplace")
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch together."""
     random.seed(seed)
@@ -181,7 +188,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        # a short temporary name: a file whose own name is near the file system's limit is written too
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:40]}.", suffix=".tmp")
         os.fchmod(fd, 0o666 & ~current_umask())  # mkstemp's 0600 would outlive the rename
     except OSError as error:
         raise storage_error(path, error) from None
@@ -239,9 +247,9 @@ def storage_error(path: Path, error: OSError) -> StorageError:
         free = shutil.disk_usage(folder).free
         return StorageError(f"cannot write {path} ({cause}; {human_bytes(free)} free on that disk); free some space, "
                             f"or choose another folder (--out-dir, --cache-dir), then rerun the same command: "
-                            f"finished runs and the last checkpoints are kept")
+                            f"finished runs and the last checkpoints are kept", cause)
     return StorageError(f"cannot write {path} ({cause}); choose a writable folder (--out-dir, --cache-dir) and rerun "
-                        f"the same command")
+                        f"the same command", cause)
 
 
 def human_bytes(count: float) -> str:

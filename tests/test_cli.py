@@ -34,7 +34,7 @@ def test_cli_runs_every_method_and_collects_seeds(tiny_data, tmp_path):
     assert table[table["method"].isin(["baseline", "cutout"])]["location_gap_10"].isna().all()
     assert table["selection_evaluations"].ge(1).all() and table["data_fingerprint"].nunique() == 1
     gallery = out / "elbow-all-val" / "seed89" / "apga" / "gallery" / "final.png"
-    assert Image.open(gallery).size[0] == 4 * 96
+    assert Image.open(gallery).size[0] == 4 * 128
     assert (out / "elbow-all-val" / "seed89" / "baseline" / "metrics.csv").is_file()
     assert "| elbow | all | val | apga |" in done.stdout and (out / "summary.md").is_file()
     assert "| elbow | all | val | floor[random-boxes] |" in (out / "summary.md").read_text()
@@ -150,3 +150,44 @@ def test_the_demo_writes_to_its_own_out_dir():
 
     assert make_config(demo=True).out_dir == "runs/demo" and make_config(demo=True).preset == "demo"
     assert make_config(demo=True, out_dir="elsewhere").out_dir == "elsewhere" and make_config().out_dir == "runs"
+
+
+def _module_command(module: str, argv: list[str], monkeypatch, capsys):
+    """`python -m module argv...` in this process (runpy): its exit code, stdout and stderr."""
+    import runpy
+    import sys
+    import warnings
+
+    monkeypatch.setattr(sys, "argv", [module, *argv])
+    capsys.readouterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the module is imported already: run again as __main__
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_module(module, run_name="__main__")
+    captured = capsys.readouterr()
+    return exit_.value.code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("module, argv, message", [
+    ("apga.predict", [], "missing RUN_DIR and IMAGES: usage: python -m apga.predict RUN_DIR IMAGES"),
+    ("apga.predict", ["runs/demo/elbow-all-val/seed89/apga"], "missing IMAGES: usage:"),
+    ("apga.predict", ["run", "images", "--out"], "--out needs a value: --out "),
+    ("apga.predict", ["run", "images", "--batchsize", "4"], "unknown flag(s) --batchsize (did you mean --batch-size?)"),
+    ("apga.data.synthetic", ["--train-patient", "2"], "unknown flag(s) --train-patient (did you mean --train-patients?)"),
+    ("apga.data.synthetic", ["datasets/x"], "unexpected argument 'datasets/x': settings are flags"),
+    ("apga.data.export", ["datasets/synthetic"], "missing OUT: usage: python -m apga.data.export SOURCE OUT"),
+])
+def test_every_command_line_refuses_what_it_cannot_run_in_one_line(module, argv, message, monkeypatch, capsys):
+    """apga-predict and the data tools answer as apga-mura does: one line, kebab-case flags, exit 2,
+    nothing of Fire's."""
+    code, out, err = _module_command(module, argv, monkeypatch, capsys)
+    assert code == 2 and not out and err.strip().splitlines() == [f"error: {err.strip()[7:]}"], (out, err)
+    assert err.startswith(f"error: {message}"), err
+
+
+@pytest.mark.parametrize("module", ["apga.predict", "apga.report", "apga.data.synthetic", "apga.data.export"])
+def test_every_command_line_has_the_same_help(module, monkeypatch, capsys):
+    code, out, err = _module_command(module, ["--help"], monkeypatch, capsys)
+    assert code == 0 and not err and out.startswith(f"usage: python -m {module}")
+    flags = [word for word in out.split() if word.startswith("--") and word != "--flag"]
+    assert all("_" not in flag for flag in flags) and "NAME" not in out and "{" not in out  # no Fire, no JSON

@@ -34,6 +34,22 @@ def test_the_flags_page_is_generated_from_the_config():
         assert f"`--{name.replace('_', '-')}`" in module.flags_markdown(), name
 
 
+def test_the_metric_tables_are_generated_from_the_column_declarations():
+    """docs/method.md and docs/outputs.md list each metric column as apga/evaluation/columns.py declares it."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("generate_tables", ROOT / "docs" / "generate_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for page in module.TABLES:
+        assert (ROOT / "docs" / page).read_text() == module.page_text(page), "run: python docs/generate_tables.py"
+    from apga.evaluation.columns import METRICS
+
+    documented = (ROOT / "docs" / "method.md").read_text() + (ROOT / "docs" / "outputs.md").read_text()
+    for column in METRICS:
+        assert f"| `{column.name}` | {column.header} |" in documented, column.name
+
+
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_link_of_a_page_resolves(page):
     dead = []

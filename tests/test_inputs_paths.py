@@ -34,7 +34,7 @@ def _commands() -> dict[str, Command]:
     from apga.sweep import SWEEP
 
     found = {"apga_mura.py": TRAIN, "apga.predict": PREDICT, "apga.report": REPORT, "apga.sweep": SWEEP,
-             "apga.data.synthetic": synthetic.COMMAND, "apga.data.export": export.COMMAND}
+             "apga.data.synthetic": synthetic.command(), "apga.data.export": export.command()}
     for script in sorted((ROOT / "benchmarks").glob("*.py")):
         found[f"benchmarks/{script.name}"] = importlib.import_module(script.stem).COMMAND
     return found

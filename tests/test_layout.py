@@ -35,10 +35,19 @@ def module_name(path: Path, package: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+def _main_block(node) -> bool:
+    """`if __name__ == "__main__":`: a module's command line, an entry point of its own."""
+    return (isinstance(node, ast.If) and isinstance(node.test, ast.Compare) and isinstance(node.test.left, ast.Name)
+            and node.test.left.id == "__name__")
+
+
 def imported(path: Path, package: Path) -> set[str]:
-    """The apga modules `path` imports (`from apga.x import y` counts y when it is a module)."""
+    """The apga modules `path` imports (`from apga.x import y` counts y when it is a module), outside its
+    `__main__` block (which may use the entry points' layer: `python -m apga.data.synthetic`)."""
     names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    tree = ast.parse(path.read_text())
+    tree.body = [node for node in tree.body if not _main_block(node)]
+    for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("apga"):
             names.add(node.module)
             folder = package.parent / node.module.replace(".", "/")

@@ -1,6 +1,9 @@
 """`python -m apga.predict`: a trained run applied to a study folder, a folder of PNGs and a CSV."""
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
 
@@ -32,7 +35,7 @@ def trained(tiny_data, tmp_path_factory):
     return config, folder / "runs" / "elbow-all-val" / "seed89"
 
 
-def test_predictions_on_a_csv_equal_the_runs_own_evaluation(trained, tiny_data, tmp_path):
+def test_predictions_on_a_csv_equal_the_runs_own_evaluation(trained, tiny_data, tmp_path, capsys):
     config, seed_dir = trained
     data = prepare_run_data(config, seed=89)
     csv = tmp_path / "valid.csv"
@@ -49,7 +52,14 @@ def test_predictions_on_a_csv_equal_the_runs_own_evaluation(trained, tiny_data, 
     np.testing.assert_allclose(predictions["study_probability"], predictions["study"].map(studies))
     assert predictions["kept_area"].round(4).eq(round(round(0.1 * 64) / 64, 4)).all()
     overlays = sorted((tmp_path / "out" / "overlays").glob("*.png"))
-    assert len(overlays) == 3 and Image.open(overlays[0]).size[0] == 4 * 96
+    assert len(overlays) == 3 and Image.open(overlays[0]).size[0] > 2 * 256
+    assert sorted(predictions["overlay"].dropna()) == [f"overlays/{p.name}" for p in overlays]
+    # the labels are known: the run's own metrics on its report split, image and study level
+    row = json.loads((seed_dir / "apga-rloo" / "result.json").read_text())
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    for name in ("accuracy", "auroc", "kappa", "study_accuracy", "study_auroc", "study_kappa"):
+        assert metrics[name] == pytest.approx(row[name], abs=1e-6), name
+    assert f"accuracy {row['accuracy']:.3f}, AUROC {row['auroc']:.3f}, Cohen's κ {row['kappa']:.3f}" in capsys.readouterr().out
 
 
 def test_a_study_folder_and_a_plain_folder_in_a_real_process(trained, tiny_data, tmp_path):
@@ -136,3 +146,87 @@ def test_a_folder_scan_finds_dicom_files_by_their_content_whatever_their_name(tm
     table = image_table(tmp_path)
     assert sorted(table["image"]) == ["1.2.840.113619.2.55.3.320", "IM0001"]
     assert (table["study"] == study).all()
+
+
+def _valid_pngs(tiny_data, count: int) -> list[bytes]:
+    return [path.read_bytes() for path in sorted((tiny_data / "MURA-v1.1" / "valid").rglob("*.png"))[:count]]
+
+
+def test_overlays_of_images_whose_names_differ_only_in_letters_or_suffix_never_collide(trained, tiny_data, tmp_path):
+    """Case 24 of the real-world cases: names that differ only in non-ASCII letters, in the suffix or
+    in characters a file name cannot hold, and one near the file system's limit on a name's length:
+    one overlay per image, named in predictions.csv."""
+    _, seed_dir = trained
+    folder = tmp_path / "study"
+    folder.mkdir()
+    names = ["左肘.png", "右肘.png", "Röntgen.png", "Rüntgen.png", "image1.png", "image1.bmp", "image 2.png",
+             "image_2.png", "x" * 250 + ".png"]
+    for name, data in zip(names, _valid_pngs(tiny_data, len(names))):
+        Image.open(__import__("io").BytesIO(data)).save(folder / name)
+    run_prediction(str(seed_dir / "apga-rloo"), str(folder), out=str(tmp_path / "out"), max_overlays=len(names))
+    predictions = pd.read_csv(tmp_path / "out" / "predictions.csv")
+    assert sorted(predictions["image"]) == sorted(names)
+    overlays = predictions["overlay"]
+    assert overlays.is_unique and all((tmp_path / "out" / path).is_file() for path in overlays)
+    assert len(list((tmp_path / "out" / "overlays").iterdir())) == len(names)
+    assert max(len(os.fsencode(path.split("/")[-1])) for path in overlays) <= 255
+
+
+def test_a_file_name_that_is_not_utf8_is_predicted_and_written_escaped(trained, tiny_data, tmp_path, capsys):
+    """Case 21: a Latin-1 file name (b'R\\xf6ntgen_1.png'): predictions.csv is written, in UTF-8, with
+    the undecodable byte as \\xf6, and a warning says so."""
+    _, seed_dir = trained
+    folder = tmp_path / "study"
+    folder.mkdir()
+    first, second = _valid_pngs(tiny_data, 2)
+    (folder / "image0.png").write_bytes(first)
+    with open(os.fsencode(folder) + b"/R\xf6ntgen_1.png", "wb") as handle:
+        handle.write(second)
+    path = run_prediction(str(seed_dir / "apga-rloo"), str(folder), out=str(tmp_path / "out"))
+    predictions = pd.read_csv(path, encoding="utf-8")
+    assert sorted(predictions["image"]) == ["R\\xf6ntgen_1.png", "image0.png"]
+    assert predictions["probability"].between(0, 1).all() and len(list((tmp_path / "out" / "overlays").iterdir())) == 2
+    assert "1 file name(s) are not UTF-8 (e.g. R\\xf6ntgen_1.png" in capsys.readouterr().err
+
+
+def _with_read_only(folder, script: str) -> list[str] | None:
+    """A command that runs the shell `script` with `folder` read-only: a read-only bind mount in a
+    private mount namespace (unshare); None where this machine allows none."""
+    unshare = shutil.which("unshare")
+    mount = f"mount --bind '{folder}' '{folder}' && mount -o remount,bind,ro '{folder}' '{folder}'"
+    if unshare is None or subprocess.run([unshare, "-rm", "sh", "-c", mount], capture_output=True).returncode:
+        return None
+    return [unshare, "-rm", "sh", "-c", f"{mount} && {{ {script}; }}"]
+
+
+def test_a_run_on_read_only_storage_predicts_with_out_and_reports_what_it_cannot_write(trained, tiny_data, tmp_path):
+    """Case 23: the out-dir on read-only storage. apga.predict says in one line to pass --out (before
+    any work); apga.report prints the tables and says what it could not write. Both commands run in
+    one process in a mount namespace where the out-dir is read-only."""
+    _, seed_dir = trained
+    runs = tmp_path / "runs"
+    shutil.copytree(seed_dir.parent.parent, runs)
+    study = tmp_path / "new_study" / "study1_positive"
+    study.mkdir(parents=True)
+    for i, data in enumerate(_valid_pngs(tiny_data, 2)):
+        (study / f"image{i + 1}.png").write_bytes(data)
+    commands = tmp_path / "commands.py"
+    commands.write_text(
+        "from apga.predict import entry_point as predict\nfrom apga.report import entry_point as report\n"
+        f"for name, command, argv in (('predict', predict, [{str(runs / 'elbow-all-val/seed89/apga-rloo')!r}, "
+        f"{str(study.parent)!r}]), ('report', report, [{str(runs)!r}])):\n"
+        "    try:\n        command(argv)\n        code = 0\n    except SystemExit as exit_:\n        code = exit_.code\n"
+        "    print(f'{name} rc={code}', flush=True)\n")
+    command = _with_read_only(runs, f"{sys.executable} {commands}")
+    if command is None:
+        pytest.skip("no read-only bind mount on this machine (unshare -rm)")
+    done = subprocess.run(command, capture_output=True, text=True, env=environment(), cwd=ROOT, timeout=300)
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "predict rc=2" in done.stdout and "report rc=0" in done.stdout, (done.stdout, done.stderr)
+    lines = done.stderr.splitlines()
+    refused = [line for line in lines if line.startswith("error: ")]
+    assert len(refused) == 1 and "cannot write the predictions into the run folder" in refused[0], done.stderr
+    assert "Read-only file system" in refused[0] and "pass --out" in refused[0]
+    assert "| elbow | all | val | apga[rloo] |" in done.stdout and not (runs / "elbow-all-val/seed89/apga-rloo/predictions").exists()
+    assert any(line.startswith("warning: could not write into") and "results.csv (Read-only file system)" in line
+               for line in lines), done.stderr

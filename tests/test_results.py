@@ -69,7 +69,12 @@ def test_summary_paired_differences_with_their_interval():
     assert abs(apga["delta_low"] - (0.03 - half)) < 1e-5 and abs(apga["delta_high"] - (0.03 + half)) < 1e-5
     assert abs(summary.loc["baseline", "accuracy_std"] - 0.1) < 1e-9
     table = to_markdown(summarize(pd.DataFrame(rows)))
-    assert "| elbow | all | val | apga | 4 | 0.795 ± 0.140 | +0.030 [-0.078, +0.138] | 2/3 |" in table
+    assert "| elbow | all | val | apga | 4 | 0.795 ± 0.140 | +0.030 [-0.078, +0.138]† | 2/3 |" in table
+    from apga.reporting.summary import render
+
+    assert "† from 3 seed(s), fewer than 5: so few seeds give wide intervals" in render(pd.DataFrame(rows))
+    five = pd.DataFrame([row | {"seed": row["seed"] + 10 * copy} for copy in range(2) for row in rows])
+    assert "†" not in render(five)  # 6 pairs: no note
 
 
 def test_mask_quality_summary_counts_collapsed_seeds():
@@ -132,3 +137,83 @@ def test_rows_whose_baseline_is_being_trained_again_are_superseded(tmp_path):
     assert rebuild(tmp_path).set_index("method").loc["apga", "superseded"] == 0
     (tmp_path / "elbow-all-val/seed89/m0/result.json").unlink()  # the baseline starts anew: its row is gone
     assert rebuild(tmp_path).set_index("method").loc["apga", "superseded"] == 1
+
+
+def _markdown_rows(text: str, section: str) -> dict[str, dict[str, str]]:
+    """The table under `## section` of a rendered summary: each row's cells by the header above them."""
+    lines = text.split(f"## {section}", 1)[1].split("\n## ", 1)[0].splitlines()
+    table = [line for line in lines if line.startswith("|")]
+    headers = [cell.strip() for cell in table[0].strip("|").split("|")]
+    rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in table[2:]]
+    assert all(len(cells) == len(headers) for cells in rows)
+    return {cells[headers.index("method")]: dict(zip(headers, cells)) for cells in rows}
+
+
+def test_every_header_sits_over_its_own_column():
+    """A results table whose every metric column holds its own value: each value of the summary's tables
+    appears under the header declared for its column (the mask table once showed occlusion agreement under
+    'mask sd' and mask sd under 'occlusion agr. 10%')."""
+    from apga.evaluation.columns import BY_NAME, MASK_QUALITY
+    from apga.reporting.summary import ACCURACY_MEANS, render
+
+    values = {column: round(0.101 + 0.013 * i, 3) for i, column in enumerate(BY_NAME)}
+    values |= {"collapsed": 0, "selection_evaluations": 7.0}
+    identity = {"body_part": "elbow", "n_shot": "all", "model_selection": "val", "seed": 89, "variant": ""}
+    rows = [identity | {"method": "baseline", "accuracy": 0.5}, identity | {"method": "apga"} | values]
+    text = render(pd.DataFrame(rows))
+    masks, accuracy = _markdown_rows(text, "Mask quality")["apga"], _markdown_rows(text, "Accuracy")["apga"]
+    assert masks["occlusion agr. 10%"] == f"{values['occlusion_agreement_10']:.3f}"  # the pair that was swapped
+    assert masks["mask sd"] == f"{values['mask_sd']:.3f}"
+    for column in MASK_QUALITY:
+        assert masks[column.header] == ("0/1" if column.name == "collapsed" else column.shown(values[column.name]))
+    for name in ACCURACY_MEANS:
+        assert accuracy[BY_NAME[name].header] == BY_NAME[name].shown(values[name]), name
+    assert accuracy["accuracy"] == f"{values['accuracy']:.3f}"
+
+
+def test_the_report_finds_the_out_dirs_below_a_folder_and_a_failed_report_writes_nothing(tmp_path, capsys):
+    """`python -m apga.report runs` after the demo (which writes runs/demo): the out-dir below is
+    reported; a folder without runs is one line, exit 2, and no file left behind (no header-only
+    results.csv, no lock)."""
+    from apga.reporting.summary import main
+
+    runs = tmp_path / "runs"
+    for i, (method, accuracy) in enumerate((("baseline", 0.7), ("apga", 0.75))):
+        _finish(runs / "demo", 89, i, method=method, accuracy=accuracy)
+    main(str(runs))
+    captured = capsys.readouterr()
+    assert "reporting the out-dir(s) below it: " + str(runs / "demo") in captured.err
+    assert "| elbow | all | val | apga | 1 | 0.750 | +0.050† | 1/1 |" in captured.out
+    assert sorted(p.name for p in runs.iterdir()) == ["demo"]  # nothing written beside it
+    assert sorted(read_results(runs / "demo")["method"]) == ["apga", "baseline"]
+
+    empty = tmp_path / "empty"
+    (empty / "elbow-all-val" / "seed89" / "baseline").mkdir(parents=True)  # a run that has not finished
+    with pytest.raises(SystemExit) as exit_:
+        main(str(empty))
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: no finished runs in") and "runs/demo" in last
+    assert [p.name for p in empty.iterdir()] == ["elbow-all-val"]
+
+
+def test_the_summary_names_a_collapsed_agent_and_the_split_it_reports():
+    """A collapsed agent gets a line of its own (and one on the console when its run ends); a CSV task's
+    report split is not called MURA's."""
+    import json
+
+    from apga.experiment import collapse_warning
+    from apga.reporting.summary import render
+
+    rows = [{"body_part": "task", "n_shot": "all", "model_selection": "val", "seed": seed, "method": method,
+             "variant": "", "accuracy": 0.7, "location_gap_10": 0.1, "collapsed": collapsed, "policy_area": area,
+             "config": json.dumps({"data_csv": "task.csv"})}
+            for seed, method, collapsed, area in ((1, "baseline", None, None), (1, "apga", 1.0, 0.999),
+                                                  (2, "apga", 0.0, 0.3))]
+    text = render(pd.DataFrame(rows))
+    assert "- **apga collapsed** in 1 of 2 seed(s) (task, n_shot all, val): its policy marks 99.9% of the" in text
+    assert "MURA" not in text and "Image-level accuracy on the CSV task's rows of split 'valid'" in text
+    assert "MURA's validation split" in render(pd.DataFrame(rows).assign(config=json.dumps({"data_csv": None})))
+    assert "collapsed**" not in render(pd.DataFrame(rows).assign(collapsed=0.0))
+    assert "apga's policy collapsed: it marks 99.9% of the pixels" in collapse_warning("apga", rows[1])
+    assert collapse_warning("apga", rows[2]) is None

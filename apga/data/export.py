@@ -21,7 +21,6 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from apga.cli import script_command
 from apga.data import mura
 from apga.errors import APGAError, DataError
 from apga.utils import configure_logging, error, storage_error
@@ -94,9 +93,20 @@ def main(source: str, out: str, format: str = "dicom", body_part: str = "elbow")
     print(f"{len(pd.read_csv(csv))} images: {csv}")
 
 
-COMMAND = script_command(main, "python -m apga.data.export SOURCE OUT [--format dicom|png16] [--body-part PART]",
-                         paths=("source", "out"))
+FLAG_HELP = {"format": "dicom (CR, MONOCHROME1, 12 bits stored) or png16 (16-bit PNGs holding 12-bit values)",
+             "body_part": "the body part of SOURCE to write"}
+USAGE = "python -m apga.data.export SOURCE OUT [--format dicom|png16] [--body-part PART]"
+SUMMARY = ("Write the images of one body part of SOURCE (a data set in MURA's layout, e.g. the generated one) into "
+           "the new folder OUT as a --data-csv task (OUT/task.csv: path, label, split, study, patient), as DICOM files "
+           "or 16-bit PNGs, as a hospital export would hand them over.")
+
+
+def command():
+    """This module's command line (apga.cli is imported here: the data layer does not depend on the entry points)."""
+    from apga.cli import script_command
+
+    return script_command(main, USAGE, paths=("source", "out"), helps=FLAG_HELP, summary=SUMMARY)
 
 
 if __name__ == "__main__":
-    COMMAND.run(main, sys.argv[1:])
+    command().run(main, sys.argv[1:])

@@ -26,7 +26,6 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from apga.cli import script_command
 from apga.config import BODY_PARTS
 from apga.data.mura import FINDING_DIR, MASK_DIR, MURA_DIR
 from apga.errors import APGAError, DataError
@@ -361,8 +360,7 @@ def ensure_generated(out: str | Path, **params) -> Path:
 def main(out: str = "datasets/synthetic", seed: int = 0, train_patients: int = 200, valid_patients: int = 80,
          min_side: int = 80, max_side: int = 128, spurious: float = 0.0, clutter: int = 0,
          finding_scale: float = 1.0) -> None:
-    """Generate the synthetic MURA-layout data set (--spurious: a corner marker correlated with the label in
-    training; --clutter N: N finding-like spots or lines outside the bones per image; --finding-scale)."""
+    """Generate the synthetic MURA-layout data set; one line says what was written."""
     configure_logging()
     try:
         summary = generate(out, seed=seed, train_patients=train_patients, valid_patients=valid_patients,
@@ -371,12 +369,35 @@ def main(out: str = "datasets/synthetic", seed: int = 0, train_patients: int = 2
     except APGAError as problem:
         error(str(problem))
         sys.exit(2)
-    print(json.dumps(summary, indent=2))
+    print(f"wrote {summary['train_images']} train and {summary['valid_images']} valid images of "
+          f"{', '.join(summary['parts'])} to {out} (seed {seed}, {min_side}-{max_side} px; its settings: "
+          f"{Path(out) / 'GENERATED.json'})")
 
 
-COMMAND = script_command(main, "python -m apga.data.synthetic [--out DIR] [--flag VALUE ...]",
-                         paths=("out",))
+FLAG_HELP = {
+    "out": "a new or empty folder, or one this generator made (it is replaced)",
+    "seed": "every image is a function of it",
+    "train_patients": "patients per body part in the training split",
+    "valid_patients": "patients per body part in the validation split",
+    "min_side": "smallest image side in pixels (each side is drawn between --min-side and --max-side)",
+    "max_side": "largest image side in pixels",
+    "spurious": "in training only, a corner marker on abnormal images with this probability and on normal ones "
+                "with 1 - spurious (0: no marker; a shortcut to test a method against)",
+    "clutter": "finding-like dark spots or lines outside the bones per image",
+    "finding_scale": "scales the size of the findings",
+}
+USAGE = "python -m apga.data.synthetic [--out DIR] [--flag VALUE ...]"
+SUMMARY = ("Generate the synthetic stand-in for MURA v1.1 in its exact layout: radiograph-like images of bones whose "
+           "label depends on a small finding inside a bone, label-independent clutter, and ground-truth masks of the "
+           "bones and the findings beside it (MURA-v1.1-masks/, MURA-v1.1-findings/).")
+
+
+def command():
+    """This module's command line (apga.cli is imported here: the data layer does not depend on the entry points)."""
+    from apga.cli import script_command
+
+    return script_command(main, USAGE, paths=("out",), helps=FLAG_HELP, summary=SUMMARY)
 
 
 if __name__ == "__main__":
-    COMMAND.run(main, sys.argv[1:])
+    command().run(main, sys.argv[1:])

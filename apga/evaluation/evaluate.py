@@ -17,8 +17,10 @@ measurement must not depend on the precision a run trained in.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from apga.data import Split, make_loader, to_model_input
@@ -27,7 +29,7 @@ from apga.evaluation.mask_quality import MapQuality, occlusion_cell
 from apga.methods.masks import adversarial_images, kept_images
 from apga.evaluation.occlusion import occlusion_map
 from apga.evaluation.metrics import binary_metrics, study_metrics
-from apga.utils import eval_mode, full_precision
+from apga.utils import atomic_write_bytes, eval_mode, full_precision
 
 
 def abnormal_probability(classifier, images: torch.Tensor) -> torch.Tensor:
@@ -109,10 +111,12 @@ def summarize(split: Split, outputs: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 PROBABILITIES = ("p", "p_tta", "p_kept", "p_removed")
+REPORT_PREDICTIONS_FILE = "report_predictions.csv"  # a run's per-image predictions on the reported split (ROC)
 
 
-def evaluate(method, split: Split, device, **kwargs) -> dict[str, float]:
-    """Classification metrics and, with `mask_quality=True`, the mask-quality columns.
+def evaluate(method, split: Split, device, predictions_file: Path | None = None, **kwargs) -> dict[str, float]:
+    """Classification metrics and, with `mask_quality=True`, the mask-quality columns; with
+    `predictions_file`, each image's path, study, label and probability (and TTA probability) too.
 
     Raises `NonFiniteError` when the classifier's outputs are not finite (its weights diverged)."""
     outputs, quality = predict(method, split, device, **kwargs)
@@ -121,4 +125,10 @@ def evaluate(method, split: Split, device, **kwargs) -> dict[str, float]:
         if bad:
             raise NonFiniteError(f"the classifier's outputs are not finite on {bad} of {len(outputs[key])} images "
                                  f"(its weights diverged)")
+    if predictions_file is not None:
+        frame = pd.DataFrame({"path": split.index["path"].to_numpy(), "study": split.index["study"].to_numpy(),
+                              "label": split.index["label"].to_numpy(), "probability": outputs["p"]})
+        if "p_tta" in outputs:
+            frame["probability_tta"] = outputs["p_tta"]
+        atomic_write_bytes(Path(predictions_file), frame.to_csv(index=False).encode())
     return summarize(split, outputs) | quality

@@ -32,11 +32,11 @@ import torch
 import torch.nn.functional as F
 
 from apga.config import default_mask_cell
+from apga.evaluation.columns import MASK_QUALITY
 from apga.methods.masks import adversarial_images, top_fraction
 from apga.evaluation.occlusion import occlusion_map
 
-COLUMNS = ("bone_precision_10", "bone_precision_30", "finding_cover_10", "pointing_hit", "bone_auroc",
-           "finding_auroc", "location_gap_10", "swap_gap_10", "mask_sd", "occlusion_agreement_10", "collapsed")
+COLUMNS = tuple(column.name for column in MASK_QUALITY)  # declared, with headers, in apga/evaluation/columns.py
 COLLAPSE_BOUNDS = (0.02, 0.98)
 
 

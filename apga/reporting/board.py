@@ -40,7 +40,7 @@ class RunBoard:
 
     def picture(self, png: Path, epoch: float, tag: str = "masks") -> None:
         """A gallery PNG (image, map, adversarial, kept, per row) as an image."""
-        self.writer.add_image(tag, np.asarray(Image.open(png).convert("L")), self.step(epoch), dataformats="HW")
+        self.writer.add_image(tag, np.asarray(Image.open(png).convert("RGB")), self.step(epoch), dataformats="HWC")
 
     def close(self) -> None:
         self.writer.flush()

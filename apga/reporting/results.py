@@ -20,17 +20,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from apga.evaluation.mask_quality import COLUMNS as MASK_QUALITY_COLUMNS
-from apga.utils import atomic_write_bytes, file_lock, notice
+from apga.evaluation import columns
+from apga.utils import atomic_write_bytes, file_lock, notice, storage_error
 
 RESULTS_FILE = "results.csv"
 RESULT_FILE = "result.json"
 METHOD_ORDER = ["baseline", "cutout", "gradcam", "end2end", "apga", "oracle", "random", "floor"]  # how tables and plots list them
 IDENTITY = ["body_part", "seed", "n_shot", "method", "variant", "model_selection"]
-METRICS = ["accuracy", "accuracy_tta", "auroc", "kappa", "study_accuracy", "study_accuracy_tta", "study_auroc",
-           "study_kappa", *MASK_QUALITY_COLUMNS, "policy_area", "mask_area", "keep_area", "mask_iou", "mask_recall",
-           "kept_accuracy", "removed_accuracy", "selection_accuracy", "selection_evaluations", "best_epoch",
-           "epochs_trained"]  # the columns results.csv lists first, in this order
+METRICS = [column.name for column in columns.METRICS]  # the columns results.csv lists first, in this order
 RUNTIME_COLUMNS = ("precision", "world_size", "effective_batch", "deterministic", "sync_bn")  # how a run trained
 RUN_PATTERNS = ("*/seed*/*/" + RESULT_FILE, "*/seed*/floors/*/" + RESULT_FILE)  # run folders under an out-dir
 
@@ -77,18 +74,57 @@ def rebuild(out_dir: str | Path) -> pd.DataFrame:
     """results.csv of `out_dir` from its runs' result.json files; returns the table as written.
 
     Runs finished by a version before 0.2 (their result.json carries no row) keep the row the old
-    results.csv has for them; the next command that reaches them writes their row into result.json."""
+    results.csv has for them; the next command that reaches them writes their row into result.json.
+    A folder without finished runs gets no file (an empty table is returned). Raises `StorageError`
+    when the folder cannot be written (read-only storage): `index_table` gives the table without
+    writing it."""
     path = Path(out_dir) / RESULTS_FILE
-    with locked(path):
-        table, old = collect(Path(out_dir))
-        if old:
-            previous = read_results(path)
-            kept = previous[previous["run_id"].isin(old)] if "run_id" in previous.columns else previous.iloc[:0]
-            notice(f"{len(old)} finished run(s) in {out_dir} were written by an older version; {len(kept)} keep their "
-                   f"row from the old {RESULTS_FILE}")
-            table = pd.concat([table, kept], ignore_index=True).sort_values("run_id", kind="stable")
-        _write(path, table)
+    if not has_runs(out_dir):
+        return read_results(path)
+    try:
+        with locked(path):
+            text = _csv_text(index_table(out_dir))
+            atomic_write_bytes(path, text.encode())
+    except OSError as problem:  # the lock file could not be made
+        raise storage_error(path, problem) from None
     return read_results(path)
+
+
+def index_table(out_dir: str | Path) -> pd.DataFrame:
+    """What `rebuild` writes to results.csv, as it reads back, without writing anything."""
+    path = Path(out_dir) / RESULTS_FILE
+    table, old = collect(Path(out_dir))
+    if old:
+        previous = read_results(path)
+        kept = previous[previous["run_id"].isin(old)] if "run_id" in previous.columns else previous.iloc[:0]
+        notice(f"{len(old)} finished run(s) in {out_dir} were written by an older version; {len(kept)} keep their "
+               f"row from the old {RESULTS_FILE}")
+        table = pd.concat([table, kept], ignore_index=True).sort_values("run_id", kind="stable")
+    return _read_csv(io.StringIO(_csv_text(table)))
+
+
+def has_runs(out_dir: str | Path) -> bool:
+    """Whether `out_dir` holds a finished run folder (its result.json) of its own."""
+    return any(next(Path(out_dir).glob(pattern), None) is not None for pattern in RUN_PATTERNS)
+
+
+def out_dirs(folder: str | Path, depth: int = 4) -> list[Path]:
+    """`folder` if it holds finished runs, else the folders below it (up to `depth` levels) that do,
+    sorted: the out-dirs a report of `folder` covers. Run folders themselves are not searched."""
+    folder = Path(folder)
+    if has_runs(folder):
+        return [folder]
+    found = []
+    for root, folders, _ in os.walk(folder):
+        here = Path(root)
+        level = len(here.relative_to(folder).parts)
+        if here != folder and has_runs(here):
+            found.append(here)
+            folders.clear()  # its groups and runs are its own
+            continue
+        folders[:] = sorted(f for f in folders if level < depth and not f.startswith(".")
+                            and not f.startswith("seed") and f not in ("gallery", "tensorboard", "predictions"))
+    return sorted(found)
 
 
 def method_rank(label: str) -> tuple[int, str]:
@@ -97,15 +133,21 @@ def method_rank(label: str) -> tuple[int, str]:
     return (METHOD_ORDER.index(name) if name in METHOD_ORDER else len(METHOD_ORDER), label)
 
 
+TEXT_COLUMNS = ("n_shot", "variant", "run_id", "data_fingerprint", "baseline_digest", "checkpoint_digest",
+                "code_version")  # hex digests must not be read as numbers
+
+
 def read_results(path: Path) -> pd.DataFrame:
     path = Path(path)
     if path.is_dir():
         path = path / RESULTS_FILE
     if not path.is_file():
         return pd.DataFrame(columns=IDENTITY + METRICS)
-    text_columns = ("n_shot", "variant", "run_id", "data_fingerprint", "baseline_digest", "checkpoint_digest",
-                    "code_version")  # hex digests must not be read as numbers
-    return pd.read_csv(path, dtype={c: str for c in text_columns}, keep_default_na=False, na_values=[""])
+    return _read_csv(path)
+
+
+def _read_csv(source) -> pd.DataFrame:
+    return pd.read_csv(source, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False, na_values=[""])
 
 
 def mark_superseded(table: pd.DataFrame) -> pd.DataFrame:
@@ -144,13 +186,14 @@ def mark_superseded(table: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def _write(path: Path, table: pd.DataFrame) -> None:
+def _csv_text(table: pd.DataFrame) -> str:
+    """results.csv's text: superseded rows marked, IDENTITY and METRICS first."""
     table = mark_superseded(table) if not table.empty else table
     ordered = [c for c in IDENTITY + METRICS if c in table.columns]
     table = table[ordered + [c for c in table.columns if c not in ordered]]
     buffer = io.StringIO()
     table.to_csv(buffer, index=False)
-    atomic_write_bytes(path, buffer.getvalue().encode())
+    return buffer.getvalue()
 
 
 def writable_dir(path: Path) -> bool:

@@ -14,6 +14,7 @@ accuracy and AUROC against n_shot, paired differences from the baseline, mask qu
 """
 from __future__ import annotations
 
+import json
 import math
 import sys
 from pathlib import Path
@@ -21,15 +22,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from apga.evaluation.mask_quality import COLUMNS as MASK_QUALITY_COLUMNS
+from apga.evaluation.columns import BY_NAME, MASK_QUALITY
 from apga.reporting import plots
 from apga.reporting.stats import ratio_interval, t_interval
-from apga.reporting.results import method_rank, rebuild
-from apga.utils import atomic_write_bytes, error
+from apga.errors import StorageError
+from apga.reporting.results import RESULTS_FILE, index_table, method_rank, out_dirs, rebuild
+from apga.utils import atomic_write_bytes, error, notice, warn
 
 SUMMARY_FILE = "summary.md"
 GROUP = ["body_part", "n_shot", "model_selection"]
-QUALITY = [column for column in MASK_QUALITY_COLUMNS if column != "collapsed"]  # collapsed: counted, not averaged
+QUALITY = [column.name for column in MASK_QUALITY if column.name != "collapsed"]  # collapsed: counted, not averaged
+ACCURACY_MEANS = ("auroc", "accuracy_tta", "study_kappa", "selection_evaluations")  # after Δ and wins, means over seeds
+FEW_SEEDS = 5  # a paired difference from fewer seeds is printed with a note
 
 
 def label(method: str, variant) -> str:
@@ -71,7 +75,7 @@ def _ordered(frame: pd.DataFrame) -> pd.DataFrame:
 def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Accuracy summary: one row per (body part, n_shot, protocol, method[variant])."""
     columns = GROUP + ["method", "seeds", "accuracy_mean", "accuracy_std", "delta", "delta_low", "delta_high",
-                       "pairs", "wins", "auroc_mean", "accuracy_tta_mean", "study_kappa_mean", "selection_evaluations"]
+                       "pairs", "wins"] + [f"{name}_mean" for name in ACCURACY_MEANS]
     table = _current_rows_with(table, "accuracy")
     if table is None:
         return pd.DataFrame(columns=columns)
@@ -86,18 +90,15 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
             rows.append(dict(zip(GROUP, key)) | {
                 "method": name, "seeds": len(runs), "accuracy_mean": accuracy.mean(),
                 "accuracy_std": accuracy.std(ddof=1), "delta": delta, "delta_low": low, "delta_high": high,
-                "pairs": len(paired), "wins": int((differences > 0).sum()),
-                "auroc_mean": _numeric(runs, "auroc").mean(),
-                "accuracy_tta_mean": _numeric(runs, "accuracy_tta").mean(),
-                "study_kappa_mean": _numeric(runs, "study_kappa").mean(),
-                "selection_evaluations": _numeric(runs, "selection_evaluations").mean(),
-            })
+                "pairs": len(paired), "wins": int((differences > 0).sum())}
+                | {f"{column}_mean": _numeric(runs, column).mean() for column in ACCURACY_MEANS})
     return _ordered(pd.DataFrame(rows, columns=columns))
 
 
 def summarize_masks(table: pd.DataFrame) -> pd.DataFrame:
-    """Mask-quality summary: one row per masking method[variant] and floor, means over seeds."""
-    columns = GROUP + ["method", "seeds"] + QUALITY + ["collapsed"]
+    """Mask-quality summary: one row per masking method[variant] and floor, means over seeds; `collapsed`
+    as 'collapsed seeds/seeds with a policy', and the mean policy area of the collapsed seeds."""
+    columns = GROUP + ["method", "seeds"] + QUALITY + ["collapsed", "collapsed_area"]
     table = _current_rows_with(table, "location_gap_10")
     if table is None:
         return pd.DataFrame(columns=columns)
@@ -108,7 +109,8 @@ def summarize_masks(table: pd.DataFrame) -> pd.DataFrame:
             rows.append(dict(zip(GROUP, key)) | {"method": name, "seeds": len(runs)}
                         | {column: _numeric(runs, column).mean() for column in QUALITY}
                         | {"collapsed": f"{int(collapsed.sum())}/{collapsed.notna().sum()}" if collapsed.notna().any()
-                           else ""})
+                           else "",
+                           "collapsed_area": _numeric(runs, "policy_area")[collapsed == 1].mean()})
     return _ordered(pd.DataFrame(rows, columns=columns))
 
 
@@ -192,21 +194,19 @@ def ceiling_to_markdown(summary: pd.DataFrame) -> str:
     return _table(headers, rows)
 
 
-def _cell(value, digits: int = 3) -> str:
-    if isinstance(value, (float, np.floating)):
-        return "" if math.isnan(value) else f"{value:.{digits}f}"
-    return str(value)
-
-
 def _table(headers: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     lines += ["| " + " | ".join(str(c) for c in cells) + " |" for cells in rows]
     return "\n".join(lines)
 
 
+FEW_SEEDS_MARK = "†"
+
+
 def to_markdown(summary: pd.DataFrame) -> str:
-    headers = ["body part", "n_shot", "selection", "method", "seeds", "accuracy", "Δ vs baseline [95% CI]", "wins",
-               "AUROC", "accuracy (TTA)", "study κ", "selection evals"]
+    """The accuracy table; a Δ from fewer than FEW_SEEDS paired seeds is marked (`few_seeds_note`)."""
+    headers = ["body part", "n_shot", "selection", "method", "seeds", BY_NAME["accuracy"].header,
+               "Δ vs baseline [95% CI]", "wins"] + [BY_NAME[name].header for name in ACCURACY_MEANS]
     rows = []
     for row in summary.itertuples():
         accuracy = f"{row.accuracy_mean:.3f}" + ("" if math.isnan(row.accuracy_std) else f" ± {row.accuracy_std:.3f}")
@@ -214,30 +214,73 @@ def to_markdown(summary: pd.DataFrame) -> str:
             delta, wins = "", ""
         else:
             interval = "" if math.isnan(row.delta_low) else f" [{row.delta_low:+.3f}, {row.delta_high:+.3f}]"
-            delta, wins = f"{row.delta:+.3f}{interval}", f"{row.wins}/{row.pairs}"
-        rows.append([row.body_part, row.n_shot, row.model_selection, row.method, row.seeds, accuracy, delta, wins,
-                     _cell(row.auroc_mean), _cell(row.accuracy_tta_mean), _cell(row.study_kappa_mean),
-                     _cell(row.selection_evaluations, 1)])
+            delta = f"{row.delta:+.3f}{interval}" + (FEW_SEEDS_MARK if row.pairs < FEW_SEEDS else "")
+            wins = f"{row.wins}/{row.pairs}"
+        rows.append([row.body_part, row.n_shot, row.model_selection, row.method, row.seeds, accuracy, delta, wins]
+                    + [BY_NAME[name].shown(getattr(row, f"{name}_mean")) for name in ACCURACY_MEANS])
     return _table(headers, rows)
+
+
+def few_seeds_note(summary: pd.DataFrame) -> str:
+    """What a Δ from fewer than FEW_SEEDS seeds can say ('' when every Δ has enough)."""
+    few = summary[(summary["method"] != "baseline") & summary["delta"].notna() & (summary["pairs"] < FEW_SEEDS)]
+    if few.empty:
+        return ""
+    single = (few["pairs"] == 1).any()
+    return (f"{FEW_SEEDS_MARK} from {few['pairs'].min()}"
+            + (f"-{few['pairs'].max()}" if few["pairs"].max() != few["pairs"].min() else "")
+            + f" seed(s), fewer than {FEW_SEEDS}: "
+            + ("one seed has no interval, and its difference is as likely noise as an effect; " if single else
+               "so few seeds give wide intervals that say little; ")
+            + f"run --n-runs {FEW_SEEDS} or more before reading a difference.")
 
 
 def masks_to_markdown(summary: pd.DataFrame) -> str:
-    headers = ["body part", "n_shot", "selection", "method", "seeds", "bone prec. 10%", "bone prec. 30%",
-               "finding cover 10%", "pointing hit", "bone AUROC", "finding AUROC", "location gap 10%",
-               "swap gap 10%", "occlusion agr. 10%", "mask sd", "collapsed"]
+    """The mask-quality table: a column per declared measure (apga/evaluation/columns.py), in its order."""
+    headers = ["body part", "n_shot", "selection", "method", "seeds"] + [column.header for column in MASK_QUALITY]
     rows = [[row.body_part, row.n_shot, row.model_selection, row.method, row.seeds]
-            + [_cell(getattr(row, column)) for column in QUALITY] + [row.collapsed] for row in summary.itertuples()]
+            + [column.shown(getattr(row, column.name)) for column in MASK_QUALITY] for row in summary.itertuples()]
     return _table(headers, rows)
+
+
+def collapse_note(summary: pd.DataFrame) -> str:
+    """One line per method whose agent collapsed in some seed ('' when none did)."""
+    lines = []
+    for row in summary.itertuples():
+        count, _, total = str(row.collapsed).partition("/")
+        if count.isdigit() and int(count) > 0:
+            lines.append(f"- **{row.method} collapsed** in {count} of {total} seed(s) ({row.body_part}, n_shot "
+                         f"{row.n_shot}, {row.model_selection}): its policy marks {row.collapsed_area:.1%} of the "
+                         f"pixels (outside 2-98 %), nearly all or none, so its map tells little about where the "
+                         f"classifier looks.")
+    return "\n".join(lines)
+
+
+def reported_split(table: pd.DataFrame) -> str:
+    """What the reported split is, in words: MURA's validation split, a CSV task's `valid` rows, or both
+    (from each row's settings; 'the reported split' where a row does not say)."""
+    sources = set()
+    for settings in table.get("config", pd.Series(dtype=object)).dropna():
+        try:
+            sources.add("csv" if json.loads(settings).get("data_csv") else "mura")
+        except (TypeError, ValueError):
+            continue
+    words = {"mura": "MURA's validation split", "csv": "the CSV task's rows of split 'valid'"}
+    return " and ".join(words[s] for s in sorted(sources, reverse=True)) if sources else "the reported split"
 
 
 def render(table: pd.DataFrame) -> str:
     """Both tables of a results table, with the notes that say how to read them."""
-    text = ("## Accuracy\n\nImage-level accuracy on the reported split (MURA's validation split): mean ± standard "
+    accuracy = summarize(table)
+    text = (f"## Accuracy\n\nImage-level accuracy on {reported_split(table)}: mean ± standard "
             "deviation over seeds. Δ: mean paired difference from the baseline of the same seed, with its 95 % "
             "t confidence interval; wins: seeds in which the method beat that baseline. Selection 'val' = "
             "checkpoint chosen on the reported split (the paper's protocol; optimistic, the more so the more "
             "selection evaluations); 'holdout' = chosen on held-out training patients.\n\n"
-            + to_markdown(summarize(table)) + "\n")
+            + to_markdown(accuracy) + "\n")
+    note = few_seeds_note(accuracy)
+    if note:
+        text += f"\n{note}\n"
     stale = int(pd.to_numeric(table.get("superseded", pd.Series(dtype=float)), errors="coerce").fillna(0).sum())
     if stale:
         text += (f"\n{stale} row(s) of results.csv are superseded (their baseline, data or the floor's area changed "
@@ -251,10 +294,16 @@ def render(table: pd.DataFrame) -> str:
                  "is above zero (else: no ceiling). docs/method.md.\n\n" + ceiling_to_markdown(ceiling) + "\n")
     masks = summarize_masks(table)
     if not masks.empty:
+        better = ", ".join(c.header for c in MASK_QUALITY if c.better == "higher")
         text += ("\n## Mask quality\n\nFrom each method's map on the reported split, mean over seeds "
-                 "(apga/evaluation/mask_quality.py). floor[...] rows need no training (apga/evaluation/floors.py). Bone and finding "
-                 "columns need ground truth (generated data); location gap, occlusion agreement and mask sd do not. "
-                 "collapsed: seeds whose policy area left [0.02, 0.98].\n\n" + masks_to_markdown(masks) + "\n")
+                 "(apga/evaluation/mask_quality.py). floor[...] rows need no training (apga/evaluation/floors.py): a "
+                 "method that does not beat them has found nothing. Bone and finding columns need ground truth "
+                 "(generated data); location gap, occlusion agreement and mask sd do not. Higher is better for "
+                 f"{better}. collapsed: seeds whose policy area left [0.02, 0.98].\n\n" + masks_to_markdown(masks)
+                 + "\n")
+        collapsed = collapse_note(masks)
+        if collapsed:
+            text += f"\n{collapsed}\n"
     return text
 
 
@@ -272,6 +321,7 @@ def write(table: pd.DataFrame, out_dir: str | Path) -> Path:
         written |= set(plots.plot_shots(prepared, out_dir))
         written |= set(plots.plot_paired(summarize(table), out_dir))
         written |= set(plots.plot_mask_quality(prepared, out_dir))
+        written |= set(plots.plot_roc(prepared, out_dir))
     for pattern in plots.REPORT_PLOTS:
         for stale in out_dir.glob(pattern):
             if stale not in written:
@@ -280,14 +330,43 @@ def write(table: pd.DataFrame, out_dir: str | Path) -> Path:
 
 
 def main(out_dir: str = "runs") -> None:
-    """Rebuild <out_dir>/results.csv from its runs' result.json files; print and write the summary."""
-    if not Path(out_dir).is_dir():
+    """Rebuild results.csv of `out_dir` (or of each out-dir below it, e.g. runs/demo from runs) from its
+    runs' result.json files; print and write the summary. Where the folder cannot be written
+    (read-only storage), the tables are printed and a warning names what was not written."""
+    folder = Path(out_dir)
+    if not folder.is_dir():
         error(f"no folder {out_dir}; pass the --out-dir of a training command or sweep")
         sys.exit(2)
-    table = rebuild(out_dir)
-    if table.empty:
-        error(f"no finished runs in {out_dir}; run apga_mura.py (or python -m apga.sweep) first")
+    found = out_dirs(folder)
+    if not found:
+        error(f"no finished runs in {out_dir} or below it; pass the --out-dir of a training command or sweep "
+              f"(the demo's is runs/demo), or run apga_mura.py (or python -m apga.sweep) first")
         sys.exit(2)
-    path = write(table, out_dir)
+    if found != [folder]:
+        notice(f"{out_dir} holds no runs of its own; reporting the out-dir(s) below it: "
+               f"{', '.join(str(path) for path in found)}")
+    for number, path in enumerate(found):
+        if len(found) > 1:
+            print(f"{'' if number == 0 else chr(10)}# {path}\n")
+        report_folder(path)
+
+
+def report_folder(out_dir: Path) -> None:
+    """Print the summary of one out-dir and write results.csv, summary.md and the plots into it, or say
+    in a warning what could not be written."""
+    unwritten = []
+    try:
+        table = rebuild(out_dir)
+    except StorageError as problem:
+        table, unwritten = index_table(out_dir), [f"{RESULTS_FILE} ({problem.reason})"]
+    if not unwritten:
+        try:
+            path = write(table, out_dir)
+        except StorageError as problem:
+            unwritten.append(f"{SUMMARY_FILE} and the plots ({problem.reason})")
     print(render(table))
-    print(f"written to {path}, with the plots beside it")
+    if unwritten:
+        warn(f"could not write into {out_dir}: {'; '.join(unwritten)}. The tables above are complete; to keep them "
+             f"as files, copy {out_dir} to a writable folder and run python -m apga.report there")
+    else:
+        print(f"written to {path}, with the plots beside it")

@@ -44,7 +44,7 @@ from apga.models import input_normalization
 from apga.data import RunData, make_loader, to_model_input
 from apga.distributed import Dist, plain_networks
 from apga.errors import CheckpointError, NonFiniteError
-from apga.evaluation.evaluate import evaluate
+from apga.evaluation.evaluate import REPORT_PREDICTIONS_FILE, evaluate
 from apga.reporting.board import BOARD_DIR, RunBoard
 from apga.reporting.gallery import save_gallery
 from apga.reporting.plots import plot_curves
@@ -301,7 +301,8 @@ class _Run:
             if self.fresh:
                 for name in ("result", "last", "best", "history"):
                     files[name].unlink(missing_ok=True)
-                (stage.run_dir / "curves.png").unlink(missing_ok=True)
+                for stale in ("curves.png", REPORT_PREDICTIONS_FILE):
+                    (stage.run_dir / stale).unlink(missing_ok=True)
                 for folder in ("gallery", BOARD_DIR, PREDICTIONS_DIR):  # nothing of the old run stays beside the new
                     shutil.rmtree(stage.run_dir / folder, ignore_errors=True)
                 if stage.on_fresh is not None:
@@ -467,7 +468,7 @@ class _Run:
                     if picture is not None and self.board is not None:
                         self.board.picture(picture, self.progress["best_epoch"], "masks/selected")
                 result = evaluate(method, self.data.report, stage.device, mask_quality=True, seed=stage.seed,
-                                  **self.eval_kwargs())
+                                  predictions_file=stage.run_dir / REPORT_PREDICTIONS_FILE, **self.eval_kwargs())
             if self.history:
                 plot_curves(files["history"], stage.run_dir / "curves.png",
                             title="/".join(stage.run_dir.parts[-3:]))  # e.g. elbow-all-val/seed89/apga
