@@ -85,7 +85,14 @@ class Command:
     def problem(self, argv: list[str]) -> str | None:
         """What is wrong with `argv` (None when nothing is), by Fire's rules for flags and values."""
         walked = self._walk(argv)
-        return walked if isinstance(walked, str) else None
+        if isinstance(walked, str):
+            return walked
+        given = sum(1 for name, _, _ in walked if name in self.positionals)
+        required = len(self.positionals) if self.required is None else self.required
+        if given < required:
+            missing = " and ".join(name.upper() for name in self.positionals[given:required])
+            return f"missing {missing}: usage: {self.usage}"
+        return None
 
     def with_paths(self, argv: list[str]) -> list[str]:
         """`argv` with every path value written as a Python string literal of its expanded text, so
@@ -132,10 +139,6 @@ class Command:
                 values.append((key, i + consumed - 1, with_value))
             previous = " ".join(tokens[i:i + consumed]) if consumed == 2 else None
             i += consumed
-        required = len(self.positionals) if self.required is None else self.required
-        if positionals < required:
-            missing = " and ".join(name.upper() for name in self.positionals[positionals:required])
-            return f"missing {missing}: usage: {self.usage}"
         return values
 
     @staticmethod
@@ -214,6 +217,15 @@ def script_command(function, usage: str, paths: tuple[str, ...] = (), helps: dic
     flags, positionals = function_flags(function, helps or {}, paths)
     return Command(usage=usage, summary=summary or (inspect.getdoc(function) or "").split("\n\n")[0], flags=flags,
                    positionals=positionals, path_positionals=tuple(p for p in positionals if p in paths))
+
+
+def data_tool_command(name: str) -> Command:
+    """The command line of `python -m apga.data.<name>` (synthetic, export): its main, flag texts and summary."""
+    import importlib
+
+    module = importlib.import_module(f"apga.data.{name}")
+    paths = {"synthetic": ("out",), "export": ("source", "out")}[name]
+    return script_command(module.main, module.USAGE, paths=paths, helps=module.FLAG_HELP, summary=module.SUMMARY)
 
 
 def main(**flags) -> None:

@@ -31,11 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from apga.cli import script_command  # noqa: E402
 from apga.config import make_config  # noqa: E402
 from apga.data import prepare_run_data  # noqa: E402
 from apga.data.batches import make_loader  # noqa: E402
@@ -146,8 +146,8 @@ def main(data_root: str = "datasets/synthetic-mura", image_size: int = 224, batc
             shutil.rmtree(temporary, ignore_errors=True)
 
 
-if __name__ == "__main__":
-    import fire
+COMMAND = script_command(main, "python benchmarks/bench_data.py [--flag VALUE ...]", paths=("data_root", "cache_dir"))
 
-    np.set_printoptions(precision=3)
-    fire.Fire(main)
+
+if __name__ == "__main__":
+    COMMAND.run(main, sys.argv[1:])

@@ -28,13 +28,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 def _commands() -> dict[str, Command]:
     """Every command line of the project: the three entry points, the sweep, the data tools, the benchmarks."""
-    from apga.data import export, synthetic
+    from apga.cli import data_tool_command
     from apga.predict import PREDICT
     from apga.report import REPORT
     from apga.sweep import SWEEP
 
     found = {"apga_mura.py": TRAIN, "apga.predict": PREDICT, "apga.report": REPORT, "apga.sweep": SWEEP,
-             "apga.data.synthetic": synthetic.command(), "apga.data.export": export.command()}
+             "apga.data.synthetic": data_tool_command("synthetic"), "apga.data.export": data_tool_command("export")}
     for script in sorted((ROOT / "benchmarks").glob("*.py")):
         found[f"benchmarks/{script.name}"] = importlib.import_module(script.stem).COMMAND
     return found

@@ -6,6 +6,7 @@ NFS without its lock daemon (ENOLCK)."""
 from __future__ import annotations
 
 import errno
+import json
 import fcntl
 import os
 
@@ -29,8 +30,9 @@ def test_a_file_system_without_locks_goes_on_with_one_warning(tmp_path, monkeypa
     capsys.readouterr()
     for seed in ("seed89", "seed90"):
         with run_folder_lock(tmp_path / "runs" / "elbow-all-val" / seed / "baseline"):
-            (tmp_path / "runs" / "elbow-all-val" / seed / "baseline" / "trained").write_text("yes")
-    assert rebuild(tmp_path / "runs").empty and (tmp_path / "runs" / "results.csv").is_file()
+            (tmp_path / "runs" / "elbow-all-val" / seed / "baseline" / "result.json").write_text(
+                json.dumps({"run_id": f"elbow-all-val/{seed}/baseline", "method": "baseline", "accuracy": 0.5}))
+    assert len(rebuild(tmp_path / "runs")) == 2 and (tmp_path / "runs" / "results.csv").is_file()
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1, warnings
     assert f"has no file locks (flock: {os.strerror(code)}); going on without them" in warnings[0]

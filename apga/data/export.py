@@ -101,12 +101,7 @@ SUMMARY = ("Write the images of one body part of SOURCE (a data set in MURA's la
            "or 16-bit PNGs, as a hospital export would hand them over.")
 
 
-def command():
-    """This module's command line (apga.cli is imported here: the data layer does not depend on the entry points)."""
-    from apga.cli import script_command
+if __name__ == "__main__":  # the command line: an entry point, the one place here that may use apga.cli
+    from apga.cli import data_tool_command
 
-    return script_command(main, USAGE, paths=("source", "out"), helps=FLAG_HELP, summary=SUMMARY)
-
-
-if __name__ == "__main__":
-    command().run(main, sys.argv[1:])
+    data_tool_command("export").run(main, sys.argv[1:])

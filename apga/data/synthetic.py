@@ -392,12 +392,7 @@ SUMMARY = ("Generate the synthetic stand-in for MURA v1.1 in its exact layout: r
            "bones and the findings beside it (MURA-v1.1-masks/, MURA-v1.1-findings/).")
 
 
-def command():
-    """This module's command line (apga.cli is imported here: the data layer does not depend on the entry points)."""
-    from apga.cli import script_command
+if __name__ == "__main__":  # the command line: an entry point, the one place here that may use apga.cli
+    from apga.cli import data_tool_command
 
-    return script_command(main, USAGE, paths=("out",), helps=FLAG_HELP, summary=SUMMARY)
-
-
-if __name__ == "__main__":
-    command().run(main, sys.argv[1:])
+    data_tool_command("synthetic").run(main, sys.argv[1:])

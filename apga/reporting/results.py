@@ -12,6 +12,7 @@ miss a run that finished during it, and the next rebuild restores it.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -79,7 +80,9 @@ def rebuild(out_dir: str | Path) -> pd.DataFrame:
     when the folder cannot be written (read-only storage): `index_table` gives the table without
     writing it."""
     path = Path(out_dir) / RESULTS_FILE
-    if not has_runs(out_dir):
+    if not has_runs(out_dir):  # none left (the last one is being trained anew): no row may outlive its run
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
         return read_results(path)
     try:
         with locked(path):
