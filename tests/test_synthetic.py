@@ -170,6 +170,28 @@ def test_the_default_data_is_the_data_of_version_8(tmp_path):
         digest.update(str(file.relative_to(root)).encode())
         digest.update(np.asarray(Image.open(file)).tobytes())
     assert digest.hexdigest()[:16] == "f622416183d06c0e"
+    # and every file's bytes (the data fingerprint reads the files' CRC-32s): pixels alike but bytes
+    # not would be a new PNG encoder (zlib), or a change in how the generator writes
+    files = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        files.update(str(file.relative_to(root)).encode())
+        files.update(file.read_bytes())
+    assert files.hexdigest()[:16] == "1f089897cb9301c4"
+
+
+def test_the_conditions_draw_the_data_they_drew_before_the_drawing_was_made_fast(tmp_path):
+    """Every pixel of a small data set with every condition on, against the digest the generator gave
+    before its drawing was vectorised (full coordinate grids, one temporary per operation)."""
+    import hashlib
+
+    root = tmp_path / "conditions"
+    generate(root, seed=6, train_patients=3, valid_patients=1, parts=("hand", "shoulder"), min_side=40, max_side=64,
+             clutter=3, finding_scale=2.5, spurious=0.9)
+    digest = hashlib.sha256()
+    for file in sorted(root.rglob("*.png")):
+        digest.update(str(file.relative_to(root)).encode())
+        digest.update(np.asarray(Image.open(file)).tobytes())
+    assert digest.hexdigest()[:16] == "12205796e16aa9eb"
 
 
 def test_a_marker_does_not_move_the_clutter_and_the_finding_scale_moves_only_the_findings(tmp_path):
