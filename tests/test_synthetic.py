@@ -5,7 +5,8 @@ import numpy as np
 from PIL import Image
 
 from apga.data import mura
-from apga.data.synthetic import ensure_generated, generate, render_image
+from apga.data.radiograph import render_image
+from apga.data.synthetic import ensure_generated, generate
 
 
 def test_layout_labels_and_masks(tiny_data):
