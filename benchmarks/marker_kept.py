@@ -7,7 +7,7 @@ For each seed folder under the first argument, loads the named method's selected
 (`apga.predict.load_run`), computes its deterministic kept mask on the training images, and
 prints the share of images whose mask keeps the marker's core: the 2 x 2 pixels at rows 1-2,
 columns side-3 to side-2 of the resized image, which the marker covers at every generated size
-(`apga.data.synthetic.render_image` draws a square of min(h, w) // 16 px one pixel in from the top
+(`apga.data.radiograph.render_image` draws a square of min(h, w) // 16 px one pixel in from the top
 right of an image of 80-128 px a side; the cache resizes it to a square). A mask that keeps a
 fraction F of the image at random keeps it about F of the time. A masking method that keeps the
 corner keeps the shortcut in its kept-region step.

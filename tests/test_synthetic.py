@@ -5,7 +5,8 @@ import numpy as np
 from PIL import Image
 
 from apga.data import mura
-from apga.data.synthetic import ensure_generated, generate, render_image
+from apga.data.radiograph import render_image
+from apga.data.synthetic import ensure_generated, generate
 
 
 def test_layout_labels_and_masks(tiny_data):
@@ -170,6 +171,28 @@ def test_the_default_data_is_the_data_of_version_8(tmp_path):
         digest.update(str(file.relative_to(root)).encode())
         digest.update(np.asarray(Image.open(file)).tobytes())
     assert digest.hexdigest()[:16] == "f622416183d06c0e"
+    # and every file's bytes (the data fingerprint reads the files' CRC-32s): pixels alike but bytes
+    # not would be a new PNG encoder (zlib), or a change in how the generator writes
+    files = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        files.update(str(file.relative_to(root)).encode())
+        files.update(file.read_bytes())
+    assert files.hexdigest()[:16] == "1f089897cb9301c4"
+
+
+def test_the_conditions_draw_the_data_they_drew_before_the_drawing_was_made_fast(tmp_path):
+    """Every pixel of a small data set with every condition on, against the digest the generator gave
+    before its drawing was vectorised (full coordinate grids, one temporary per operation)."""
+    import hashlib
+
+    root = tmp_path / "conditions"
+    generate(root, seed=6, train_patients=3, valid_patients=1, parts=("hand", "shoulder"), min_side=40, max_side=64,
+             clutter=3, finding_scale=2.5, spurious=0.9)
+    digest = hashlib.sha256()
+    for file in sorted(root.rglob("*.png")):
+        digest.update(str(file.relative_to(root)).encode())
+        digest.update(np.asarray(Image.open(file)).tobytes())
+    assert digest.hexdigest()[:16] == "12205796e16aa9eb"
 
 
 def test_a_marker_does_not_move_the_clutter_and_the_finding_scale_moves_only_the_findings(tmp_path):
@@ -206,3 +229,58 @@ def test_a_condition_out_of_range_is_refused(tmp_path):
         with pytest.raises(DataError, match=message):
             generate(tmp_path / "data", train_patients=1, valid_patients=1, parts=("elbow",), **flags)
     assert not (tmp_path / "data").exists()
+
+
+def _file_bytes(root):
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_per_patient_streams_give_the_same_files_whatever_the_workers(tmp_path):
+    """Each patient is drawn from its own streams: 1 or 2 worker processes write the same bytes, a
+    patient drawn alone is the patient drawn after others, and the record says how it was drawn."""
+    import json
+
+    from apga.data.synthetic import _draw_patients, data_parameters
+
+    small = dict(seed=4, train_patients={"elbow": 6, "finger": 4}, valid_patients=2, parts=("elbow", "finger"),
+                 min_side=32, max_side=40, spurious=0.8, clutter=1, patient_streams=True,
+                 images_per_study=[0.3, 0.3, 0.2, 0.2])
+    one = generate(tmp_path / "one", **small, workers=1)
+    two = generate(tmp_path / "two", **small, workers=2)  # 14 patients: two tasks of 8 and 6
+    assert one == two and one["train_images"] > 10
+    assert _file_bytes(tmp_path / "one") == _file_bytes(tmp_path / "two")
+    record = json.loads((tmp_path / "one" / "GENERATED.json").read_text())
+    assert record["patient_streams"] is True and record["train_patients"] == {"elbow": 6, "finger": 4}
+    assert "patient_streams" not in data_parameters()  # the default data keeps its record
+    params = data_parameters(**small)
+    after, alone = _draw_patients(tmp_path / "a", params, [("train", "elbow", 1), ("train", "elbow", 2)]), \
+        _draw_patients(tmp_path / "b", params, [("train", "elbow", 2)])
+    assert after[1] == alone[0] and _file_bytes(tmp_path / "a" / "MURA-v1.1" / "train" / "XR_ELBOW" / "patient00002") \
+        == _file_bytes(tmp_path / "b" / "MURA-v1.1" / "train" / "XR_ELBOW" / "patient00002")
+
+
+def test_the_mura_size_has_mura_patients_and_about_its_images():
+    import pytest
+
+    from apga.data.synthetic import MURA_PATIENTS, data_parameters, size_parameters
+    from apga.errors import DataError
+
+    mura_size = size_parameters("mura", seed=3)
+    assert mura_size["train_patients"] == {"elbow": 1711, "finger": 1865, "forearm": 865, "hand": 1945,
+                                           "humerus": 587, "shoulder": 2694, "wrist": 3267}
+    assert mura_size["valid_patients"] == {"elbow": 158, "finger": 166, "forearm": 133, "hand": 167,
+                                           "humerus": 135, "shoulder": 194, "wrist": 207}
+    assert set(MURA_PATIENTS) == set(mura_size["train_patients"]) and mura_size["seed"] == 3
+    assert (mura_size["min_side"], mura_size["max_side"], mura_size["patient_streams"]) == (256, 512, True)
+    mean = lambda probabilities: sum((n + 1) * p for n, p in enumerate(probabilities))  # noqa: E731
+    per_patient = mean(mura_size["studies_per_patient"]) * mean(mura_size["images_per_study"])
+    for split, images in (("train", 36808), ("valid", 3197)):  # MURA v1.1's images
+        assert abs(sum(mura_size[f"{split}_patients"].values()) * per_patient / images - 1) < 0.04
+    record = data_parameters(**mura_size)
+    assert record["train_patients"]["wrist"] == 3267 and record["images_per_study"] == [0.12, 0.33, 0.34, 0.12, 0.09]
+    with pytest.raises(DataError, match="--size mura sets --max-side"):
+        size_parameters("mura", max_side=300)
+    with pytest.raises(DataError, match="--size must be one of mura"):
+        size_parameters("huge")
+    with pytest.raises(DataError, match="--train-patients must be a whole number, or one for each body part"):
+        data_parameters(train_patients={"elbow": 3}, parts=("elbow", "hand"))

@@ -10,17 +10,22 @@ image as PNGs in parallel trees outside `MURA-v1.1/`: the relevance region (the 
 finding can be) in `MURA-v1.1-masks/`, and the finding itself (empty for a normal image, or where
 the finding is not visible) in `MURA-v1.1-findings/`.
 
+The picture is drawn by `apga.data.radiograph`; this module lays the images out as MURA's files.
 An abnormal study shows its finding in each image with probability 0.85 (as in MURA, not
 every view shows the abnormality), so image labels carry some noise, like the real ones.
 
     python -m apga.data.synthetic --out datasets/synthetic --seed 0
+    python -m apga.data.synthetic --out datasets/synthetic-mura --size mura   # MURA's size, in minutes
 """
 from __future__ import annotations
 
+import inspect
 import json
+import os
 import shutil
 import sys
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +33,7 @@ from PIL import Image
 
 from apga.config import BODY_PARTS
 from apga.data.mura import FINDING_DIR, MASK_DIR, MURA_DIR
+from apga.data.radiograph import render_image
 from apga.errors import APGAError, DataError
 from apga.utils import configure_logging, error, notice, private_folder, storage_error
 
@@ -35,173 +41,84 @@ VERSION = 8  # bump when the images change: ensure_generated then makes the data
 FINDING_VISIBLE = 0.85
 ABNORMAL_STUDY_RATE = 0.42
 
-# 5x3 bitmaps of the characters burnt into radiographs as markers.
-_GLYPHS = {
-    "L": ["100", "100", "100", "100", "111"],
-    "R": ["110", "101", "110", "101", "101"],
-    "1": ["010", "110", "010", "010", "111"],
-    "2": ["111", "001", "111", "100", "111"],
-    "3": ["111", "001", "011", "001", "111"],
-}
-_GLYPHS = {k: np.array([[c == "1" for c in row] for row in v]) for k, v in _GLYPHS.items()}
-
-# Bones per part (how many rods, relative thickness): cosmetic variety between parts.
-_ANATOMY = {"elbow": (2, 0.16), "finger": (1, 0.11), "forearm": (2, 0.12), "hand": (2, 0.10),
-            "humerus": (1, 0.18), "shoulder": (1, 0.20), "wrist": (2, 0.13)}
-
-
-def _segment_distance(yy, xx, p0, p1):
-    """Distance of every pixel to the segment p0-p1 and the position t in [0, 1] along it."""
-    d = p1 - p0
-    t = np.clip(((yy - p0[0]) * d[0] + (xx - p0[1]) * d[1]) / max(float(d @ d), 1e-6), 0.0, 1.0)
-    return np.hypot(yy - (p0[0] + t * d[0]), xx - (p0[1] + t * d[1])), t
-
-
-def _draw_text(image, rng, text, value):
-    h, w = image.shape
-    scale = max(1, int(min(h, w) * rng.uniform(0.025, 0.04)))
-    width = (4 * len(text) - 1) * scale
-    y = int(rng.choice([rng.integers(2, max(3, h // 6)), rng.integers(max(3, h - h // 6 - 5 * scale), max(4, h - 5 * scale - 1))]))
-    x = int(rng.choice([rng.integers(2, max(3, w // 6)), rng.integers(max(3, w - w // 6 - width), max(4, w - width - 1))]))
-    for k, char in enumerate(text):
-        glyph = np.kron(_GLYPHS[char], np.ones((scale, scale), dtype=bool))
-        gy, gx = glyph.shape
-        patch = image[y:y + gy, x + 4 * k * scale:x + 4 * k * scale + gx]
-        patch[glyph[:patch.shape[0], :patch.shape[1]]] = value
-
-
-def render_image(rng: np.random.Generator, body_part: str, abnormal: bool, spurious_marker: bool,
-                 min_side: int = 80, max_side: int = 128, clutter: int = 0, finding_scale: float = 1.0,
-                 clutter_rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One radiograph-like image (float in [0, 1]), its relevance mask and its finding mask (both
-    bool; the finding mask is empty for a normal image), all (H, W).
-
-    Conditions that change only what they name: `clutter` adds that many finding-like dark spots
-    and lines outside the bones, drawn from `clutter_rng` (its own stream: the image is otherwise the
-    same); `finding_scale` scales the finding's size (its draws are unchanged)."""
-    h, w = (int(v) for v in rng.integers(min_side, max_side + 1, size=2))
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    side = min(h, w)
-
-    # background: dark, with a gradient
-    angle = rng.uniform(0, 2 * np.pi)
-    ramp = (np.cos(angle) * yy / h + np.sin(angle) * xx / w)
-    image = rng.uniform(0.04, 0.15) + rng.uniform(0.0, 0.12) * (ramp - ramp.min())
-
-    # anatomy: soft tissue around one or two bones
-    n_bones, thickness = _ANATOMY[body_part]
-    center = np.array([h, w], dtype=np.float32) * rng.uniform(0.4, 0.6, size=2)
-    axis = rng.uniform(0, np.pi)
-    direction = np.array([np.sin(axis), np.cos(axis)], dtype=np.float32)
-    normal = np.array([-direction[1], direction[0]])
-    length = rng.uniform(0.55, 0.85) * np.hypot(h, w) / 2
-    radius = side * thickness * rng.uniform(0.85, 1.15)
-    bone_mask = np.zeros((h, w), dtype=bool)
-    shafts = []
-    for b in range(n_bones):
-        offset = (b - (n_bones - 1) / 2) * radius * 2.6
-        bend = rng.uniform(-0.25, 0.25)
-        p0 = center + offset * normal - length * direction
-        p1 = center + offset * normal + length * (direction + bend * normal)
-        dist, t = _segment_distance(yy, xx, p0, p1)
-        r = radius * rng.uniform(0.8, 1.1)
-        shafts.append((dist, t, r))
-        bone_mask |= dist < r
-    dist_tissue = np.min([s[0] for s in shafts], axis=0)
-    tissue = np.clip(1.0 - dist_tissue / (radius * 3.2), 0, 1)
-    image = image + 0.18 * tissue
-    for dist, _, r in shafts:
-        inside = dist < r
-        cortex = inside & (dist > 0.62 * r)
-        image = np.where(inside, 0.52 + 0.05 * rng.standard_normal(), image)
-        image = np.where(cortex, 0.78, image)
-
-    # the finding: a small local change inside one bone
-    finding_rng = np.random.default_rng(rng.integers(2**63))  # drawn always: the rest does not depend on the label
-    finding = np.zeros((h, w), dtype=bool)
-    if abnormal:
-        rng_main, rng = rng, finding_rng
-        dist, t, r = shafts[rng.integers(len(shafts))]
-        ys, xs = np.nonzero((dist < 0.8 * r) & (yy > 0.1 * h) & (yy < 0.9 * h) & (xx > 0.1 * w) & (xx < 0.9 * w))
-        if len(ys):  # centred on a bone pixel well inside the image, so the finding is always seen
-            k = rng.integers(len(ys))
-            if rng.random() < 0.5:  # fracture: a dark line across the shaft
-                band = np.abs(t - t[ys[k], xs[k]]) * 2 * length < rng.uniform(1.3, 1.8) * side / 32 * finding_scale
-                finding = band & (dist < r)
-                image = np.where(finding, image - rng.uniform(0.45, 0.55), image)
-            else:  # lytic lesion: a dark spot in the bone
-                spot = np.hypot(yy - ys[k], xx - xs[k]) < side * rng.uniform(0.07, 0.095) * finding_scale
-                finding = spot & bone_mask
-                image = np.where(finding, image - rng.uniform(0.4, 0.5), image)
-        rng = rng_main
-
-    # clutter that looks like a finding but lies outside the bones (label-independent)
-    for _ in range(int(rng.random() < 0.6)):
-        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
-        if rng.random() < 0.5:
-            spot = np.hypot(yy - cy, xx - cx) < side * rng.uniform(0.04, 0.07)
-        else:
-            a = rng.uniform(0, np.pi)
-            spot = (np.abs(np.cos(a) * (yy - cy) + np.sin(a) * (xx - cx)) < 1.2) & (np.hypot(yy - cy, xx - cx) < side * 0.15)
-        image = np.where(spot & ~bone_mask, image - rng.uniform(0.1, 0.2) + 0.3 * (rng.random() < 0.5), image)
-    for _ in range(clutter):  # finding-like look-alikes outside the bones, from their own stream
-        cy, cx = clutter_rng.uniform(0, h), clutter_rng.uniform(0, w)
-        if clutter_rng.random() < 0.5:  # a dark spot, as a lytic lesion
-            spot = np.hypot(yy - cy, xx - cx) < side * clutter_rng.uniform(0.07, 0.095) * finding_scale
-        else:  # a dark line, as a fracture
-            a = clutter_rng.uniform(0, np.pi)
-            spot = (np.abs(np.cos(a) * (yy - cy) + np.sin(a) * (xx - cx)) < side / 32 * finding_scale) & (
-                np.hypot(yy - cy, xx - cx) < side * 0.15)
-        image = np.where(spot & ~bone_mask, image - clutter_rng.uniform(0.4, 0.55), image)
-
-    # markers and letters, collimation borders, spurious marker
-    _draw_text(image, rng, str(rng.choice(["L", "R"])), 0.95)
-    if rng.random() < 0.5:
-        _draw_text(image, rng, "".join(rng.choice(list("123"), size=2)), 0.9)
-    for edge in range(4):
-        if rng.random() < 0.35:
-            width = int(side * rng.uniform(0.03, 0.12))
-            value = rng.uniform(0.75, 0.95)
-            if edge == 0:
-                image[:width] = value
-            elif edge == 1:
-                image[-width:] = value
-            elif edge == 2:
-                image[:, :width] = value
-            else:
-                image[:, -width:] = value
-
-    # acquisition: gain, gamma, noise; then the burnt-in spurious marker
-    image = np.clip(image * rng.uniform(0.85, 1.15) + rng.uniform(-0.05, 0.05), 0, 1) ** rng.uniform(0.75, 1.35)
-    image = np.clip(image + rng.uniform(0.01, 0.04) * rng.standard_normal((h, w)), 0, 1)
-    if spurious_marker:
-        s = max(2, side // 16)
-        image[1:1 + s, w - 1 - s:w - 1] = 1.0
-    return image.astype(np.float32), bone_mask, finding
-
+# MURA v1.1's patients per body part (training, validation): 12,934 and 1,160 patient-parts, with
+# 36,808 and 3,197 images. MURA has about 1.04 studies per patient and 2.7 images per study; the
+# probabilities of 1, 2, 3 studies and of 1 to 5 images below give 2.84 images per patient, so
+# about 36,700 training and 3,300 validation images.
+MURA_PATIENTS = {"elbow": (1711, 158), "finger": (1865, 166), "forearm": (865, 133), "hand": (1945, 167),
+                 "humerus": (587, 135), "shoulder": (2694, 194), "wrist": (3267, 207)}
+SIZES = {"mura": dict(train_patients={part: n for part, (n, _) in MURA_PATIENTS.items()},
+                      valid_patients={part: n for part, (_, n) in MURA_PATIENTS.items()},
+                      min_side=256, max_side=512, studies_per_patient=[0.965, 0.03, 0.005],
+                      images_per_study=[0.12, 0.33, 0.34, 0.12, 0.09], patient_streams=True)}
+# The ids of the random streams, np.random.default_rng([seed, id, ...]): the default data draws
+# everything but the marker and the clutter from np.random.default_rng(seed), in one order.
+MARKER_STREAM, CLUTTER_STREAM = 1, 2  # [seed, id, image count]
+PATIENT_STREAM, PATIENT_MARKER_STREAM, PATIENT_CLUTTER_STREAM = 3, 4, 5  # [seed, id, patient (, image in patient)]
+ROW_ORDER_STREAM = 6  # [seed, id]: the rows' order in the CSV files, with per-patient streams
 
 CONDITIONS = {"clutter": 0, "finding_scale": 1.0}  # added later; at these values the data is as before
 
 
-def data_parameters(seed: int = 0, train_patients: int = 200, valid_patients: int = 80,
-                    parts: tuple[str, ...] = BODY_PARTS, min_side: int = 80, max_side: int = 128,
-                    spurious: float = 0.0, colour_fraction: float = 0.1, clutter: int = 0,
-                    finding_scale: float = 1.0) -> dict:
+def size_parameters(size: str, **settings) -> dict:
+    """`settings` (generate's keyword arguments) with those that `--size` names (SIZES): "mura"
+    gives MURA v1.1's patients per body part, image sides of 256-512 px, MURA-like numbers of studies
+    and images, and per-patient random streams. Raises `DataError` for a size it does not know, or
+    for a setting the size sets that is given a value other than its default."""
+    if size not in SIZES:
+        raise DataError(f"--size must be one of {', '.join(SIZES)}, got {size!r}")
+    defaults = inspect.signature(generate).parameters
+    for name, value in settings.items():
+        if name in SIZES[size] and value != defaults[name].default:
+            raise DataError(f"--size {size} sets --{name.replace('_', '-')}; leave that flag out, got {value!r}")
+    return settings | {name: dict(value) if isinstance(value, dict) else value for name, value in SIZES[size].items()}
+
+
+def _whole(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _probabilities(value) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) > 0 and all(isinstance(p, (int, float)) and p >= 0 for p in value)
+            and abs(sum(value) - 1) < 1e-9)
+
+
+def data_parameters(seed: int = 0, train_patients: int | dict[str, int] = 200,
+                    valid_patients: int | dict[str, int] = 80, parts: tuple[str, ...] = BODY_PARTS,
+                    min_side: int = 80, max_side: int = 128, spurious: float = 0.0, colour_fraction: float = 0.1,
+                    clutter: int = 0, finding_scale: float = 1.0, patient_streams: bool = False,
+                    studies_per_patient: list[float] | None = None,
+                    images_per_study: list[float] | None = None) -> dict:
     """What GENERATED.json records. A condition at its default is left out (the default data's
     record, and so its fingerprint, are those of version 8); the spurious marker's draws come from
     their own stream since `marker_stream` was recorded (before, they shifted every later image),
     the clutter's from another since `clutter_stream` was (so a marker does not move the clutter).
-    Raises `DataError` for a setting out of range."""
+
+    `train_patients`, `valid_patients`: patients per body part, one number for every part or a
+    {part: number} for each of `parts`. `patient_streams`: each patient is drawn from its own
+    random stream (np.random.default_rng([seed, PATIENT_STREAM, patient number])), so patients
+    can be drawn in any order and in parallel; recorded only when on. `studies_per_patient`,
+    `images_per_study`: the probabilities of 1, 2, ... studies and images (None: 1-2 studies and
+    1-3 images, equally likely); recorded only when given. Raises `DataError` for a setting out of
+    range."""
     for name, value, ok, rule in (
             ("spurious", spurious, isinstance(spurious, (int, float)) and 0 <= spurious <= 1, "a number in [0, 1]"),
-            ("clutter", clutter, isinstance(clutter, int) and not isinstance(clutter, bool) and clutter >= 0,
-             "a whole number >= 0"),
+            ("clutter", clutter, _whole(clutter), "a whole number >= 0"),
             ("finding-scale", finding_scale, isinstance(finding_scale, (int, float)) and finding_scale > 0,
              "a number > 0"),
             ("min-side", min_side, isinstance(min_side, int) and 8 <= min_side <= max_side,
-             "a whole number from 8 to --max-side")):
+             "a whole number from 8 to --max-side"),
+            *((f"{split}-patients", value, not isinstance(value, dict) or (
+                set(value) == set(parts) and all(_whole(n) for n in value.values())),
+               "a whole number, or one for each body part") for split, value in (
+                ("train", train_patients), ("valid", valid_patients))),
+            *((name, value, value is None or _probabilities(value), "a list of probabilities that sum to 1")
+              for name, value in (("studies-per-patient", studies_per_patient),
+                                  ("images-per-study", images_per_study)))):
         if not ok:
             raise DataError(f"--{name} must be {rule}, got {value!r}")
+    train_patients, valid_patients = ({part: counts[part] for part in parts} if isinstance(counts, dict) else counts
+                                      for counts in (train_patients, valid_patients))
     params = dict(seed=seed, train_patients=train_patients, valid_patients=valid_patients, parts=list(parts),
                   min_side=min_side, max_side=max_side, spurious=spurious, colour_fraction=colour_fraction,
                   version=VERSION)
@@ -211,35 +128,47 @@ def data_parameters(seed: int = 0, train_patients: int = 200, valid_patients: in
         params["marker_stream"] = "separate"
     if clutter > 0:
         params["clutter_stream"] = "separate"
+    if patient_streams:
+        params["patient_streams"] = True
+    params |= {name: list(value) for name, value in (("studies_per_patient", studies_per_patient),
+                                                     ("images_per_study", images_per_study)) if value is not None}
     return params
 
 
-def generate(out: str | Path, seed: int = 0, train_patients: int = 200, valid_patients: int = 80,
-             parts: tuple[str, ...] = BODY_PARTS, min_side: int = 80, max_side: int = 128,
-             spurious: float = 0.0, colour_fraction: float = 0.1, clutter: int = 0,
-             finding_scale: float = 1.0) -> dict:
+def generate(out: str | Path, seed: int = 0, train_patients: int | dict[str, int] = 200,
+             valid_patients: int | dict[str, int] = 80, parts: tuple[str, ...] = BODY_PARTS,
+             min_side: int = 80, max_side: int = 128, spurious: float = 0.0, colour_fraction: float = 0.1,
+             clutter: int = 0, finding_scale: float = 1.0, patient_streams: bool = False,
+             studies_per_patient: list[float] | None = None, images_per_study: list[float] | None = None,
+             workers: int | None = None) -> dict:
     """Write the data set under `out` (MURA-v1.1/ and MURA-v1.1-masks/), deterministic in `seed`.
 
     `spurious` in [0, 1]: in the training split, the corner marker appears on abnormal images
     with this probability and on normal ones with 1 - spurious (0 = no marker at all; in the
-    validation split it is independent of the label). Written into a temporary folder beside
-    `out` and renamed, so an interrupted run never leaves a half data set behind. `out` may be
-    missing, empty, or a data set this generator made (its GENERATED.json), which is replaced;
-    any other folder is refused: the generator never deletes what it did not make.
-    """
+    validation split it is independent of the label). The other parameters: `data_parameters`.
+    `workers` (default: the CPUs this process may use) processes draw and write patients when
+    `patient_streams` is on, the same files whatever their number; otherwise this process draws
+    every image in one order and one more process writes them. Written into a temporary folder
+    beside `out` and renamed, so an interrupted run never leaves a half data set behind. `out` may
+    be missing, empty, or a data set this generator made (its GENERATED.json), which is replaced;
+    any other folder is refused: the generator never deletes what it did not make. Returns the
+    record with the numbers of training and validation images."""
     out = Path(out)
     if out.exists() and not (out / "GENERATED.json").is_file() and (not out.is_dir() or any(out.iterdir())):
         raise DataError(f"{out} exists and is not a data set this generator made (it has no GENERATED.json); "
                         f"choose a new or empty folder, e.g. --out {out / 'synthetic'}")
     params = data_parameters(seed, train_patients, valid_patients, parts, min_side, max_side, spurious,
-                             colour_fraction, clutter, finding_scale)
+                             colour_fraction, clutter, finding_scale, patient_streams, studies_per_patient,
+                             images_per_study)
+    if workers is not None and not (_whole(workers) and workers >= 1):
+        raise DataError(f"--workers must be a whole number >= 1, got {workers!r}")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = private_folder(out.parent, prefix=f".{out.name}.partial-")
     except OSError as error:
         raise storage_error(out, error) from None
     try:
-        rows = _write_data_set(tmp, params)
+        rows = _write_data_set(tmp, params, workers or len(os.sched_getaffinity(0)))
         _replace(out, tmp)
     except BaseException as error:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -260,73 +189,112 @@ def _replace(out: Path, new: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _write_data_set(tmp: Path, params: dict) -> dict[str, list[str]]:
-    rng = np.random.default_rng(params["seed"])
-    with ProcessPoolExecutor(max_workers=1) as writer:  # PNG encoding on a second core, beside the drawing
-        rows = _draw(tmp, rng, params, lambda files: writer.submit(_write_files, files))
+def _write_data_set(tmp: Path, params: dict, workers: int) -> dict[str, list[str]]:
+    """Draw and write every image and mask under `tmp`, then the CSV files and GENERATED.json."""
+    seed, patients = params["seed"], list(_patients(params))
+    if params.get("patient_streams"):
+        chunks = [patients[i:i + 8] for i in range(0, len(patients), 8)]
+        if workers == 1:
+            drawn = [_draw_patients(tmp, params, chunk) for chunk in chunks]
+        else:
+            pool = ProcessPoolExecutor(max_workers=workers)
+            try:
+                drawn = list(pool.map(partial(_draw_patients, tmp, params), chunks))
+            finally:
+                pool.shutdown(cancel_futures=True)
+        drawn = [patient for chunk in drawn for patient in chunk]
+        order_rng = np.random.default_rng([seed, ROW_ORDER_STREAM])
+    else:  # the default data: one stream, in one order
+        rng = order_rng = np.random.default_rng(seed)
+        drawn, written, count = [], [], 0
+        with ProcessPoolExecutor(max_workers=1) as writer:  # PNG encoding on a second core, beside the drawing
+            for split, part, number in patients:
+                rows, studies, files = _draw_patient(tmp, params, rng, split, part, number, (
+                    lambda image, first=count: np.random.default_rng([seed, MARKER_STREAM, first + image]),
+                    lambda image, first=count: np.random.default_rng([seed, CLUTTER_STREAM, first + image])))
+                count += len(rows)
+                drawn.append((rows, studies))
+                written.append(writer.submit(_write_files, files))
+            for future in written:
+                future.result()  # a write that failed (a full disk) fails the data set
+    rows, studies = {"train": [], "valid": []}, {"train": [], "valid": []}
+    for (split, _, _), (patient_rows, patient_studies) in zip(patients, drawn):
+        rows[split] += patient_rows
+        studies[split] += patient_studies
+    (tmp / MURA_DIR).mkdir(parents=True, exist_ok=True)
+    for split in ("train", "valid"):
+        order = order_rng.permutation(len(rows[split]))  # like MURA: rows not sorted by body part
+        (tmp / MURA_DIR / f"{split}_image_paths.csv").write_text("".join(rows[split][i] + "\n" for i in order))
+        (tmp / MURA_DIR / f"{split}_labeled_studies.csv").write_text("".join(s + "\n" for s in studies[split]))
+    (tmp / "GENERATED.json").write_text(json.dumps(params, indent=2) + "\n")
     return rows
+
+
+def _patients(params: dict):
+    """(split, body part, patient number) of every patient, in the order they are numbered."""
+    number = 1
+    for split in ("train", "valid"):
+        counts = params[f"{split}_patients"]
+        for part in params["parts"]:
+            for _ in range(counts[part] if isinstance(counts, dict) else counts):
+                yield split, part, number
+                number += 1
+
+
+def _draw_patients(tmp: Path, params: dict, patients: list) -> list[tuple[list[str], list[str]]]:
+    """Draw and write `patients` ((split, part, number) each), each from its own random streams; their
+    image rows and study rows."""
+    seed, drawn = params["seed"], []
+    for split, part, number in patients:
+        rng = np.random.default_rng([seed, PATIENT_STREAM, number])
+        rows, studies, files = _draw_patient(tmp, params, rng, split, part, number, (
+            lambda image: np.random.default_rng([seed, PATIENT_MARKER_STREAM, number, image]),
+            lambda image: np.random.default_rng([seed, PATIENT_CLUTTER_STREAM, number, image])))
+        _write_files(files)
+        drawn.append((rows, studies))
+    return drawn
+
+
+def _count(rng: np.random.Generator, probabilities: list[float] | None, most: int) -> int:
+    """1, 2, ... with the given probabilities, or 1 to `most` equally likely."""
+    if probabilities is None:
+        return int(rng.integers(1, most + 1))
+    return int(rng.choice(len(probabilities), p=probabilities)) + 1
+
+
+def _draw_patient(tmp: Path, params: dict, rng: np.random.Generator, split: str, part: str, number: int,
+                  streams) -> tuple[list[str], list[str], list]:
+    """One patient's studies and images, drawn from `rng` in a fixed order; `streams` gives the marker's
+    and the clutter's generators for the patient's n-th image (from 0). Its image rows, study rows,
+    and files to write ((function, path, arguments) each)."""
+    spurious, clutter = params["spurious"], params.get("clutter", 0)
+    rows, studies, files = [], [], []
+    for study_number in range(1, _count(rng, params.get("studies_per_patient"), 2) + 1):
+        abnormal = rng.random() < ABNORMAL_STUDY_RATE
+        study = f"{MURA_DIR}/{split}/XR_{part.upper()}/patient{number:05d}/study{study_number}_{'positive' if abnormal else 'negative'}"
+        studies.append(f"{study}/,{int(abnormal)}")
+        for image_number in range(1, _count(rng, params.get("images_per_study"), 3) + 1):
+            visible = abnormal and rng.random() < FINDING_VISIBLE
+            marker_draws = streams[0](len(rows))  # the marker's own stream
+            if split == "train" and spurious > 0:
+                marker = marker_draws.random() < (spurious if abnormal else 1 - spurious)
+            else:
+                marker = spurious > 0 and marker_draws.random() < 0.5
+            pixels, relevance, finding = render_image(
+                rng, part, visible, marker, params["min_side"], params["max_side"], clutter,
+                params.get("finding_scale", 1.0), streams[1](len(rows)) if clutter else None)
+            path = f"{study}/image{image_number}.png"
+            files.append((_save, tmp / path, (pixels, rng.random() < params["colour_fraction"])))
+            for tree, mask in ((MASK_DIR, relevance), (FINDING_DIR, finding)):
+                files.append((_save_mask, tmp / tree / Path(path).relative_to(MURA_DIR), (mask,)))
+            rows.append(path)
+    return rows, studies, files
 
 
 def _write_files(files: list) -> None:
     for function, path, args in files:
+        path.parent.mkdir(parents=True, exist_ok=True)
         function(path, *args)
-
-
-def _draw(tmp: Path, rng: np.random.Generator, params: dict, save) -> dict[str, list[str]]:
-    """Every image and mask, drawn in one fixed order from `rng`; `save(files)` writes a patient's files
-    ((function, path, arguments) each)."""
-    train_patients, valid_patients = params["train_patients"], params["valid_patients"]
-    parts, min_side, max_side = params["parts"], params["min_side"], params["max_side"]
-    spurious, colour_fraction = params["spurious"], params["colour_fraction"]
-    clutter, finding_scale = params.get("clutter", 0), params.get("finding_scale", 1.0)
-    folders: set[Path] = set()
-    count = 0
-    written, pending = [], []
-
-    def write(path: Path, function, *args) -> None:
-        if path.parent not in folders:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            folders.add(path.parent)
-        pending.append((function, path, args))
-
-    rows = {"train": [], "valid": []}
-    studies = {"train": [], "valid": []}
-    next_patient = 1
-    for split, n_patients in (("train", train_patients), ("valid", valid_patients)):
-        for part in parts:
-            for _ in range(n_patients):
-                patient = f"patient{next_patient:05d}"
-                next_patient += 1
-                for study_number in range(1, rng.integers(1, 3) + 1):
-                    abnormal = rng.random() < ABNORMAL_STUDY_RATE
-                    study = f"{MURA_DIR}/{split}/XR_{part.upper()}/{patient}/study{study_number}_{'positive' if abnormal else 'negative'}"
-                    studies[split].append(f"{study}/,{int(abnormal)}")
-                    for image_number in range(1, rng.integers(1, 4) + 1):
-                        visible = abnormal and rng.random() < FINDING_VISIBLE
-                        marker_draws = np.random.default_rng([params["seed"], 1, count])  # the marker's own stream
-                        count += 1
-                        if split == "train" and spurious > 0:
-                            marker = marker_draws.random() < (spurious if abnormal else 1 - spurious)
-                        else:
-                            marker = spurious > 0 and marker_draws.random() < 0.5
-                        clutter_draws = np.random.default_rng([params["seed"], 2, count - 1]) if clutter else None
-                        pixels, relevance, finding = render_image(rng, part, visible, marker, min_side, max_side,
-                                                                  clutter, finding_scale, clutter_draws)
-                        path = f"{study}/image{image_number}.png"
-                        write(tmp / path, _save, pixels, rng.random() < colour_fraction)
-                        for tree, mask in ((MASK_DIR, relevance), (FINDING_DIR, finding)):
-                            write(tmp / tree / Path(path).relative_to(MURA_DIR), _save_mask, mask)
-                        rows[split].append(path)
-                written.append(save(pending[:]))
-                pending.clear()
-    for split in ("train", "valid"):
-        order = rng.permutation(len(rows[split]))  # like MURA: rows not sorted by body part
-        (tmp / MURA_DIR / f"{split}_image_paths.csv").write_text("".join(rows[split][i] + "\n" for i in order))
-        (tmp / MURA_DIR / f"{split}_labeled_studies.csv").write_text("".join(s + "\n" for s in studies[split]))
-    for future in written:
-        future.result()  # a write that failed (a full disk) fails the data set
-    (tmp / "GENERATED.json").write_text(json.dumps(params, indent=2) + "\n")
-    return rows
 
 
 def _save_mask(path: Path, mask: np.ndarray) -> None:
@@ -339,8 +307,9 @@ def _save(path: Path, pixels: np.ndarray, colour: bool) -> None:
     image.save(path, compress_level=1)
 
 
-def ensure_generated(out: str | Path, **params) -> Path:
-    """Generate the data set unless `out` already holds one made with the same parameters."""
+def ensure_generated(out: str | Path, workers: int | None = None, **params) -> Path:
+    """Generate the data set unless `out` already holds one made with the same parameters
+    (`data_parameters`'s; `workers`: see `generate`)."""
     out = Path(out)
     marker = out / "GENERATED.json"
     wanted = data_parameters(**params)
@@ -352,25 +321,28 @@ def ensure_generated(out: str | Path, **params) -> Path:
             notice(f"{out} was generated by data version {found.get('version')}, this code writes version "
                   f"{VERSION}; generating it anew (image caches are rebuilt from the new files)")
     print(f"generating the synthetic MURA-layout data set in {out} ...")
-    summary = generate(out, **params)
+    summary = generate(out, **params, workers=workers)
     print(f"  {summary['train_images']} train and {summary['valid_images']} valid images")
     return out
 
 
 def main(out: str = "datasets/synthetic", seed: int = 0, train_patients: int = 200, valid_patients: int = 80,
          min_side: int = 80, max_side: int = 128, spurious: float = 0.0, clutter: int = 0,
-         finding_scale: float = 1.0) -> None:
+         finding_scale: float = 1.0, size: str | None = None, patient_streams: bool = False,
+         workers: int | None = None) -> None:
     """Generate the synthetic MURA-layout data set; one line says what was written."""
     configure_logging()
     try:
-        summary = generate(out, seed=seed, train_patients=train_patients, valid_patients=valid_patients,
-                           min_side=min_side, max_side=max_side, spurious=spurious, clutter=clutter,
-                           finding_scale=finding_scale)
+        settings = dict(seed=seed, train_patients=train_patients, valid_patients=valid_patients, min_side=min_side,
+                        max_side=max_side, spurious=spurious, clutter=clutter, finding_scale=finding_scale,
+                        patient_streams=patient_streams)
+        summary = generate(out, **(size_parameters(size, **settings) if size is not None else settings),
+                           workers=workers)
     except APGAError as problem:
         error(str(problem))
         sys.exit(2)
     print(f"wrote {summary['train_images']} train and {summary['valid_images']} valid images of "
-          f"{', '.join(summary['parts'])} to {out} (seed {seed}, {min_side}-{max_side} px; its settings: "
+          f"{', '.join(summary['parts'])} to {out} (seed {seed}, {summary['min_side']}-{summary['max_side']} px; its settings: "
           f"{Path(out) / 'GENERATED.json'})")
 
 
@@ -385,6 +357,12 @@ FLAG_HELP = {
                 "with 1 - spurious (0: no marker; a shortcut to test a method against)",
     "clutter": "finding-like dark spots or lines outside the bones per image",
     "finding_scale": "scales the size of the findings",
+    "size": "mura: MURA v1.1's patients per body part (about 36,700 train and 3,300 valid images), 256-512 px, "
+            "drawn with per-patient streams (sets --train-patients, --valid-patients, --min-side, --max-side)",
+    "patient_streams": "draw each patient from its own random stream, so that --workers processes can draw them "
+                       "(other data than without it; --size mura sets it)",
+    "workers": "processes that draw and write patients with per-patient streams (default: one per CPU); the data "
+               "is the same whatever their number",
 }
 USAGE = "python -m apga.data.synthetic [--out DIR] [--flag VALUE ...]"
 SUMMARY = ("Generate the synthetic stand-in for MURA v1.1 in its exact layout: radiograph-like images of bones whose "
