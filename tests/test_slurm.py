@@ -25,6 +25,7 @@ from sweep_helpers import rows, sweep_flags
 
 pytestmark = pytest.mark.slurm
 SCRIPT = "scripts/local_slurm.sh"
+GATE_CODE = Path(__file__).parent / "slurm_gate"
 FINAL = ("COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL", "DEADLINE")
 CELLS = ["elbow-all-val/seed89", "elbow-4-val/seed89", "wrist-all-val/seed89", "wrist-4-val/seed89"]  # array order
 
@@ -59,12 +60,27 @@ def slurm_conf() -> str:
 
 
 @pytest.fixture
-def cluster(slurm_conf, monkeypatch) -> dict:
+def gates(tmp_path) -> Path:
+    """The folder of the jobs' gates: `<cell>.hold` stops a cell in its baseline's second epoch,
+    `<cell>.arrived` says it got there (tests/slurm_gate/sitecustomize.py)."""
+    folder = tmp_path / "gates"
+    folder.mkdir()
+    return folder
+
+
+def _gate_file(folder: Path, cell: str, kind: str) -> Path:
+    return folder / f"{cell.replace('/', '-')}.{kind}"
+
+
+@pytest.fixture
+def cluster(slurm_conf, gates, monkeypatch) -> dict:
     """The environment of commands run against the local cluster: this process's (the sweep runs
     in it) and its jobs' (they inherit it)."""
     conf = slurm_conf
     monkeypatch.setenv("SLURM_CONF", conf)
-    monkeypatch.setenv("PYTHONPATH", str(ROOT))  # the jobs import apga
+    # the jobs import apga, and pass the gates of tests/slurm_gate/sitecustomize.py
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(GATE_CODE), str(ROOT)]))
+    monkeypatch.setenv("APGA_TEST_GATES", str(gates))
     return {**environment(), "SLURM_CONF": conf}
 
 
@@ -166,25 +182,6 @@ def _resumed(cell_dir: Path, before: dict[str, tuple], log: str) -> None:
             assert resumed and int(resumed[-1]) >= epochs, (name, epochs, log[-3000:])
 
 
-def _signalled(pid: int, number: int) -> bool:
-    """Whether signal `number` is pending on the stopped process, or it runs again (Slurm sends
-    SIGCONT with its signals), or is gone."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except FileNotFoundError:
-        return True
-    masks = re.findall(r"^(?:SigPnd|ShdPnd):\s*([0-9a-f]+)$", status, re.M)
-    stopped = re.search(r"^State:\s*T", status, re.M)
-    return not stopped or any(int(mask, 16) & (1 << (number - 1)) for mask in masks)
-
-
-def _go_on(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGCONT)
-    except ProcessLookupError:
-        pass
-
-
 def _follow(steps: list, timeout: float = 400) -> None:
     """Run each step's action once its condition holds, in any order, until all have run."""
     deadline, steps = time.time() + timeout, list(steps)
@@ -198,12 +195,13 @@ def _follow(steps: list, timeout: float = 400) -> None:
 
 @pytest.mark.slow
 def test_a_job_array_on_slurm_resumes_what_was_preempted_timed_out_cancelled_or_failed(
-        slurm_conf, tiny_data, tmp_path, one_by_one, cluster, submitted, capsys):
+        slurm_conf, tiny_data, tmp_path, one_by_one, cluster, gates, submitted, capsys):
     """The 2 x 2 grid as one Slurm job array (1 core each, 2 at once, no GPU, a one-minute limit):
-    elbow-all is held (SIGSTOP) until Slurm signals its time limit, and submitit's checkpoint
-    requeues it; elbow-4 fails (its baseline's folder is locked); wrist-all is cancelled (`scancel`)
-    while it runs; wrist-4 is requeued while it trains, as preemption does (`scontrol requeue`, its
-    process killed at once). The requeued cells resume from last.pt. --status shows pending,
+    elbow-all is held at its gate (in its baseline's second epoch) until Slurm signals its time limit,
+    and submitit's checkpoint requeues it; elbow-4 fails (its baseline's folder is locked); wrist-all
+    is cancelled (`scancel`) at its gate, while it runs; wrist-4 is requeued at its gate, as
+    preemption does (`scontrol requeue`, its process killed at once). The gates
+    (tests/slurm_gate/sitecustomize.py) make sure each is stopped mid-work, not after its last epoch. The requeued cells resume from last.pt. --status shows pending,
     running, requeued, done, cancelled and failed as Slurm reports them, with the logs. Rerunning the
     command submits only the cancelled and the failed cell; all rows then equal those of the cells
     run one by one, with no epoch trained twice, and a last run submits nothing."""
@@ -219,18 +217,23 @@ def test_a_job_array_on_slurm_resumes_what_was_preempted_timed_out_cancelled_or_
     grid += ["--gpus-per-job", "0"]
     timed, failing, cancelled, preempted = (out / cell for cell in CELLS)
     (failing / "baseline").mkdir(parents=True)
+    for cell in (CELLS[0], CELLS[2], CELLS[3]):  # each stops at its gate, in its baseline's second epoch
+        _gate_file(gates, cell, "hold").touch()
     seen: dict = {}
 
-    def first_epoch(cell_dir: Path) -> bool:
-        return (cell_dir / "baseline" / "metrics.csv").is_file()
+    def at_gate(cell: str) -> bool:
+        return _gate_file(gates, cell, "arrived").is_file()
 
-    def hold() -> None:  # until Slurm signals the time limit
+    def hold() -> None:  # held at its gate until Slurm signals the time limit (submitit requeues it)
         assert _kinds(out)[CELLS[0]] == "running"
-        seen["held"] = _record(out, CELLS[0])["pid"]
-        os.kill(seen["held"], signal.SIGSTOP)
         seen["timed"] = _progress(timed)
 
+    def cancel() -> None:
+        assert _kinds(out)[CELLS[2]] == "running"
+        _slurm("scancel", f"{array}_2", env=cluster)
+
     def preempt() -> None:
+        seen["preempted"] = _progress(preempted)
         _slurm("scontrol", "requeue", f"{array}_3", env=cluster)
         os.kill(_record(out, CELLS[3])["pid"], signal.SIGKILL)  # preempted without grace time
         seen["preempt"] = True
@@ -241,16 +244,13 @@ def test_a_job_array_on_slurm_resumes_what_was_preempted_timed_out_cancelled_or_
         kinds = _kinds(out)
         assert kinds[CELLS[2]] == kinds[CELLS[3]] == "pending", kinds  # 2 at once: the array's last two wait
         _follow([
-            ("elbow-all's first epoch", lambda: first_epoch(timed), hold),
-            ("the time limit's signal", lambda: "held" in seen and _signalled(seen["held"], signal.SIGUSR2),
-             lambda: _go_on(seen["held"])),
-            ("wrist-all running", lambda: _record(out, CELLS[2]).get("state") == "running",
-             lambda: _slurm("scancel", f"{array}_2", env=cluster)),
-            ("wrist-4's first epoch", lambda: first_epoch(preempted), preempt),
+            ("elbow-all at its gate", lambda: at_gate(CELLS[0]), hold),
+            ("wrist-all at its gate", lambda: at_gate(CELLS[2]), cancel),
+            ("wrist-4 at its gate", lambda: at_gate(CELLS[3]), preempt),
             ("wrist-4 requeued", lambda: "preempt" in seen and _kinds(out)[CELLS[3]] == "requeued",
-             lambda: seen.update(preempted=_progress(preempted))),
+             lambda: seen.update(requeued=True)),
             ("two jobs at once", lambda: _running(array) == 2, lambda: seen.update(two=True)),
-            ("the array's end", lambda: "preempted" in seen and _all_final(array, 4),
+            ("the array's end", lambda: "requeued" in seen and _all_final(array, 4),
              lambda: seen.get("two") or pytest.fail("the array's jobs never ran two at once (their --mem?)")),
         ])
     lines, shown = _status_lines(capsys, out)
