@@ -83,7 +83,7 @@ def memory_format(config: Config) -> torch.memory_format:
 
 def baseline_classifier(config: Config, seed_dir: Path, device) -> torch.nn.Module:
     """The seed's baseline classifier at its selected checkpoint (seed_dir/baseline/best.pt), on `device`."""
-    classifier = build_classifier(config.classifier)
+    classifier = build_classifier(config.classifier, config.pretrained, load_weights=False)  # its input as trained
     classifier.load_state_dict(load_checkpoint(seed_dir / "baseline" / "best.pt", "cpu")["classifier"])
     return classifier.to(device, memory_format=memory_format(config))
 

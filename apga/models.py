@@ -47,10 +47,12 @@ def _standardized(module: nn.Module, args: tuple) -> tuple:
     return ((images - module.input_mean) / module.input_std, *rest)
 
 
-def build_classifier(name: str = "densenet169", pretrained: bool = False) -> nn.Module:
+def build_classifier(name: str = "densenet169", pretrained: bool = False, load_weights: bool = True) -> nn.Module:
     """DenseNet with a 2-way linear head. `densenet-small` is a few-block net for CPU runs.
     With `pretrained`, torchvision's ImageNet weights (from its cache, else downloaded), and the
-    input standardised with their own mean and std (`standardize_inputs`).
+    input standardised with their own mean and std (`standardize_inputs`); with `load_weights`
+    False, the standardisation alone, for a network whose weights come from a checkpoint of a
+    pretrained run (nothing is read or downloaded).
 
     Every variant keeps torchvision's module names, so `features.norm5` (Grad-CAM's layer) exists.
     """
@@ -59,7 +61,7 @@ def build_classifier(name: str = "densenet169", pretrained: bool = False) -> nn.
             raise ConfigError("no ImageNet weights exist for --classifier densenet-small; drop --pretrained")
         return models.DenseNet(growth_rate=12, block_config=(2, 2, 2, 2), num_init_features=24, bn_size=2,
                                num_classes=2)
-    weights = _weights(name) if pretrained else None
+    weights = _weights(name) if pretrained and load_weights else None
     net = imagenet(lambda: models.get_model(name, weights=weights), weights)
     net.classifier = nn.Linear(net.classifier.in_features, 2)
     return standardize_inputs(net, *weights_mean_std(name)) if pretrained else net
@@ -109,11 +111,11 @@ class UNet11(nn.Module):
     channels) and can take torchvision's ImageNet VGG11 weights. `input_scale` < 1 makes the
     cheaper agent: it sees the image at that fraction of its side and its logits are
     upsampled bilinearly to full size. With `pretrained`, its input is standardised with the
-    VGG11 weights' mean and std. Returns logits (B, 1, H, W); the mask probability is
-    their sigmoid.
+    VGG11 weights' mean and std (with `load_weights` False, the standardisation alone: the weights
+    come from a checkpoint). Returns logits (B, 1, H, W); the mask probability is their sigmoid.
     """
 
-    def __init__(self, width: int = 32, pretrained: bool = False, input_scale: float = 1.0):
+    def __init__(self, width: int = 32, pretrained: bool = False, input_scale: float = 1.0, load_weights: bool = True):
         super().__init__()
         w = width
         self.input_scale = input_scale
@@ -134,7 +136,8 @@ class UNet11(nn.Module):
         self.final = nn.Conv2d(w, 1, 1)
         self._init_weights()
         if pretrained:
-            self._load_vgg11_encoder(width)
+            if load_weights:
+                self._load_vgg11_encoder(width)
             standardize_inputs(self, *weights_mean_std("vgg11"))
 
     def _init_weights(self) -> None:
@@ -188,5 +191,5 @@ class UNet11(nn.Module):
         return logits
 
 
-def build_agent(width: int = 32, pretrained: bool = False, input_scale: float = 1.0) -> UNet11:
-    return UNet11(width=width, pretrained=pretrained, input_scale=input_scale)
+def build_agent(width: int = 32, pretrained: bool = False, input_scale: float = 1.0, load_weights: bool = True) -> UNet11:
+    return UNet11(width=width, pretrained=pretrained, input_scale=input_scale, load_weights=load_weights)

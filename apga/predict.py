@@ -47,7 +47,7 @@ from apga.evaluation.evaluate import abnormal_probability
 from apga.evaluation.metrics import binary_metrics, study_metrics
 from apga.methods.masks import kept_images
 from apga.reporting.gallery import caption, mask_pictures, overlay_picture, save_png
-from apga.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_networks
+from apga.training.checkpoint import CHECKPOINT_FORMAT, PREDICTIONS_DIR, load_checkpoint, load_networks
 from apga.utils import (atomic_write_bytes, atomic_write_json, error, eval_mode, file_digest, notice,
                         resolve_device, shown_path, warn)
 
@@ -175,9 +175,8 @@ def load_run(run_dir: str | Path, device):
                               f"{state.get('format')}, this version reads {CHECKPOINT_FORMAT}); train the run again "
                               f"with this version")
     known = {f.name for f in fields(Config)}
-    try:  # the weights come from the checkpoint: nothing to download, nothing to compile
-        config = make_config(**{k: v for k, v in state["config"].items() if k in known} | {"pretrained": False,
-                                                                                            "compile": False})
+    try:  # the weights come from the checkpoint (nothing to download), the input normalisation from its settings
+        config = make_config(**{k: v for k, v in state["config"].items() if k in known} | {"compile": False})
     except APGAError as error:
         raise CheckpointError(f"{best} holds settings this version cannot use ({error})") from None
     name = state["method_name"]
@@ -190,7 +189,7 @@ def load_run(run_dir: str | Path, device):
             raise CheckpointError(f"{baseline} is not the baseline {run_dir.name} was fine-tuned from (it was trained "
                                   f"again); its Grad-CAM masks would not be the run's")
     baseline_state = load_checkpoint(baseline, "cpu")["classifier"] if name == "gradcam" else None
-    method = build_method(name, config, device, baseline_state)
+    method = build_method(name, config, device, baseline_state, load_weights=False)
     load_networks(method, state)
     return method, config
 
@@ -324,7 +323,7 @@ def metrics_lines(metrics: dict) -> list[str]:
 def output_folder(run_dir: Path, out: str | None) -> Path:
     """The folder predictions go to, created and checked writable before any work: `out`, or
     RUN_DIR/predictions. Raises `StorageError` saying which flag to pass."""
-    folder = Path(out) if out else run_dir / "predictions"
+    folder = Path(out) if out else run_dir / PREDICTIONS_DIR
     try:
         folder.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=folder):

@@ -96,7 +96,7 @@ def train_agent(config, classifier, data, device, seed: int, steps: int, select_
     checkpoints (selected, scored) are the exponential moving average of the agent's weights,
     decay `ema` per step (torch.optim.swa_utils), not the weights of the last step."""
     seed_everything(derive_seed(seed, "probe-agent", config.estimator))
-    agent = build_agent(config.agent_width, False, config.agent_scale).to(device, memory_format=memory_format(config))
+    agent = build_agent(config.agent_width, config.pretrained, config.agent_scale).to(device, memory_format=memory_format(config))
     method = APGA(config, classifier, agent)
     method.generator = torch.Generator(device).manual_seed(derive_seed(seed, "probe-masks"))
     optimizer = torch.optim.Adam(method.agent.parameters(), lr=config.agent_lr)

@@ -222,6 +222,39 @@ def test_pretrained_weights_see_inputs_normalised_as_in_their_training(tmp_path,
     assert torch.equal(agent.input_mean.flatten(), mean) and torch.equal(agent.input_std.flatten(), std)
 
 
+def test_a_pretrained_run_is_predicted_and_floored_on_inputs_normalised_as_it_was_trained(tmp_path, monkeypatch):
+    """apga.predict and the floors rebuild a `--pretrained 1` run's networks from its checkpoint: with
+    the input standardisation it trained with, and without reading or downloading ImageNet weights."""
+    from apga.experiment import baseline_classifier
+    from apga.predict import load_run
+    from apga.training.checkpoint import CHECKPOINT_FORMAT, save_checkpoint
+    from apga.models import weights_mean_std
+    from apga.training.loop import identity_values
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "no-weights-here"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", lambda *a, **k: pytest.fail("a download was attempted"))
+    config = make_config(classifier="densenet121", pretrained=1, agent_width=2)
+    torch.manual_seed(0)
+    trained = build_classifier("densenet121", pretrained=True, load_weights=False).eval()
+    run_dir = tmp_path / "seed89" / "baseline"
+    run_dir.mkdir(parents=True)
+    save_checkpoint(run_dir / "best.pt", {"classifier": trained.state_dict(), "agent": None, "method": {},
+                                          "method_name": "baseline", "config": identity_values(config, "f", {})})
+    assert CHECKPOINT_FORMAT == load_checkpoint(run_dir / "best.pt")["format"]
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        expected = trained(images)
+        method, _ = load_run(run_dir, torch.device("cpu"))
+        torch.testing.assert_close(method.classifier.eval()(images), expected)  # channels_last: rounding apart
+        floors = baseline_classifier(config, tmp_path / "seed89", torch.device("cpu")).eval()
+        torch.testing.assert_close(floors(images.contiguous(memory_format=torch.channels_last)), expected)
+        plain = build_classifier("densenet121")
+        plain.load_state_dict(trained.state_dict())
+        assert not torch.allclose(plain.eval()(images), expected)  # the standardisation matters
+    agent = build_agent(32, pretrained=True, load_weights=False)
+    assert torch.equal(agent.input_mean.flatten(), torch.tensor(weights_mean_std("vgg11")[0]))
+
+
 def test_a_run_from_other_input_normalisation_is_not_resumed(tmp_path):
     from apga.errors import CheckpointError
     from apga.training.checkpoint import check_same_config

@@ -24,14 +24,20 @@ FLAGS = {"cutout": "train_cutout", "gradcam": "train_gradcam", "end2end": "train
          "apga": "train_apga", "oracle": "train_oracle", "random": "train_random"}
 
 
-def build_method(name: str, config, device: torch.device, classifier_state: dict | None = None, **extra) -> Method:
+def build_method(name: str, config, device: torch.device, classifier_state: dict | None = None, *,
+                 load_weights: bool = True, **extra) -> Method:
     """Fresh networks for method `name` on `device`, the classifier from `classifier_state` (the
-    baseline's best weights, for fine-tuned methods) when given; `extra` goes to the method."""
+    baseline's best weights, for fine-tuned methods) when given; `extra` goes to the method.
+    Under `--pretrained 1` the networks standardise their input as the ImageNet weights expect, and
+    start from those weights where nothing else gives theirs (`load_weights` False: the caller
+    loads every network from a checkpoint, as apga.predict does)."""
     cls = METHODS[name]
-    classifier = build_classifier(config.classifier, config.pretrained)
-    if cls.fine_tuned and classifier_state is not None:
+    from_baseline = cls.fine_tuned and classifier_state is not None
+    classifier = build_classifier(config.classifier, config.pretrained, load_weights and not from_baseline)
+    if from_baseline:
         classifier.load_state_dict(classifier_state)
-    agent = build_agent(config.agent_width, config.pretrained, config.agent_scale) if cls.uses_agent else None
+    agent = (build_agent(config.agent_width, config.pretrained, config.agent_scale, load_weights)
+             if cls.uses_agent else None)
     classifier = classifier.to(device, memory_format=memory_format(config.channels_last))
     agent = agent.to(device, memory_format=memory_format(config.channels_last)) if agent is not None else None
     method = cls(config, classifier, agent, **extra)

@@ -22,6 +22,7 @@ from apga.utils import atomic_write_bytes, code_version
 
 
 CHECKPOINT_FORMAT = 2  # 2: method_name, estimator state, run identity (data fingerprint, inputs) in "config"
+PREDICTIONS_DIR = "predictions"  # where apga.predict writes inside a run folder (a retrained run clears it)
 
 
 def retrain_hint(run_dir: Path) -> str:

@@ -49,14 +49,13 @@ from apga.reporting.board import BOARD_DIR, RunBoard
 from apga.reporting.gallery import save_gallery
 from apga.reporting.plots import plot_curves
 from apga.reporting.results import RESULT_FILE, run_row
-from apga.training.checkpoint import (check_same_config, load_checkpoint, load_networks, network_states, restore_rng,
-                                      retrain_hint, save_checkpoint, save_state)
+from apga.training.checkpoint import (PREDICTIONS_DIR, check_same_config, load_checkpoint, load_networks,
+                                      network_states, restore_rng, retrain_hint, save_checkpoint, save_state)
 from apga.training.precision import Precision
 from apga.utils import (atomic_write_bytes, atomic_write_json, code_version, derive_seed, file_digest, file_lock,
                         notice)
 
 GALLERY_IMAGES = 8
-PREDICTIONS_DIR = "predictions"  # where apga.predict writes inside a run folder
 
 
 @dataclass
