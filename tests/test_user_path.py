@@ -190,6 +190,33 @@ def test_rewards_are_float32_inside_a_bf16_step(estimator):
     assert logs["bf16"]["reward"].item() == logs["fp32"]["reward"].item()
 
 
+def test_the_greedy_rewards_clean_term_is_float32_inside_a_bf16_step():
+    """With the clean step (the paper's scheme), the greedy reward's clean term is that step's loss:
+    under bf16 autocast it is computed in float32, from the same network in training mode, and the
+    extra forward leaves the batch-norm statistics to the clean step alone."""
+    import copy
+
+    config = make_config(preset="cpu", image_size=32, agent_width=2, estimator="greedy")
+    torch.manual_seed(0)
+    method = build_method("apga", config, torch.device("cpu"))
+    method.agent = _FixedAgent(4, 32)
+    method.generator = torch.Generator().manual_seed(3)
+    method.classifier.train()
+    batch = {"image": torch.rand(4, 3, 32, 32), "label": torch.tensor([0, 1, 0, 1])}
+    reference = copy.deepcopy(method.classifier)
+    with torch.no_grad():
+        expected_clean = torch.nn.functional.cross_entropy(copy.deepcopy(reference)(batch["image"]), batch["label"])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            reference(batch["image"])  # what the clean step alone does to the running statistics
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        phases = method.phases(batch)
+        clean, policy = next(phases), next(phases)
+    assert clean.loss.item() != expected_clean.item()  # bf16 rounding: the size of the reward
+    assert policy.logs["reward"].item() == (policy.logs["adversarial_loss"] - expected_clean).item()
+    for (name, ours), theirs in zip(method.classifier.named_buffers(), reference.buffers()):
+        assert torch.equal(ours, theirs), name
+
+
 # --- pretrained weights: their own input normalisation ---------------------------------------------
 def test_pretrained_weights_see_inputs_normalised_as_in_their_training(tmp_path, monkeypatch):
     """torchvision's ImageNet weights expect (x - mean) / std with their own mean and std; a file

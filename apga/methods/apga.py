@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from apga.methods import estimators
-from apga.methods.base import Method, variant_name
+from apga.methods.base import Method, batch_norm_statistics_kept, variant_name
 from apga.utils import eval_mode, full_precision
 
 
@@ -34,9 +34,10 @@ class APGA(Method):
     def phases(self, batch):
         images, labels = batch["image"], batch["label"]
         if self.config.clean_step:
+            in_float32 = self._clean_step_loss_in_float32(images, labels)  # the reward's clean term, under --amp
             clean = self.classifier_phase(images, labels, "clean_loss")
             yield clean  # 1.
-            clean_loss = clean.loss.detach()
+            clean_loss = clean.loss.detach() if in_float32 is None else in_float32
         if not self.config.freeze_agent:  # --freeze-agent 1: the agent learned in its warm-up only
             if not self.config.clean_step:  # the reward's clean loss without a clean step
                 clean_loss = self._clean_loss(images, labels)
@@ -52,6 +53,18 @@ class APGA(Method):
         """Steps 2-7 alone, against the classifier as it is (`--agent-warmup`): no classifier step."""
         images, labels = batch["image"], batch["label"]
         yield self.estimator.policy_phase(self, images, labels, self._clean_loss(images, labels))
+
+    def _clean_step_loss_in_float32(self, images, labels):
+        """The loss of the clean step about to be taken, computed in float32, where the reward uses it
+        and autocast is on (else None: the step's own loss is float32 already). Under `--amp` the
+        step's forward runs in bf16 or fp16, whose rounding of the loss is the size of the reward
+        (a difference of nearly equal losses); this forward is the same network in the same training
+        mode, without gradient, its batch-norm running statistics left for the step to update."""
+        if self.config.freeze_agent or not self.estimator.reward_uses_clean_loss \
+                or not torch.is_autocast_enabled(images.device.type):
+            return None
+        with torch.no_grad(), full_precision(images.device), batch_norm_statistics_kept(self.classifier):
+            return F.cross_entropy(self.classifier(images.float()), labels)
 
     def _clean_loss(self, images, labels):
         """The reward's clean term without a clean step: in eval mode, in float32 (as the rewards)."""

@@ -70,6 +70,22 @@ def batch_norm_frozen(network: nn.Module):
             norm.train()
 
 
+@contextlib.contextmanager
+def batch_norm_statistics_kept(network: nn.Module):
+    """Batch-norm running statistics as they were before the block: a forward in training mode
+    that leaves no trace (the clean step then folds the batch in once, as it would have)."""
+    norms = [m for m in network.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, (mean, var, count) in zip(norms, saved):
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
+
+
 @dataclass
 class Phase:
     loss: torch.Tensor

@@ -52,6 +52,7 @@ class Greedy:
     whole batch, baseline b <- 0.5 b + 0.5 r, advantage R = r - b, `policy_loss` (steps 2-7)."""
 
     name: ClassVar[str] = "greedy"
+    reward_uses_clean_loss: ClassVar[bool] = True  # the reward is adversarial minus clean loss
 
     def __init__(self, config):
         self.config = config
@@ -71,7 +72,7 @@ class Greedy:
         probabilities = torch.sigmoid(logits.detach().float())
         action = self.action(probabilities, method.generator)
         # 4-5. reward from the classifier in eval mode, without gradient, in float32 (under --amp
-        # too: the clean term is the clean step's loss, float32 from that step's forward)
+        # too: the clean term is the clean step's loss computed in float32, APGA.phases)
         with torch.no_grad(), eval_mode(method.classifier), full_precision(images.device):
             adversarial = adversarial_images(images.float(), action, method.fill)
             adversarial_loss = F.cross_entropy(method.classifier(adversarial), labels)
@@ -131,6 +132,7 @@ class RLOO:
     """
 
     name: ClassVar[str] = "rloo"
+    reward_uses_clean_loss: ClassVar[bool] = False  # it cancels from the advantage (only the logged reward has it)
 
     def __init__(self, config):
         self.config = config
