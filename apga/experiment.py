@@ -219,13 +219,16 @@ def run_floors(config: Config, data: RunData, seed: int, seed_dir: Path, device)
         identity = {"body_part": data_source(config)[1], "seed": seed, "n_shot": shot_label(config),
                     "method": "floor", "variant": folder.name, "model_selection": config.model_selection,
                     "run_id": str(folder.relative_to(Path(config.out_dir)))}
-        values = identity_values(config, data.fingerprint, inputs)
+        # a floor trains nothing: one process (rank 0) measures it in float32, one evaluation batch at a time
+        measured = {"precision": "fp32", "world_size": 1, "effective_batch": config.batch_size}
+        values = identity_values(config, data.fingerprint, inputs, measured)
         atomic_write_json(folder / RESULT_FILE, run_row(identity, values, inputs, result) | {"inputs": inputs})
 
 
-def unfinished_runs(config: Config, seed: int) -> list[str]:
-    """The run ids of this seed (its methods and floors) that `run` would train; raises
-    `CheckpointError` for a run folder that holds a run of other settings or data."""
+def unfinished_runs(config: Config, seed: int, runtime: dict | None = None) -> list[str]:
+    """The run ids of this seed (its methods and floors) that `run` would train under `runtime`
+    (what is known of its precision and number of processes: `sweep.jobs.planned_runtime`); raises
+    `CheckpointError` for a run folder that holds a run of other settings, runtime or data."""
     config = with_data(config)
     data = prepare_run_data(config, seed)
     require_truths(config, data)
@@ -233,7 +236,8 @@ def unfinished_runs(config: Config, seed: int) -> list[str]:
     pending = []
     for name, settings in stages(config):
         plan = plan_stage(name, settings, seed, seed_dir, data)
-        state, _ = run_state(plan.run_dir, identity_values(settings, data.fingerprint, plan.inputs), plan.ignored)
+        state, _ = run_state(plan.run_dir, identity_values(settings, data.fingerprint, plan.inputs, runtime),
+                             plan.ignored)
         if state != "finished" or not config.resume:
             pending.append(plan.identity["run_id"])
     if any(m in selected_methods(config) for m in MASKING_METHODS):

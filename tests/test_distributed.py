@@ -26,10 +26,11 @@ def _run(command) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 def test_torchrun_two_processes_write_one_set_of_results(tiny_data, tmp_path):
-    """Two processes write one row per run, which records them; --val-every counts the images of
-    one process's iterations; a 1-process command does not reuse (or resume) their runs."""
+    """Two processes write one row per run, which records them; --val-every and --agent-warmup count
+    the images of one process's iterations; a 1-process command does not reuse (or resume) their runs."""
     out = tmp_path / "runs"
-    done = _run(_command(tiny_data, tmp_path, 2, "--val-every", "2"))
+    flags = ["--val-every", "2", "--agent-warmup", "4"]
+    done = _run(_command(tiny_data, tmp_path, 2, *flags))
     assert done.returncode == 0, done.stderr[-3000:]
     assert "x 2 ranks" in done.stdout
     assert done.stdout.count("APGA on elbow") == 1  # only rank 0 prints
@@ -38,14 +39,18 @@ def test_torchrun_two_processes_write_one_set_of_results(tiny_data, tmp_path):
     trained = table[table["method"] != "floor"]
     assert trained["accuracy"].between(0, 1).all()
     assert set(trained["world_size"]) == {2} and set(trained["effective_batch"]) == {16}
-    history = pd.read_csv(out / "elbow-all-val" / "seed89" / "apga" / "metrics.csv")
+    floors = table[table["method"] == "floor"]  # measured by rank 0 alone, in float32
+    assert set(floors["world_size"]) == {1} and set(floors["precision"]) == {"fp32"}
+    history = pd.read_csv(out / "elbow-all-val" / "seed89" / "apga-warmup4" / "metrics.csv")
+    warm_up, history = history[history["epoch"] == 0], history[history["epoch"] > 0]
+    assert warm_up["iteration"].tolist() == [2]  # 4 steps of 8 images: 2 steps of 2 x 8
     epoch_ends = history[history["epoch"] == history["epoch"].round()]
     assert len(epoch_ends) == 1 and epoch_ends["train_reward"].notna().all()
     # --val-every 2 is two iterations of 8 images: with 2 processes of 8, every step validates
     steps = int(history["iteration"].max())
     assert history["iteration"].tolist() == list(range(1, steps + 1)) and steps >= 2
 
-    alone = _run(_command(tiny_data, tmp_path, 1, "--val-every", "2"))
+    alone = _run(_command(tiny_data, tmp_path, 1, *flags))
     assert alone.returncode == 2 and "world_size: 2 -> 1" in alone.stderr and "Traceback" not in alone.stderr
     assert pd.read_csv(out / "results.csv").equals(table)  # nothing replaced
 

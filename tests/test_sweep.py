@@ -20,7 +20,7 @@ from conftest import TINY
 from sweep_helpers import COMPARED, GRID, ONLY_APGA, rows, run_sweep, sweep_flags
 
 @pytest.mark.slow
-def test_a_sweep_gives_the_rows_of_its_cells_run_one_by_one(tiny_data, tmp_path, one_by_one):
+def test_a_sweep_gives_the_rows_of_its_cells_run_one_by_one(tiny_data, tmp_path, one_by_one, capsys):
     out = tmp_path / "table"
     flags = [*GRID, *sweep_flags(tiny_data, tmp_path / "cache")]
     done = run_sweep(out, *flags)
@@ -31,12 +31,32 @@ def test_a_sweep_gives_the_rows_of_its_cells_run_one_by_one(tiny_data, tmp_path,
     again = run_sweep(out, *flags)  # everything is finished: nothing is submitted
     assert again.returncode == 0 and "4 cells (seeds 89): 4 finished, 0 still queued or running, 0 to run" in again.stdout
     assert len(list((out / "sweep" / "logs").glob("*_submitted.pkl"))) == 4
+    from apga.sweep import entry_point
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as refused:  # the same cells in bf16 (what --amp bf16 trains on this CPU)
+        entry_point(["--out-dir", str(out), *flags, "--amp", "bf16"])
+    assert refused.value.code == 2 and "precision: 'fp32' -> 'bf16'" in capsys.readouterr().err
     index = (out / RESULTS_FILE).read_bytes()
     (out / RESULTS_FILE).unlink()
     from apga.reporting.summary import main as report
 
     report(str(out))  # python -m apga.report DIR
     assert (out / RESULTS_FILE).read_bytes() == index
+
+
+def test_the_sweep_plans_each_cell_under_the_precision_and_processes_its_job_will_train_with(monkeypatch):
+    from apga.config import make_config
+    from apga.sweep.jobs import planned_runtime
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    one = {"world_size": 1, "effective_batch": 32}
+    assert planned_runtime(make_config(preset="cpu"), "local", 1) == one | {"precision": "fp32"}
+    assert planned_runtime(make_config(preset="cpu", amp=1), "local", 1) == one | {"precision": "bf16"}
+    assert planned_runtime(make_config(preset="cpu"), "slurm", 0) == one | {"precision": "fp32"}
+    assert planned_runtime(make_config(preset="cpu"), "slurm", 1) == one  # bf16 or fp16: the GPU decides
+    assert planned_runtime(make_config(preset="cpu", amp="fp16"), "slurm", 1) == one | {"precision": "fp16"}
+    assert planned_runtime(make_config(preset="cpu", amp=0), "slurm", 1) == one | {"precision": "fp32"}
 
 
 @pytest.mark.slow

@@ -308,6 +308,11 @@ def test_another_precision_or_world_size_is_another_run(tmp_path):
             check_same_config(tmp_path / "last.pt", one, {**one, key: value})
     planned = identity_values(config, "f", {})  # the sweep plans without knowing where a cell will run
     check_same_config(tmp_path / "last.pt", one, planned)
+    bf16 = {"precision": "bf16", "world_size": 1, "effective_batch": 32}
+    spelled = [identity_values(make_config(preset="cpu", amp=amp), "f", {}, bf16) for amp in (1, "bf16")]
+    check_same_config(tmp_path / "last.pt", *spelled)  # --amp 1 on the CPU is bf16: the same run
+    with pytest.raises(CheckpointError, match="amp: True -> 'bf16'"):  # where the precision is not known, the flag
+        check_same_config(tmp_path / "last.pt", spelled[0], identity_values(make_config(preset="cpu", amp="bf16"), "f", {}))
 
 
 @pytest.fixture

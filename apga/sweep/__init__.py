@@ -38,7 +38,7 @@ def sweep(out_dir: str, body_part="all", n_shot="all", seeds=5, selections="val"
     from apga.experiment import unfinished_runs
     from apga.reporting import summary
     from apga.reporting.results import rebuild
-    from apga.sweep.jobs import run_local, submit_slurm
+    from apga.sweep.jobs import planned_runtime, run_local, submit_slurm
 
     if executor not in EXECUTORS:
         raise ConfigError(f"unknown --executor {executor!r}; choose local or slurm")
@@ -58,7 +58,8 @@ def sweep(out_dir: str, body_part="all", n_shot="all", seeds=5, selections="val"
     cells = make_cells(out_dir, body_part, n_shot, seeds, selections, training)
     pending = []
     for cell in tqdm(cells, desc="checking cells (and building image caches)", leave=False):
-        if unfinished_runs(cell.config(), cell.seed):
+        config = cell.config()
+        if unfinished_runs(config, cell.seed, planned_runtime(config, executor, gpus_per_job)):
             pending.append(cell)
     finished = len(cells) - len(pending)
     busy = {name: kind for name, kind, detail in cell_states(out_dir, [cell.name for cell in pending])

@@ -160,6 +160,27 @@ def submit_slurm(cells: list[Cell], out_dir, *, partition: str | None, gpus_per_
     return jobs
 
 
+def planned_runtime(config, executor: str, gpus_per_job: int) -> dict:
+    """What a cell's job will train under, as far as it is known where the sweep runs (the runtime
+    keys of a run's identity, `training.loop.runtime_values`): one process, so its batch is
+    `--batch-size`; the precision `--amp` resolves to on the job's device, left out where that
+    depends on a GPU this machine does not have (`--amp 1` or the default on a Slurm GPU: bf16
+    where the GPU has it, else fp16). A finished run of another precision or number of processes
+    then stops the sweep in one line before anything is submitted, as it would stop the job."""
+    import torch
+
+    from apga.training.precision import Precision
+
+    runtime = {"world_size": 1, "effective_batch": config.batch_size}
+    on_gpu = torch.cuda.is_available() if executor == "local" else bool(gpus_per_job)
+    if on_gpu and executor != "local" and config.amp in (None, True):
+        return runtime
+    device = torch.device("cuda" if on_gpu else "cpu")
+    if on_gpu and executor != "local":  # an explicit --amp bf16, fp16 or 0: the same on any GPU that runs it
+        return runtime | {"precision": {False: "fp32", "bf16": "bf16", "fp16": "fp16"}[config.amp]}
+    return runtime | {"precision": Precision.for_device(device, config.amp).name}
+
+
 def local_gpus() -> list[int]:
     """The GPUs this process may use, as indices the jobs' CUDA_VISIBLE_DEVICES take: the parent's
     own CUDA_VISIBLE_DEVICES where it is set (so 2,3 stays 2 and 3), else every GPU."""

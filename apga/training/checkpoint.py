@@ -66,6 +66,8 @@ def check_same_config(path: Path, saved: dict, current: dict, ignored: set[str] 
     old = {**{k: v for k, v in before.items() if k in current}, **training_fields(saved)}
     new = training_fields(current)
     unknown = {k for k in RUNTIME_KEYS if k not in old or k not in new}
+    if "precision" not in unknown:  # what --amp resolved to is compared, not how it was spelled (1 or bf16)
+        ignored = {*ignored, "amp"}
     differing = sorted(k for k in old.keys() | new.keys()
                        if old.get(k) != new.get(k) and k not in ignored and k not in unknown)
     if "data_fingerprint" in differing:

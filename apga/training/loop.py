@@ -72,6 +72,12 @@ class Stage:
     on_fresh: Callable[[], None] | None = None  # called (rank 0) when the run is trained anew
     identity: dict = field(default_factory=dict)  # its results row's identity (reporting.results.run_row)
 
+    def per_process(self, steps: int | None) -> int | None:
+        """Iterations of one process that read the training images of `steps` iterations of a single
+        process (--steps-per-epoch, --agent-warmup): under torchrun each iteration reads
+        `world_size` batches, so the counts mean the same images whatever the number of processes."""
+        return None if steps is None else -(-steps // self.dist.world_size)
+
 
 def identity_values(config, fingerprint: str, inputs: dict, runtime: dict | None = None) -> dict:
     """A run's identity as its config.json (and every checkpoint) records it: its settings, how its
@@ -343,8 +349,8 @@ class _Run:
         select = self.data.select.dataset
         self.gallery_batch = select.__getitems__(list(range(min(GALLERY_IMAGES, len(select)))))
         method.generator = torch.Generator(stage.device)
-        steps = len(self.loader) if self.config.steps_per_epoch is None else min(self.config.steps_per_epoch,
-                                                                                   len(self.loader))
+        self.max_steps = stage.per_process(self.config.steps_per_epoch)  # None: the whole training set
+        steps = len(self.loader) if self.max_steps is None else min(self.max_steps, len(self.loader))
         self.board = RunBoard(stage.run_dir, steps) if self.config.tensorboard and self.main else None
         self.logged = len(self.history)  # rows already on the board (a resumed run's earlier epochs)
 
@@ -369,7 +375,7 @@ class _Run:
         """One pass over the training set with its validations, then the epoch's checkpoints."""
         method, config, stage = self.method, self.config, self.stage
         self.seed_pass(epoch)
-        steps = len(self.loader) if config.steps_per_epoch is None else min(config.steps_per_epoch, len(self.loader))
+        steps = len(self.loader) if self.max_steps is None else min(self.max_steps, len(self.loader))
 
         world = stage.dist.world_size
 
@@ -385,7 +391,7 @@ class _Run:
 
         train_logs = train_one_epoch(method, self.loader, self.optimizers, self.scaler, stage,
                                      desc=f"{method.name} epoch {epoch}", on_iteration=mid_epoch,
-                                     max_steps=config.steps_per_epoch)
+                                     max_steps=self.max_steps)
         val = self.validate(float(epoch))
         improved = self.progress["best_epoch"] > epoch - 1  # selected in this epoch (or in its killed first try)
         self.progress.update(epoch=epoch, epochs_since_best=0 if improved else self.progress["epochs_since_best"] + 1)
@@ -489,11 +495,11 @@ class _Run:
 
 
 def warm_up(method, loader, optimizers, scaler, stage: Stage, seed_pass) -> dict:
-    """`--agent-warmup`: `method.warmup_steps` steps of its warm-up phases (APGA: the agent alone)
-    before fine-tuning, in passes over the training set (seeded as epochs 0, -1, ...). The
+    """`--agent-warmup`: `method.warmup_steps` steps of its warm-up phases (APGA: the agent alone;
+    under torchrun, `Stage.per_process` of them in each process) before fine-tuning, in passes over the training set (seeded as epochs 0, -1, ...). The
     classifier is not stepped and stays in eval mode, so its batch-norm statistics do not move
     either. Returns the history row (epoch 0) of the warm-up's mean logs."""
-    logs, steps, number = _Logs(), method.warmup_steps, 0
+    logs, steps, number = _Logs(), stage.per_process(method.warmup_steps), 0
     while logs.count < steps:
         if not len(loader):
             raise ValueError(f"{method.name} warm-up: the training set has no batch")
