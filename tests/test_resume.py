@@ -30,13 +30,16 @@ def _comparable(out):
 
 @pytest.mark.slow
 def test_sigkill_then_resume_gives_the_same_result(tiny_data, tmp_path):
-    """Whatever --num-workers (0; the paper preset's 2 when killed; 4 when resumed), a run killed
-    with SIGKILL and resumed ends where an uninterrupted one does, epoch by epoch."""
+    """Under bf16 autocast (`--amp 1`, what CUDA runs by default) and whatever --num-workers (0; the
+    paper preset's 2 when killed; 4 when resumed), a run killed with SIGKILL and resumed ends where an
+    uninterrupted one does, epoch by epoch. (The tiny data is decoded in process whatever the
+    workers: test_user_path shows that decoding workers write the same cache.)"""
+    flags = [*FLAGS, "--amp", "1"]
     uninterrupted = tmp_path / "a" / "runs"
-    assert run_cli(tiny_data, uninterrupted, *FLAGS, "--num-workers", "0").returncode == 0
+    assert run_cli(tiny_data, uninterrupted, *flags, "--num-workers", "0").returncode == 0
 
     killed = tmp_path / "b" / "runs"
-    process = subprocess.Popen(cli_command(tiny_data, killed, *FLAGS, "--num-workers", "2"), env=environment(),
+    process = subprocess.Popen(cli_command(tiny_data, killed, *flags, "--num-workers", "2"), env=environment(),
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     apga_history = killed / "elbow-all-val" / "seed89" / "apga" / "metrics.csv"
     deadline = time.time() + 240
@@ -46,9 +49,11 @@ def test_sigkill_then_resume_gives_the_same_result(tiny_data, tmp_path):
     process.wait()
     assert apga_history.is_file() and not (apga_history.parent / "result.json").exists()
 
-    resumed = run_cli(tiny_data, killed, *FLAGS, "--num-workers", "4")
+    resumed = run_cli(tiny_data, killed, *flags, "--num-workers", "4")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming" in resumed.stdout
+    table = pd.read_csv(killed / "results.csv")
+    assert set(table.loc[table["method"] != "floor", "precision"]) == {"bf16"}
     expected, expected_history = _comparable(uninterrupted)
     got, got_history = _comparable(killed)
     pd.testing.assert_frame_equal(got, expected)

@@ -47,6 +47,31 @@ def test_a_pass_is_a_function_of_seed_and_epoch_alone():
     assert sorted(sum(resumed[0], [])) == list(range(50))  # every image once
 
 
+@pytest.mark.parametrize("workers", [2, 4])
+def test_the_decode_workers_write_the_cache_one_process_writes(tiny_data, tmp_path, monkeypatch, workers):
+    """--num-workers only says how many processes decode a cache (of 256 images or more; here the
+    threshold is lowered to the tiny data's size): the same bytes, row checksums and description."""
+    from apga.data import cache
+    from apga.data.mura import load_split
+
+    files = [str(tiny_data / path) for path in load_split(tiny_data, "train")["path"]]
+    monkeypatch.setattr(cache, "PARALLEL_DECODE", len(files))
+    built = {}
+    for count in (0, workers):
+        started = []
+        real = cache.torch.utils.data.DataLoader
+
+        def loader(*args, **kwargs):
+            started.append(kwargs["num_workers"])
+            return real(*args, **kwargs)
+        monkeypatch.setattr(cache.torch.utils.data, "DataLoader", loader)
+        cache.cached_array(files, 32, tmp_path / str(count), num_workers=count)
+        monkeypatch.setattr(cache.torch.utils.data, "DataLoader", real)
+        assert started == [count]
+        built[count] = {path.suffix: path.read_bytes() for path in (tmp_path / str(count)).iterdir()}
+    assert built[0] == built[workers] and set(built[0]) == {".u8", ".json"}
+
+
 def test_reading_ahead_and_reading_in_step_give_the_same_batches():
     images = np.random.default_rng(0).integers(0, 255, (37, 4, 4), dtype=np.uint8)
     dataset = CachedImages(images, np.arange(37), np.arange(37) % 2)
@@ -118,17 +143,20 @@ def _fit(config, data, run_dir, precision, *, stop_after_steps: int | None = Non
     monkeypatch.setattr(loop, "run_step", real_step)
 
 
-def test_fp16_with_its_gradient_scaler_resumes_to_the_uninterrupted_run(tiny_config, tmp_path, monkeypatch):
-    """--amp fp16 (GPUs without bf16) on the CPU: the scaler scales, skips and is restored."""
-    config = tiny_config(batch_size=6, epochs=3, patience=10, gallery="off", amp="fp16")
+@pytest.mark.parametrize("amp", ["fp16", 1])
+def test_mixed_precision_resumes_to_the_uninterrupted_run(tiny_config, tmp_path, monkeypatch, amp):
+    """--amp 1 (bf16 autocast, the default on CUDA) and --amp fp16 (GPUs without bf16) on the CPU,
+    interrupted mid-epoch: fp16's gradient scaler scales, skips and is restored."""
+    config = tiny_config(batch_size=6, epochs=3, patience=10, gallery="off", amp=amp)
     data = prepare_run_data(config, seed=1)
-    fp16 = Precision.for_device(torch.device("cpu"), config.amp)
-    assert fp16.name == "fp16" and fp16.scaler().is_enabled()
-    expected = _fit(config, data, tmp_path / "a", fp16)
+    precision = Precision.for_device(torch.device("cpu"), config.amp)
+    assert precision.name == {"fp16": "fp16", 1: "bf16"}[amp] and precision.scaler().is_enabled() == (amp == "fp16")
+    expected = _fit(config, data, tmp_path / "a", precision)
     steps = -(-len(data.train.index) // 6)
-    _fit(config, data, tmp_path / "b", fp16, stop_after_steps=steps + 1, monkeypatch=monkeypatch)  # in epoch 2
-    assert load_checkpoint(tmp_path / "b" / "last.pt")["scaler"]["scale"] < 65536.0  # it skipped steps and backed off
-    resumed = _fit(config, data, tmp_path / "b", fp16)
+    _fit(config, data, tmp_path / "b", precision, stop_after_steps=steps + 1, monkeypatch=monkeypatch)  # in epoch 2
+    if amp == "fp16":  # it skipped steps and backed off
+        assert load_checkpoint(tmp_path / "b" / "last.pt")["scaler"]["scale"] < 65536.0
+    resumed = _fit(config, data, tmp_path / "b", precision)
     for key in ("accuracy", "auroc", "selection_accuracy", "best_epoch", "checkpoint_digest"):
         assert resumed[key] == expected[key], key
     assert pd.read_csv(tmp_path / "b" / "metrics.csv").drop(columns="seconds").equals(
@@ -316,14 +344,16 @@ def test_another_precision_or_world_size_is_another_run(tmp_path):
 
 
 @pytest.fixture
-def restores_determinism():
-    before = (torch.are_deterministic_algorithms_enabled(), torch.backends.cudnn.deterministic,
-              os.environ.get("CUBLAS_WORKSPACE_CONFIG"))
+def restores_determinism(monkeypatch):
+    """Torch's determinism switches as they were before the test, and no CUBLAS_WORKSPACE_CONFIG of
+    this machine's (the command sets its own)."""
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", "")  # recorded: afterwards this machine's value (or none) is back
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
+    before = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+              torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
     yield
-    torch.use_deterministic_algorithms(before[0])
-    torch.backends.cudnn.deterministic = before[1]
-    if before[2] is None:
-        os.environ.pop("CUBLAS_WORKSPACE_CONFIG", None)
+    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[2], before[3]
 
 
 def test_deterministic_1_turns_on_deterministic_algorithms_and_is_recorded(tiny_data, tmp_path, capsys,
