@@ -145,7 +145,7 @@ def run_stage(name: str, config: Config, data: RunData, seed: int, seed_dir: Pat
     seed_everything(derive_seed(seed, name, "init"))  # the same initial networks on every rank
     plan = plan_stage(name, config, seed, seed_dir, data)
     method = build_method(name, config, device, seed_dir / "baseline" / "best.pt", **plan.extra)
-    if config.sync_bn and dist.enabled:  # batch norm over every process's share of the batch
+    if config.sync_bn:  # batch norm over every process's share of the batch (torchrun on GPUs: _run checks)
         method.classifier = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method.classifier)
         method.agent = method.agent and torch.nn.SyncBatchNorm.convert_sync_batchnorm(method.agent)
     method.classifier, method.agent, method.dist = wrap(method.classifier, dist, device), wrap(method.agent, dist, device), dist
@@ -281,7 +281,10 @@ def _run(config: Config, dist: Dist, device, write_index: bool = True) -> list[s
     if not dist.from_main(writable_dir(out_dir) if dist.is_main else None):
         raise ConfigError(f"cannot write to --out-dir {out_dir}; choose a writable folder")
     precision = Precision.for_device(device, config.amp)
-    if config.sync_bn and dist.enabled and device.type != "cuda":
+    if config.sync_bn and not dist.enabled:
+        raise ConfigError("--sync-bn 1 synchronises batch norm across torchrun's processes, and this command is one "
+                          "process (nothing to synchronise); start it with torchrun --nproc-per-node N, or drop --sync-bn")
+    if config.sync_bn and device.type != "cuda":
         raise ConfigError("--sync-bn 1 needs GPUs (torch's SyncBatchNorm syncs CUDA tensors only); drop it on the CPU")
     chosen = stages(config)
     names = [name for name, _ in chosen]

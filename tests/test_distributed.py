@@ -117,3 +117,22 @@ def test_two_processes_take_the_step_of_one_process_on_the_whole_batch(tmp_path)
         for network in ("classifier", "agent"):
             for name, value in single[network].items():
                 torch.testing.assert_close(ranked[network][name], value, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_the_process_group_waits_as_long_as_dist_timeout_min(monkeypatch):
+    """Rank 0 evaluates alone while the others wait in a collective: the group's timeout is
+    --dist-timeout-min, not gloo's or NCCL's default of 10 or 30 minutes."""
+    import datetime
+
+    from apga import distributed
+
+    joined = {}
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda backend, timeout: joined.update(
+        backend=backend, timeout=timeout))
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 1)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    assert distributed.setup(0, 240) == (distributed.Dist(1, 2), torch.device("cpu"))
+    assert joined == {"backend": "gloo", "timeout": datetime.timedelta(minutes=240)}

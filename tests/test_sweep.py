@@ -138,6 +138,7 @@ def test_the_slurm_submission_is_one_job_array_of_the_unfinished_cells(tiny_data
     (["--gpus-per-job", "2"], "--gpus-per-job takes 0 (CPU only) or 1, got 2"),
     (["--resume", "0"], "--resume does not go with a sweep: a sweep resumes"),
     (["--gpu-id", "1"], "--gpu-id does not go with a sweep"),
+    (["--sync-bn", "1"], "--sync-bn does not go with a sweep: each cell is one process"),
 ])
 def test_a_bad_setting_submits_nothing(tiny_data, tmp_path, capsys, no_slurm, flags, message):
     from apga.sweep import entry_point

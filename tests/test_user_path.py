@@ -23,6 +23,7 @@ from apga.training import loop
 from apga.training.checkpoint import load_checkpoint, load_networks
 from apga.training.loop import Precision, Stage, fit
 from cli_helpers import run_cli_here
+from conftest import TINY
 
 ONLY = ["--train-cutout", "0", "--train-gradcam", "0", "--train-end2end", "0", "--train-random", "0"]
 
@@ -365,6 +366,31 @@ def test_deterministic_1_turns_on_deterministic_algorithms_and_is_recorded(tiny_
     assert os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     row = pd.read_csv(out / "results.csv").query("method == 'baseline'").iloc[0]
     assert bool(row["deterministic"]) and row["precision"] == "fp32" and row["effective_batch"] == 8
+
+
+def test_sync_bn_converts_the_networks_and_needs_torchrun(tiny_data, tmp_path, capsys, monkeypatch):
+    """--sync-bn 1 is refused in one line where it would do nothing (one process; torchrun on the CPU:
+    test_distributed), and where it is used, batch norm of both networks is SyncBatchNorm."""
+    from apga import experiment
+    from apga.training.checkpoint import save_checkpoint
+
+    done = run_cli_here(capsys, tiny_data, tmp_path / "runs", *ONLY, "--sync-bn", "1")
+    assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == (
+        "error: --sync-bn 1 synchronises batch norm across torchrun's processes, and this command is one process "
+        "(nothing to synchronise); start it with torchrun --nproc-per-node N, or drop --sync-bn")
+    trained = []
+    monkeypatch.setattr(experiment, "fit", lambda method, data, stage: trained.append(method) or {})
+    config = make_config(**{**TINY, "data_root": str(tiny_data), "out_dir": str(tmp_path / "runs"),
+                            "cache_dir": str(tmp_path / "cache"), "sync_bn": 1})
+    data = prepare_run_data(config, 89)
+    (tmp_path / "runs" / "seed89" / "baseline").mkdir(parents=True)
+    save_checkpoint(tmp_path / "runs" / "seed89" / "baseline" / "best.pt",
+                    {"classifier": build_classifier(config.classifier).state_dict()})
+    experiment.run_stage("end2end", config, data, 89, tmp_path / "runs" / "seed89", torch.device("cpu"),
+                         Precision("cpu", None), progress=False, write_index=False)
+    norms = [type(m) for net in (trained[0].classifier, trained[0].agent) for m in net.modules()
+             if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert norms and set(norms) == {torch.nn.SyncBatchNorm}
 
 
 def test_every_code_version_that_trained_a_run_is_in_its_row(tiny_config, tmp_path, monkeypatch, capsys):

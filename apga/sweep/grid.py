@@ -15,7 +15,8 @@ FIRST_SEED = 89  # the paper: --seed 88, incremented before each run
 SET_BY_THE_SWEEP = ("body_part", "n_shot", "seed", "n_runs", "model_selection", "out_dir")
 # not for a sweep: a job's GPU is the one it is given; a requeued job must resume, not start over
 REFUSED = {"gpu_id": "each job uses the GPU the sweep gives it (CUDA_VISIBLE_DEVICES)",
-           "resume": "a sweep resumes; to train runs anew, delete their folders or use another --out-dir"}
+           "resume": "a sweep resumes; to train runs anew, delete their folders or use another --out-dir",
+           "sync_bn": "each cell is one process, with nothing to synchronise; --sync-bn is for torchrun on several GPUs"}
 
 
 @dataclass(frozen=True)
