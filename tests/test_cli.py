@@ -31,6 +31,8 @@ def test_cli_runs_every_method_and_collects_seeds(tiny_data, tmp_path):
         assert masking[column].notna().all(), column
     learned = masking["method"] != "random"  # random boxes are given, not learned: they cannot collapse
     assert masking.loc[learned, "collapsed"].notna().all() and masking.loc[~learned, "collapsed"].isna().all()
+    for method, collapsed in masking.loc[learned].set_index("method")["collapsed"].items():  # said on the console
+        assert (f"warning: {method}'s policy collapsed" in done.stderr) == bool(collapsed), (method, done.stderr[-2000:])
     assert table[table["method"].isin(["baseline", "cutout"])]["location_gap_10"].isna().all()
     assert table["selection_evaluations"].ge(1).all() and table["data_fingerprint"].nunique() == 1
     gallery = out / "elbow-all-val" / "seed89" / "apga" / "gallery" / "final.png"

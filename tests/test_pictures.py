@@ -50,6 +50,27 @@ def test_the_image_tile_outlines_the_truth_and_each_row_says_label_and_probabili
     assert picture.width == 4 * 64 and picture.height > 2 * 64 + 2 * 18  # a caption band over each row
 
 
+def test_the_overlay_draws_the_map_and_the_kept_region_on_the_radiograph_under_its_probabilities():
+    """apga.predict's overlay: the radiograph blended with the map on its fixed scale, the kept region
+    outlined in cyan, and the image's lines (its name, label and probabilities) in the band above it."""
+    maps = np.zeros((1, 16, 16))
+    maps[0, :, 8:] = 1.0  # the right half marked
+    pictures = _pictures(maps)  # a grey ramp, the top half kept
+    lines = ["image1.png", "label: abnormal · p(abnormal) 0.83"]
+    picture = np.asarray(gallery.overlay_picture(pictures, 0, lines, size=64, tile=32))
+    band = gallery._text_band(64, [part for line in lines for part in gallery._wrapped(line, 64, 13)]).height
+    over = picture[band:band + 64, :64].astype(int)
+    grey = np.linspace(0, 1, 16)[np.arange(64) * 16 // 64] * 255
+    colours = gallery._colours()
+    for column, value in ((10, 0), (50, 255)):  # unmarked and marked, below the kept region's edge
+        expected = (0.55 * grey[column].round() + 0.45 * colours[value]).round()
+        assert (over[48, column] == expected).all(), column
+    cyan = (over == gallery.KEPT_COLOUR).all(axis=2)
+    assert cyan[30, 10:54].all() and not cyan[34:].any()  # the kept top half's lower edge, nothing below it
+    assert (picture[:band, :64] == gallery.TEXT).all(axis=2).sum() > 20  # the lines are written
+    assert not (picture[band:band + 64, :64] == gallery.TEXT).all(axis=2)[34:, :].any()  # not over the image
+
+
 @pytest.fixture
 def drawn(monkeypatch):
     """The figures the plots save, by file name, kept open to read their text."""

@@ -74,6 +74,9 @@ def test_a_study_folder_and_a_plain_folder_in_a_real_process(trained, tiny_data,
     assert len(predictions) == (valid["study"] == valid["study"].iloc[0]).sum()
     assert predictions["study"].nunique() == 1 and predictions["study_probability"].nunique() == 1
     assert predictions["label"].eq(valid["label"].iloc[0]).all() and predictions["probability"].between(0, 1).all()
+    accuracy = ((predictions["probability"] > 0.5) == predictions["label"]).mean()  # the folder names the label
+    assert (f"{len(predictions)} labelled image(s), {int(predictions['label'].sum())} abnormal: accuracy {accuracy:.3f}; "
+            f"AUROC and κ undefined (one class)") in done.stdout
 
     plain = tmp_path / "plain"
     plain.mkdir()
