@@ -97,6 +97,14 @@ def build_method(name: str, config: Config, device: torch.device, baseline_check
     return methods.build_method(name, config, device, state, **extra)
 
 
+def generated_root(data_root: str | Path) -> Path:
+    """The generated data set of a benchmark's `--data-root`: the folder itself where it holds one
+    (its GENERATED.json, e.g. from `python -m apga.data.synthetic`), else the demo's data set under it
+    (made once, as --demo makes it)."""
+    root = Path(data_root)
+    return root if (root / "GENERATED.json").is_file() else ensure_generated(root / DEMO_DATA, seed=0)
+
+
 def with_data(config: Config) -> Config:
     """`config` with its data root where the data is: for --demo, the generated data set (made once)."""
     if not config.demo:

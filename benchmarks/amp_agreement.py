@@ -24,7 +24,7 @@ import pandas as pd  # noqa: E402
 from apga.cli import script_command  # noqa: E402
 from apga.config import make_config  # noqa: E402
 from apga.reporting.results import read_results  # noqa: E402
-from apga.experiment import run  # noqa: E402
+from apga.experiment import generated_root, run  # noqa: E402
 
 METRICS = ("accuracy", "auroc")
 
@@ -33,12 +33,12 @@ def main(seeds: int = 3, epochs: int = 8, finetune_epochs: int = 2, preset: str 
          out_dir: str = "runs/amp-agreement", data_root: str = "datasets") -> None:
     """Run both precisions and print the comparison."""
     start = time.perf_counter()
-    tables = {}
+    tables, root = {}, str(generated_root(data_root))
     for amp in (False, True):
         folder = Path(out_dir) / ("amp" if amp else "fp32")
-        run(make_config(demo=True, preset=preset, body_part="elbow", n_runs=seeds, epochs=epochs,
+        run(make_config(preset=preset, body_part="elbow", n_runs=seeds, epochs=epochs,
                         finetune_epochs=finetune_epochs, amp=amp, train_cutout=0, train_gradcam=0,
-                        train_end2end=0, train_random=0, gallery="off", out_dir=str(folder), data_root=data_root))
+                        train_end2end=0, train_random=0, gallery="off", out_dir=str(folder), data_root=root))
         table = read_results(folder)
         tables[amp] = table[table["method"] != "floor"].set_index(["seed", "method"])[list(METRICS)]
     both = tables[False].add_suffix("_fp32").join(tables[True].add_suffix("_amp"), how="inner")
