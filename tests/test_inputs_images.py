@@ -291,3 +291,127 @@ def test_encodings_that_already_decode_keep_decoding(tmp_path):
     plain = decode_image(tmp_path / "plain16.tif", SIZE)
     for name in ("lzw16.tif", "deflate16.tif", "big16.tif"):
         assert np.array_equal(decode_image(tmp_path / name, SIZE), plain), name
+
+
+# --- headers that contradict their pixels -------------------------------------------------------
+
+def _png_chunks(data: bytes, extra: list[tuple[bytes, bytes]], before: bytes = b"IDAT") -> bytes:
+    """The PNG `data` with the chunks `extra` inserted before its first `before` chunk (pypng writes
+    their CRCs)."""
+    import png
+
+    chunks = list(png.Reader(bytes=data).chunks())
+    position = next(i for i, (kind, _) in enumerate(chunks) if kind == before)
+    buffer = io.BytesIO()
+    png.write_chunks(buffer, chunks[:position] + extra + chunks[position:])
+    return buffer.getvalue()
+
+
+def _png16(values: np.ndarray) -> bytes:
+    """A 16-bit PNG of uint16 samples, (H, W) grey or (H, W, 3) colour, written by pypng."""
+    import png
+
+    height, width = values.shape[:2]
+    colour = values.ndim == 3
+    buffer = io.BytesIO()
+    png.Writer(width, height, greyscale=not colour, bitdepth=16).write(buffer, values.reshape(height, -1).tolist())
+    return buffer.getvalue()
+
+
+def test_dicom_headers_that_contradict_their_samples_follow_the_samples(tmp_path):
+    """Photometric Interpretation absent (old modalities; pydicom's AttributeError) is MONOCHROME2
+    for one sample a pixel and RGB for three; three samples labelled MONOCHROME2 (an exporter that
+    kept a grey template's header, fo-dicom/fo-dicom#837: TypeError from the resize) are the RGB they
+    are; 12 bits stored MSB-aligned (High Bit 15) are shifted into place, not masked to noise."""
+    values = radiograph(21)
+    dicom(values).save_as(tmp_path / "plain.dcm", enforce_file_format=True)
+    plain = decode_image(tmp_path / "plain.dcm", SIZE)
+    unlabelled = dicom(values)
+    del unlabelled.PhotometricInterpretation
+    unlabelled.save_as(tmp_path / "unlabelled.dcm", enforce_file_format=True)
+    dicom(np.rint(values) * 16, HighBit=15).save_as(tmp_path / "msb.dcm", enforce_file_format=True)
+    for name in ("unlabelled.dcm", "msb.dcm"):
+        assert np.array_equal(decode_image(tmp_path / name, SIZE), plain), name
+
+    rgb = np.stack([values / 16, values / 16 * 0.8, values / 32], axis=-1).astype(np.uint8)
+    reference = None
+    for photometric in ("RGB", "MONOCHROME2", None):
+        ds = dicom(values, SamplesPerPixel=3, PlanarConfiguration=0, BitsAllocated=8, BitsStored=8, HighBit=7)
+        ds.PixelData = rgb.tobytes()
+        if photometric:
+            ds.PhotometricInterpretation = photometric
+        else:
+            del ds.PhotometricInterpretation
+        ds.save_as(tmp_path / "colour.dcm", enforce_file_format=True)
+        decoded = decode_image(tmp_path / "colour.dcm", SIZE)
+        reference = decoded if reference is None else reference
+        assert np.array_equal(decoded, reference), photometric
+    luma = np.asarray(Image.fromarray(rgb, "RGB").convert("L").resize((SIZE, SIZE), Image.BILINEAR)).astype(int)
+    assert np.abs(reference.astype(int) - luma).max() <= 2
+
+
+def test_a_palette_of_8_bit_entries_in_16_bit_words_keeps_its_picture(tmp_path):
+    """PALETTE COLOR whose descriptor says 8-bit entries but whose LUT Data hold a 16-bit word an
+    entry (PS3.3 C.7.6.3.1.5 notes implementations that wrote so): pydicom reads every entry as 0, a
+    black image; it decodes as the standard palette, entries in the low or the high byte."""
+    index = np.rint(radiograph(22, top=255)).astype(np.uint8)
+    results = {}
+    for name, data in [("standard", np.arange(256, dtype=np.uint8).tobytes()),
+                       ("low", np.arange(256, dtype="<u2").tobytes()),
+                       ("high", (np.arange(256, dtype="<u2") << 8).tobytes())]:
+        ds = dicom(index, "PALETTE COLOR", BitsAllocated=8, BitsStored=8, HighBit=7)
+        ds.PixelData = index.tobytes()
+        for colour in ("Red", "Green", "Blue"):
+            setattr(ds, f"{colour}PaletteColorLookupTableDescriptor", [256, 0, 8])
+            setattr(ds, f"{colour}PaletteColorLookupTableData", data)
+        ds.save_as(tmp_path / f"{name}.dcm", enforce_file_format=True)
+        results[name] = decode_image(tmp_path / f"{name}.dcm", SIZE)
+    assert results["standard"].mean() > 40
+    assert np.array_equal(results["low"], results["standard"]) and np.array_equal(results["high"], results["standard"])
+
+
+def test_png_metadata_that_contradicts_the_pixels_is_not_trusted(tmp_path):
+    """sBIT of no 16-bit sample (20: the image came out black) or below the values that do not fill
+    16 bits either (sBIT 8, 12-bit values: nearly black) is ignored, as without sBIT; a 16-bit colour
+    PNG (read by pypng) turns by its EXIF orientation as every Pillow-read file does; a text chunk
+    over Pillow's limit (python-pillow/Pillow#8363) or a text chunk with a bad CRC costs no image."""
+    values = np.rint(radiograph(23)).astype(np.uint16)  # 12-bit values
+    plain = _png16(values)
+    (tmp_path / "plain.png").write_bytes(plain)
+    reference = decode_image(tmp_path / "plain.png", SIZE)
+    assert reference.max() >= 250
+    import zlib
+
+    broken_text = _png_chunks(plain, [(b"tEXt", b"Comment\x00x")])
+    at = broken_text.index(b"tEXt") + 4 + 9
+    broken_text = broken_text[:at] + b"\x00\x00\x00\x00" + broken_text[at + 4:]  # the CRC zeroed
+    for name, data in [("sbit20", _png_chunks(plain, [(b"sBIT", bytes([20]))])),
+                       ("sbit8", _png_chunks(plain, [(b"sBIT", bytes([8]))])),
+                       ("ztxt", _png_chunks(plain, [(b"zTXt", b"Comment\x00\x00" + zlib.compress(b"A" * 3_000_000))])),
+                       ("badcrc", broken_text)]:
+        (tmp_path / f"{name}.png").write_bytes(data)
+        assert np.array_equal(decode_image(tmp_path / f"{name}.png", SIZE), reference), name
+
+    colour = np.stack([values, values // 2, values // 4], axis=-1).astype(np.uint16)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the camera was turned: show it rotated 90 degrees clockwise
+    (tmp_path / "upright.png").write_bytes(_png16(np.ascontiguousarray(np.rot90(colour, -1))))
+    (tmp_path / "turned.png").write_bytes(_png_chunks(_png16(colour), [(b"eXIf", exif.tobytes())]))
+    upright = decode_image(tmp_path / "upright.png", SIZE)
+    assert np.array_equal(decode_image(tmp_path / "turned.png", SIZE), upright)
+    assert not np.array_equal(decode_image(tmp_path / "turned.png", SIZE), np.rot90(upright))
+
+
+def test_a_cielab_tiff_decodes_as_its_grey_twin(tmp_path):
+    """A CIELAB TIFF (colour-managed exports): Pillow cannot convert LAB to grey ('conversion from
+    LAB to RGB not supported'); littlecms takes it to sRGB first, as a viewer does."""
+    grey = Image.fromarray(np.rint(radiograph(24, top=255)).astype(np.uint8))
+    grey.save(tmp_path / "grey.tif")
+    from PIL import ImageCms
+
+    lab = ImageCms.applyTransform(grey.convert("RGB"), ImageCms.buildTransform(
+        ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"), "RGB", "LAB"))
+    lab.save(tmp_path / "lab.tif")
+    assert Image.open(tmp_path / "lab.tif").mode == "LAB"
+    assert np.abs(decode_image(tmp_path / "lab.tif", SIZE).astype(int)
+                  - decode_image(tmp_path / "grey.tif", SIZE).astype(int)).max() <= 3

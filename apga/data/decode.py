@@ -41,7 +41,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from apga.errors import ImageError
 
-DECODER_VERSION = 5  # bump when decoding changes what an image decodes to (it keys the image cache)
+DECODER_VERSION = 6  # bump when decoding changes what an image decodes to (it keys the image cache)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".tif", ".tiff", ".bmp", ".jp2", ".j2k", ".webp",
@@ -130,7 +130,10 @@ def decode_with_depth(content: bytes, size: int, name: str, mask: bool = False,
     if not_an_image:
         raise ImageError(f"cannot read image {name}: {not_an_image}")
     try:
-        grey = _grey(content, name, bit_depth, inferred)
+        grey = _grey_png_metadata_aside(content, name, bit_depth, inferred)
+        if not isinstance(grey, Image.Image) and np.ndim(grey) != 2:
+            raise ImageError(f"cannot read image {name}: its pixels have shape {np.shape(grey)}, not one grey plane "
+                             f"(height, width) nor colour this decoder knows; convert it to a grey PNG")
     except ImageError:
         raise
     except Image.DecompressionBombError as error:
@@ -191,6 +194,50 @@ def _bomb_reason(error: Exception) -> str:
             f"{2 * limit / 1e6:.0f} Mpx: downscale the image")
 
 
+_PNG_TEXT_CHUNKS = (b"tEXt", b"zTXt", b"iTXt")
+
+
+def _grey_png_metadata_aside(content: bytes, name: str, bit_depth: int | None, inferred: list):
+    """`_grey`; a PNG that fails for its metadata (a text chunk larger than Pillow's limit against
+    decompression bombs, python-pillow/Pillow#8363; an ancillary chunk with a bad CRC, which libpng
+    and viewers skip) is decoded again without its text chunks and broken ancillary chunks, which
+    hold no pixel."""
+    try:
+        return _grey(content, name, bit_depth, inferred)
+    except ImageError:
+        raise
+    except Exception:  # noqa: BLE001 - retried once without metadata, else the first failure stands
+        pixels_only = _png_without_metadata(content) if content.startswith(PNG_SIGNATURE) else None
+        if pixels_only is None or pixels_only == content:
+            raise
+        try:
+            return _grey(pixels_only, name, bit_depth, inferred)
+        except Exception:  # noqa: BLE001
+            pass
+        raise
+
+
+def _png_without_metadata(content: bytes) -> bytes | None:
+    """A PNG's bytes without its text chunks and its ancillary chunks whose CRC is wrong (None when
+    the chunk structure itself is broken)."""
+    import zlib
+
+    out, at = bytearray(content[:8]), 8
+    while at + 12 <= len(content):
+        length = int.from_bytes(content[at:at + 4], "big")
+        kind, end = content[at + 4:at + 8], at + 12 + length
+        if end > len(content):
+            return None
+        body, crc = content[at + 8:at + 8 + length], int.from_bytes(content[end - 4:end], "big")
+        ancillary = bool(kind[0] & 0x20)
+        if kind not in _PNG_TEXT_CHUNKS and not (ancillary and zlib.crc32(kind + body) != crc):
+            out += content[at:end]
+        at = end
+        if kind == b"IEND":
+            break
+    return bytes(out)
+
+
 def _grey(content: bytes, name: str, bit_depth: int | None = None, inferred: list | None = None):
     """An "L" image (8-bit sources) or a float32 (H, W) array in [0, 1] (everything else); a bit
     depth read off an image's largest value is appended to `inferred`."""
@@ -211,6 +258,11 @@ def _grey(content: bytes, name: str, bit_depth: int | None = None, inferred: lis
             return _high_depth_grey(_tiff_samples(np.asarray(image), tags), name, bit_depth, inferred)
         if image.mode in ("LA", "RGBA", "PA") or (image.mode == "P" and "transparency" in image.info):
             image = image.convert("RGBA").convert("RGB")  # drop alpha, keep the intensities
+        if image.mode == "LAB":  # CIELAB (a TIFF from a colour-managed export): to sRGB with littlecms, as viewers
+            from PIL import ImageCms
+
+            image = ImageCms.applyTransform(image, ImageCms.buildTransform(
+                ImageCms.createProfile("LAB"), ImageCms.createProfile("sRGB"), "LAB", "RGB"))
         return image.convert("L")
 
 
@@ -260,6 +312,10 @@ def unit_range(values: np.ndarray, significant_bits: int | None = None, bit_dept
                name: str = "", inferred: list | None = None) -> np.ndarray:
     """Unsigned integer samples of a 16-bit container -> float32 in [0, 1] (see the module docstring)."""
     top = int(values.max()) if values.size else 0
+    if significant_bits and not 1 <= significant_bits <= 16:
+        significant_bits = None  # no bit count of a 16-bit sample (a broken exporter): as without sBIT
+    if significant_bits and top >= 2 ** significant_bits and top < 2 ** 15:
+        significant_bits = None  # values above sBIT that do not fill 16 bits either: sBIT is wrong, not the values
     if significant_bits:
         bits = significant_bits if top < 2 ** significant_bits else 16  # else scaled to 16 bits, as the standard asks
     elif bit_depth:
@@ -295,7 +351,25 @@ def _png16_grey(content: bytes, header, name: str = "", bit_depth: int | None = 
     samples = np.vstack([np.asarray(row, dtype=np.uint16) for row in rows]).reshape(height, width, planes)
     colour = samples[..., :colours]  # alpha dropped
     scaled = unit_range(colour, significant, bit_depth, name, inferred)
-    return scaled[..., 0] if colours == 1 else scaled @ np.asarray(LUMA, dtype=np.float32)
+    grey = scaled[..., 0] if colours == 1 else scaled @ np.asarray(LUMA, dtype=np.float32)
+    return _oriented(grey, content)
+
+
+_ORIENTATIONS = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+                 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+                 8: Image.Transpose.ROTATE_90}  # EXIF Orientation -> the transpose that shows it upright (as exif_transpose)
+
+
+def _oriented(grey: np.ndarray, content: bytes) -> np.ndarray:
+    """A float (H, W) picture decoded outside Pillow, turned as the file's EXIF Orientation says, the
+    way `ImageOps.exif_transpose` turns the files Pillow decodes (a 16-bit colour PNG from a phone or
+    a viewer's export; the pypng route read none of it)."""
+    with Image.open(io.BytesIO(content)) as image:
+        orientation = image.getexif().get(0x0112)
+    if orientation not in _ORIENTATIONS:
+        return grey
+    return np.asarray(Image.fromarray(np.ascontiguousarray(grey, dtype=np.float32), mode="F")
+                      .transpose(_ORIENTATIONS[orientation]))
 
 
 def _min_max(values: np.ndarray) -> np.ndarray:
@@ -332,6 +406,7 @@ def _dicom_grey(content: bytes, name: str) -> np.ndarray:
     for keyword in ("RescaleSlope", "RescaleIntercept", "WindowCenter", "WindowWidth"):
         if keyword in ds and ds[keyword].value in (None, "", b"", []):
             del ds[keyword]  # present but empty (pydicom/pydicom#1237): as absent, as viewers read it
+    _photometric_from_samples(ds)
     syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
     if syntax is None:  # a bare data set: its pixels are native, in the encoding pydicom read it in
         _set_transfer_syntax(ds)
@@ -347,6 +422,8 @@ def _dicom_grey(content: bytes, name: str) -> np.ndarray:
         raise ImageError(f"cannot read image {name}: its {syntax.name} pixel data could not be decoded by the "
                          f"installed plug-ins ({reason[:120]}); pylibjpeg-libjpeg (GPL-3.0) or python-gdcm decode more "
                          f"JPEG variants") from None
+    if not compressed:
+        arr = _high_bit_aligned(arr, ds)
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric in ("MONOCHROME1", "MONOCHROME2"):
         padding = _padding(arr, ds)
@@ -358,6 +435,7 @@ def _dicom_grey(content: bytes, name: str) -> np.ndarray:
     from pydicom.pixels import apply_color_lut
 
     if photometric == "PALETTE COLOR":
+        _palette_entries_as_bytes(ds)
         rgb = apply_color_lut(arr, ds)
         bits = 8 if rgb.dtype == np.uint8 else 16
     else:  # RGB; pydicom returns YBR_* as RGB
@@ -366,6 +444,55 @@ def _dicom_grey(content: bytes, name: str) -> np.ndarray:
         raise ImageError(f"cannot read image {name}: its photometric interpretation {photometric} with pixel shape "
                          f"{rgb.shape} is not one this decoder knows")
     return ((rgb.astype(np.float32) @ np.asarray(LUMA, dtype=np.float32)) / (2 ** bits - 1)).clip(0, 1)
+
+
+def _photometric_from_samples(ds) -> None:
+    """A Photometric Interpretation the pixels can have: absent (old modalities and hand-made
+    files; pydicom cannot decode without it) it is MONOCHROME2 for one sample a pixel and RGB for
+    three, as viewers assume; a monochrome label on three samples a pixel (an exporter that kept a
+    grey template's header: fo-dicom/fo-dicom#837) is read as the RGB the samples are."""
+    samples = int(ds.get("SamplesPerPixel", 1) or 1)
+    photometric = str(ds.get("PhotometricInterpretation", "") or "").upper()
+    if samples == 3 and photometric in ("", "MONOCHROME1", "MONOCHROME2"):
+        ds.PhotometricInterpretation = "RGB"
+    elif samples == 1 and not photometric:
+        ds.PhotometricInterpretation = "MONOCHROME2"
+
+
+def _palette_entries_as_bytes(ds) -> None:
+    """Palette LUT Data whose descriptor says 8-bit entries but which hold one 16-bit word an entry
+    (PS3.3 C.7.6.3.1.5 notes implementations that did so; pydicom then reads every entry as 0 and the
+    image is black): the words' values (or their high bytes, where the low ones are padding) as the
+    8-bit entries the descriptor promises."""
+    for colour in ("Red", "Green", "Blue"):
+        descriptor = ds.get(f"{colour}PaletteColorLookupTableDescriptor")
+        data = ds.get(f"{colour}PaletteColorLookupTableData")
+        if descriptor is None or data is None or int(descriptor[2]) != 8:
+            continue
+        entries = int(descriptor[0]) or 2 ** 16
+        raw = bytes(data)
+        if len(raw) != 2 * entries:
+            continue
+        words = np.frombuffer(raw, dtype="<u2")
+        entries8 = words if int(words.max()) <= 255 else words >> 8
+        ds[f"{colour}PaletteColorLookupTableData"].VR = "OB"
+        ds[f"{colour}PaletteColorLookupTableData"].value = entries8.astype(np.uint8).tobytes()
+
+
+def _high_bit_aligned(arr: np.ndarray, ds) -> np.ndarray:
+    """Native 16-bit grey pixels stored with their High Bit above Bits Stored - 1 (12 bits in bits 4
+    to 15: older scanners' MSB-aligned data, which PS3.5 8.1.1 allows): the stored values shifted
+    down into place. pydicom keeps the low Bits Stored bits instead, which is noise there."""
+    bits, high = int(ds.get("BitsStored", 0) or 0), int(ds.get("HighBit", 0) or 0)
+    if not bits or high <= bits - 1 or high > 15 or int(ds.get("BitsAllocated", 0) or 0) != 16 \
+            or int(ds.get("SamplesPerPixel", 1) or 1) != 1 or "PixelData" not in ds:
+        return arr
+    syntax = ds.file_meta.TransferSyntaxUID
+    raw = np.frombuffer(ds.PixelData, dtype=">u2" if syntax == "1.2.840.10008.1.2.2" else "<u2")
+    values = ((raw[:arr.size].reshape(arr.shape).astype(np.uint32) >> (high + 1 - bits)) & ((1 << bits) - 1))
+    if int(ds.get("PixelRepresentation", 0) or 0) == 1:  # two's complement in `bits` bits
+        return np.where(values >= 1 << (bits - 1), values.astype(np.int32) - (1 << bits), values).astype(np.int32)
+    return values.astype(np.uint16)
 
 
 def _set_transfer_syntax(ds) -> None:
