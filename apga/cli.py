@@ -133,7 +133,10 @@ class Command:
                 return f"unknown flag(s) {argument.split('=', 1)[0]}{self._suggestion(key, names)}; see --help for the list"
             metavar = next((flag.metavar for flag in self.flags if flag.name == key), "0|1")
             if boolean and not metavar.startswith("0|1"):  # Fire would pass True
-                return f"{argument} needs a value: --{key.replace('_', '-')} {metavar}"
+                following = tokens[i + 1] if i + 1 < len(tokens) else ""
+                dashed = (f"; a value that starts with '-' goes after '=': --{key.replace('_', '-')}={following}"
+                          if following.startswith("-") and not following.startswith("--") else "")
+                return f"{argument} needs a value: --{key.replace('_', '-')} {metavar}{dashed}"
             consumed = 1 if with_value or boolean else 2
             if not boolean:
                 values.append((key, i + consumed - 1, with_value))

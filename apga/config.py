@@ -156,7 +156,7 @@ def make_config(**overrides) -> Config:
     if unknown:
         raise ConfigError(f"unknown setting(s) {', '.join(unknown)}; see --help for the list")
     preset = overrides.get("preset", "demo" if overrides.get("demo") else "paper")
-    if preset not in PRESETS:
+    if not isinstance(preset, str) or preset not in PRESETS:
         raise ConfigError(f"unknown --preset {preset!r}; choose one of {', '.join(PRESETS)}")
     if overrides.get("data_csv") is not None:
         for name in ("demo", "body_part"):
@@ -185,6 +185,30 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _flag(name: str) -> str:
+    return f"--{name.replace('_', '-')}"
+
+
+def _check_kinds(c: Config) -> None:
+    """Every setting of the kind its field declares, before any check compares it: a number where a
+    number is declared (`--holdout-fraction 20%` is text, `--lr 1e-3,` a tuple to Fire), one word
+    where a name is (`--preset [cpu]` is a list). The checks after this name the allowed values."""
+    for item in dataclasses.fields(Config):
+        value, declared = getattr(c, item.name), str(item.type)
+        if value is None and "None" in declared:
+            continue
+        several = (" (brackets and commas make Fire read a list or tuple: write the value alone)"
+                   if isinstance(value, (list, tuple, dict)) else "")
+        if declared.startswith("float"):
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+            percent = " (a fraction: 20% is 0.2)" if isinstance(value, str) and "%" in value else ""
+            _require(ok, f"{_flag(item.name)} must be a number (e.g. {item.default if item.default is not None else 0.5}), "
+                         f"got {value!r}{percent}{several}")
+        elif declared.startswith("str") and item.name not in PATH_FIELDS and value is not None:
+            _require(isinstance(value, (str, int, float)) and not isinstance(value, bool),
+                     f"{_flag(item.name)} takes one value, got {value!r}{several}")
+
+
 def validate(c: Config) -> None:
     from apga.utils import expand_path
 
@@ -197,6 +221,7 @@ def validate(c: Config) -> None:
                  f"unknown --body-part {c.body_part!r}; choose one of {', '.join(BODY_PARTS)} or all")
     else:
         c.data_csv, c.body_part = str(c.data_csv), None  # the CSV's rows are the data set
+    _check_kinds(c)
     _require(_is_int(c.seed), f"--seed must be an integer, got {c.seed!r}")
     _require(_is_int(c.n_runs) and c.n_runs > 0, f"--n-runs must be a positive integer, got {c.n_runs!r}")
     _require(c.bit_depth is None or (_is_int(c.bit_depth) and 8 <= c.bit_depth <= 16),
@@ -212,6 +237,8 @@ def validate(c: Config) -> None:
         value = getattr(c, name)
         _require(_is_int(value) and value > 0,
                  f"--{name.replace('_', '-')} must be a positive integer, got {value!r}")
+    _require(c.batch_size >= 2, f"--batch-size must be at least 2, got {c.batch_size}: batch norm, in the classifier "
+                                f"and the agent, cannot train on batches of one image")
     _require(_is_int(c.agent_warmup) and c.agent_warmup >= 0,
              f"--agent-warmup must be an integer >= 0 (steps; 0: none), got {c.agent_warmup!r}")
     _require(_is_int(c.num_workers) and c.num_workers >= 0, f"--num-workers must be >= 0, got {c.num_workers!r}")

@@ -33,7 +33,7 @@ from apga.methods.base import variant_name
 from apga.methods.random_masks import DEFAULT_KEEP_AREA
 from apga.models import build_classifier
 from apga.reporting import summary as report
-from apga.reporting.results import RESULT_FILE, RESULTS_FILE, rebuild, run_row, writable_dir
+from apga.reporting.results import RESULT_FILE, RESULTS_FILE, read_result, rebuild, run_row, writable_dir
 from apga.training.checkpoint import load_checkpoint
 from apga.training.loop import Precision, Stage, fit, identity_values, run_state
 from apga.utils import atomic_write_json, code_version, derive_seed, file_digest, seed_everything
@@ -183,7 +183,7 @@ def apga_kept_area(config: Config, seed_dir: Path) -> float:
     baseline = seed_dir / "baseline" / "best.pt"
     if (run_dir / "result.json").is_file() and (run_dir / "config.json").is_file() and baseline.is_file():
         started_from = json.loads((run_dir / "config.json").read_text()).get("inputs", {}).get("baseline")
-        area = json.loads((run_dir / "result.json").read_text()).get("selection_mask_area", math.nan)
+        area = (read_result(run_dir / RESULT_FILE) or {}).get("selection_mask_area", math.nan)
         if started_from == file_digest(baseline) and area is not None and math.isfinite(area):
             return float(area)
     return DEFAULT_KEEP_AREA
@@ -202,8 +202,7 @@ def floor_plans(config: Config, data: RunData, seed: int, seed_dir: Path) -> lis
 
 
 def floor_finished(folder: Path, inputs: dict) -> bool:
-    result = folder / RESULT_FILE
-    return result.is_file() and json.loads(result.read_text()).get("inputs") == inputs
+    return (read_result(folder / RESULT_FILE) or {}).get("inputs") == inputs
 
 
 def run_floors(config: Config, data: RunData, seed: int, seed_dir: Path, device) -> None:

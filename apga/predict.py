@@ -40,7 +40,7 @@ from apga.cli import Command, function_flags
 from apga.config import Config, make_config
 from apga.data import to_model_input
 from apga.data.cache import ImageFiles, keep_as_list
-from apga.data.csv_index import read_table
+from apga.data.csv_index import checked_labels, read_table
 from apga.data.decode import APPLE_DOUBLE, IMAGE_SUFFIXES, is_dicom
 from apga.errors import APGAError, CheckpointError, DataError, StorageError
 from apga.evaluation.evaluate import abnormal_probability
@@ -61,8 +61,8 @@ def image_table(images: str | Path) -> pd.DataFrame:
     """Columns file (absolute), image (as shown), study (or empty), label (or NaN)."""
     images = Path(images)
     if images.is_file() and images.suffix.lower() == ".csv":
-        table, _ = read_table(images, required=("path",), what="apga.predict")
-        labels = pd.to_numeric(table["label"], errors="coerce") if "label" in table.columns else np.nan
+        table, line = read_table(images, required=("path",), what="apga.predict")
+        labels = checked_labels(images, table, line, blank_unknown=True) if "label" in table.columns else np.nan
         study = table["study"].fillna("").astype(str) if "study" in table.columns else ""
         return pd.DataFrame({"file": [images.parent / p for p in table["path"]], "image": table["path"],
                              "study": study, "label": labels})
@@ -78,6 +78,8 @@ def image_table(images: str | Path) -> pd.DataFrame:
                  f"predictions.csv shows their undecodable bytes as \\xNN")
     elif images.is_file() and _left_out(images) is None:
         files, shown = [images], [shown_path(images.name)]
+    elif not images.exists():
+        raise DataError(f"{images} does not exist; pass a folder of images, an image or a CSV file that does")
     else:
         raise DataError(f"{images} is neither a folder of images, an image nor a CSV file; pass one of those")
     study = [_study_of(f, images) for f in files]

@@ -77,6 +77,9 @@ def expand_path(value, flag: str = "a path") -> str:
     Raises `ConfigError` naming `flag` for a `~user` whose user this machine does not know (a folder
     named `~user` would otherwise be made in the working folder)."""
     text = os.fsdecode(value) if isinstance(value, (bytes, os.PathLike)) else str(value)
+    if not text.strip():
+        raise ConfigError(f"{flag} is empty ({text!r} names no file or folder: an unset shell variable?); give the "
+                          f"path, '.' for the current folder")
     if not text.startswith("~"):
         return text
     expanded = os.path.expanduser(text)

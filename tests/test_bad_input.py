@@ -41,9 +41,33 @@ def _fails_cleanly(done, *fragments):
     (["--mask-area", "1.5"], ["--mask-area must be in (0, 1)"]),
     (["--mask-cell", "5"], ["--mask-cell must divide --image-size 32"]),
     (["--prior-weight", "-1"], ["--prior-weight must be a number >= 0"]),
+    (["--holdout-fraction", "20%"], ["--holdout-fraction must be a number", "20% is 0.2"]),  # a TypeError before
+    (["--lr", "1e-3,"], ["--lr must be a number", "(0.001,)", "write the value alone"]),
+    (["--preset", "[cpu]"], ["unknown --preset ['cpu']"]),  # unhashable: a TypeError before
+    (["--fill", "[zero]"], ["--fill takes one value", "write the value alone"]),
+    (["--batch-size", "1"], ["--batch-size must be at least 2", "batch norm"]),  # BatchNorm's ValueError before
+    (["--out-dir", ""], ["--out-dir is empty", "'.' for the current folder"]),  # wrote into the working folder
+    (["--cache-dir", " "], ["--cache-dir is empty"]),
+    (["--out-dir", "-runs"], ["--out-dir needs a value", "--out-dir=-runs"]),
 ])
 def test_bad_flags(tiny_data, tmp_path, flags, fragments, capsys):
     _fails_cleanly(run_cli_here(capsys, tiny_data, tmp_path / "runs", *flags), *fragments)
+
+
+def test_every_setting_of_another_kind_is_one_line_naming_its_flag():
+    """The kind, not the cases: every setting but the paths, given a list, a tuple, a dict or a
+    percentage (what Fire makes of `[a]`, `a,`, `{a: 1}`, `20%`), is refused by a `ConfigError` that
+    names its flag, never a TypeError from a comparison further on."""
+    import dataclasses
+
+    from apga.config import PATH_FIELDS, Config, make_config
+
+    for item in dataclasses.fields(Config):
+        if item.name in PATH_FIELDS:
+            continue
+        for bad in (["x"], (0.2,), {"a": 1}, "20%"):
+            with pytest.raises(ConfigError, match=f"--{item.name.replace('_', '-')}"):
+                make_config(**{"preset": "cpu", item.name: bad} if item.name != "preset" else {item.name: bad})
 
 
 def test_missing_data_root_in_a_real_process(tmp_path):

@@ -114,3 +114,46 @@ def test_paths_spelled_otherwise_than_their_files_are_read_as_the_files_are_name
     (tmp_path / "absolute.csv").write_text(text.replace("R\u00f6ntgen/", "C:\\data\\"), encoding="utf-8")
     with pytest.raises(DataError, match=r"line 2: .* does not exist \(it is a Windows path: write the paths relative"):
         read_csv_index(tmp_path / "absolute.csv")
+
+
+def test_rows_as_spreadsheets_and_file_systems_write_them(tmp_path, capsys):
+    """Rows that pandas or the strip of a cell misread, each with the index of the plain task:
+    a comma ending every data row but not the header (pandas-dev/pandas#14124, #9295: the first column
+    became the index and every cell shifted: "image '1' is listed twice"); a file name that ends in
+    a space (the stripped cell named no file); a quoted file name with a line break (Linux allows
+    one), after which every message named the wrong line."""
+    csv = _csv_task(tmp_path)
+    expected = read_csv_index(csv).drop(columns="body_part")
+    header, *rows = csv.read_text().splitlines()
+    (tmp_path / "trailing.csv").write_text("\n".join([header] + [row + "," for row in rows]) + "\n")
+    pd.testing.assert_frame_equal(read_csv_index(tmp_path / "trailing.csv").drop(columns="body_part"), expected)
+
+    (tmp_path / "img" / "train_000.png").rename(tmp_path / "img" / "train_000.png ")
+    (tmp_path / "spaced.csv").write_text(csv.read_text().replace("img/train_000.png,", '"img/train_000.png ",'))
+    spaced = read_csv_index(tmp_path / "spaced.csv")
+    assert spaced["path"].iloc[0] == "img/train_000.png "
+    assert "spaces the cell ends in" in capsys.readouterr().err
+    pd.testing.assert_frame_equal(spaced.drop(columns=["body_part", "path"]), expected.drop(columns="path"))
+
+    (tmp_path / "img" / "two\nlines.png").write_bytes((tmp_path / "img" / "train_001.png").read_bytes())
+    lines = csv.read_text().replace("img/train_000.png ", "img/train_000.png").splitlines()
+    lines[1] = lines[1].replace("img/train_000.png", '"img/two\nlines.png"')
+    lines[4] = lines[4].replace(",1,train", ",7,train")  # a bad label after the name with a line break
+    (tmp_path / "newline.csv").write_text("\n".join(lines) + "\n")
+    bad = next(i for i, line in enumerate((tmp_path / "newline.csv").read_text().splitlines(), 1) if ",7,train" in line)
+    with pytest.raises(DataError, match=f"newline.csv line {bad}: label '7' must be 0"):
+        read_csv_index(tmp_path / "newline.csv")
+
+
+def test_a_table_that_is_no_text_or_names_a_folder_says_so(tmp_path):
+    """A CSV with NUL bytes (a copy cut short by a crash: the disk's blocks zeroed; john-corcoran/backblaze-backup-checker#1)
+    printed a row of NULs as "does not exist"; a row naming a folder was "does not exist" too."""
+    csv = _csv_task(tmp_path)
+    (tmp_path / "nul.csv").write_bytes(csv.read_bytes() + b"\x00" * 64)
+    lines = csv.read_text().count("\n") + 1
+    with pytest.raises(DataError, match=f"nul.csv is not a text file: line {lines} holds NUL bytes"):
+        read_csv_index(tmp_path / "nul.csv")
+    (tmp_path / "img" / "folder.png").mkdir()
+    (tmp_path / "folder.csv").write_text(csv.read_text().replace("img/train_000.png", "img/folder.png"))
+    with pytest.raises(DataError, match="line 2: image 'img/folder.png' is a folder, not an image file"):
+        read_csv_index(tmp_path / "folder.csv")

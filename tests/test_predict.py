@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -233,3 +234,25 @@ def test_a_run_on_read_only_storage_predicts_with_out_and_reports_what_it_cannot
     assert "| elbow | all | val | apga[rloo] |" in done.stdout and not (runs / "elbow-all-val/seed89/apga-rloo/predictions").exists()
     assert any(line.startswith("warning: could not write into") and "results.csv (Read-only file system)" in line
                for line in lines), done.stderr
+
+
+def test_a_csvs_labels_are_0_1_or_blank_and_a_missing_path_says_so(trained, tiny_data, tmp_path):
+    """A CSV's label column for apga.predict: `abnormal` was read as unknown (its images left out of
+    the metrics without a word) and `2` as a class; both are refused naming the line, as training
+    refuses them. A blank label is unknown; 1.0 is 1. A path that does not exist says so (it was
+    'neither a folder of images, an image nor a CSV file')."""
+    from apga.errors import DataError
+    from apga.predict import image_table
+
+    _, seed_dir = trained
+    files = sorted(tiny_data.rglob("*.png"))[:3]
+    csv = tmp_path / "labels.csv"
+    for labels, fragment in [(["1", "abnormal", "0"], "line 3: label 'abnormal' must be 0 (normal) or 1 (abnormal), or blank"),
+                             (["1", "0", "2"], "line 4: label '2' must be 0")]:
+        pd.DataFrame({"path": [str(f) for f in files], "label": labels}).to_csv(csv, index=False)
+        with pytest.raises(DataError, match=re.escape(fragment)):
+            image_table(csv)
+    pd.DataFrame({"path": [str(f) for f in files], "label": ["1.0", "", "0"]}).to_csv(csv, index=False)
+    assert image_table(csv)["label"].tolist()[::2] == [1.0, 0.0] and np.isnan(image_table(csv)["label"][1])
+    with pytest.raises(DataError, match="nowhere.png does not exist"):
+        run_prediction(str(seed_dir / "apga-rloo"), str(tmp_path / "nowhere.png"), out=str(tmp_path / "out"))

@@ -217,3 +217,36 @@ def test_the_summary_names_a_collapsed_agent_and_the_split_it_reports():
     assert "collapsed**" not in render(pd.DataFrame(rows).assign(collapsed=0.0))
     assert "apga's policy collapsed: it marks 99.9% of the pixels" in collapse_warning("apga", rows[1])
     assert collapse_warning("apga", rows[2]) is None
+
+
+def test_a_damaged_result_json_is_named_left_out_and_trained_again(tiny_config, capsys):
+    """A result.json that is `null`, a list or cut short (an edit, a full disk under a copy) was a
+    TypeError traceback in every command that read the table, or a row dropped without a word. Now
+    the report names each such file in one warning and leaves its run out, and the training command
+    redoes exactly those runs, after which the table holds the same rows as before."""
+    import json
+
+    from apga.experiment import run
+
+    config = tiny_config(train_cutout=0, train_end2end=0, train_apga=0, train_random=0)  # Grad-CAM: floors too
+    run(config)
+    out = Path(config.out_dir)
+    before = read_results(out).set_index("run_id")
+    cutout = next(out.glob("*/seed*/gradcam*/result.json"))
+    floor = next(out.glob("*/seed*/floors/*/result.json"))
+    cutout.write_text("null")
+    floor.write_text(floor.read_text()[:40])
+    capsys.readouterr()
+    table = rebuild(out)
+    err = capsys.readouterr().err
+    assert "2 run(s)" in err and "damaged result.json" in err and str(cutout) in err and str(floor) in err
+    assert len(table) == len(before) - 2 and "Traceback" not in err
+    run(config)  # the same command: the two runs are done again, the others reused
+    after = read_results(out).set_index("run_id")
+    assert sorted(after.index) == sorted(before.index)
+    assert json.loads(cutout.read_text())["run_id"] == str(cutout.parent.relative_to(out))
+    assert after.loc[str(cutout.parent.relative_to(out)), "accuracy"] == before.loc[
+        str(cutout.parent.relative_to(out)), "accuracy"]
+    capsys.readouterr()
+    rebuild(out)
+    assert "damaged" not in capsys.readouterr().err

@@ -57,7 +57,7 @@ def read_table(csv_path: str | Path, required: tuple[str, ...] = REQUIRED, check
     text, separator, header_line = _csv_text(csv_path)
     try:
         table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, skipinitialspace=True,
-                            sep=separator, skip_blank_lines=False)
+                            sep=separator, skip_blank_lines=False, index_col=False)  # a comma ending each row: no index
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as error:
         raise DataError(f"{csv_path} is not a readable CSV ({str(error).splitlines()[0]}); write one row per image "
                         f"with a header row {','.join(required)}") from None
@@ -72,8 +72,9 @@ def read_table(csv_path: str | Path, required: tuple[str, ...] = REQUIRED, check
     if missing:
         raise DataError(f"{csv_path} has no column {', '.join(missing)} (found: {', '.join(table.columns)}); its header "
                         f"row must name {', '.join(required)}")
+    written = table["path"].copy()  # as written: a file name may end in a space
     table = table.apply(lambda column: column.str.strip())
-    line = pd.Series(range(header_line + 1, header_line + 1 + len(table)), index=table.index)
+    line = pd.Series(_row_lines(text, separator, header_line, len(table)), index=table.index)
     table = table[(table != "").any(axis=1)]  # blank lines: left out, the others keep their line numbers
     line = line[table.index]
     if table.empty:
@@ -82,10 +83,11 @@ def read_table(csv_path: str | Path, required: tuple[str, ...] = REQUIRED, check
     _fail_on(csv_path, table, line, table["path"].duplicated(), lambda row: f"image {row['path']!r} is listed twice")
     if check_files:
         root = csv_path.parent
-        table["path"] = respelled(csv_path, table["path"], line)
+        table["path"] = respelled(csv_path, table["path"], line, written)
         exists = table["path"].map(lambda p: (root / p).is_file())
-        _fail_on(csv_path, table, line, ~exists,
-                 lambda row: f"image {row['path']!r} does not exist ({_where(row['path'], root)})")
+        _fail_on(csv_path, table, line, ~exists, lambda row: (
+            f"image {row['path']!r} is a folder, not an image file; list the images in it one per row"
+            if (root / row["path"]).is_dir() else f"image {row['path']!r} does not exist ({_where(row['path'], root)})"))
         same = table["path"].map(lambda p: file_identity(root / p))
         first = pd.Series(table.index, index=table.index).groupby(same).transform("first")
         _fail_on(csv_path, table, line, same.duplicated(),
@@ -94,29 +96,33 @@ def read_table(csv_path: str | Path, required: tuple[str, ...] = REQUIRED, check
     return table, line
 
 
-def respelled(csv_path: Path, paths: pd.Series, line: pd.Series) -> pd.Series:
-    """`paths` (relative to the CSV's folder) as the files are named on disk, where a path as written
-    names no file but another spelling of it does: backslashes for slashes (a CSV written on
-    Windows), or another Unicode normalisation (macOS names files in NFD, most editors write NFC:
-    `Röntgen` is then two strings). One notice says how many were read so, and the first line."""
+def respelled(csv_path: Path, paths: pd.Series, line: pd.Series, written: pd.Series | None = None) -> pd.Series:
+    """`paths` (relative to the CSV's folder, stripped) as the files are named on disk, where a path
+    names no file but another spelling of it does: the cell as `written` (a file name that ends in a
+    space), backslashes for slashes (a CSV written on Windows), or another Unicode normalisation
+    (macOS names files in NFD, most editors write NFC: `Röntgen` is then two strings). One notice
+    says how many were read so, and the first line."""
     root = csv_path.parent
 
-    def on_disk(path: str) -> str:
+    def on_disk(path: str, as_written: str | None = None) -> str:
         if (root / path).exists():
             return path
+        if as_written and as_written != path and (root / as_written).exists():
+            return as_written
         for other in dict.fromkeys((path.replace("\\", "/"),) + tuple(
                 unicodedata.normalize(form, spelled) for form in ("NFC", "NFD") for spelled in (path, path.replace("\\", "/")))):
             if other != path and (root / other).exists():
                 return other
         return path
 
-    found = paths.map(on_disk)
+    found = pd.Series([on_disk(path, None if written is None else written.get(i)) for i, path in paths.items()],
+                      index=paths.index, dtype=object)
     changed = found != paths
     if changed.any():
         first = changed[changed].index[0]
         notice(f"{csv_path}: {int(changed.sum())} path(s) name their file in another spelling (the first on line "
                f"{line[first]}: {ascii(paths[first])} is {ascii(found[first])} on disk: backslashes, or another Unicode "
-               f"normalisation of the same letters); read as the files are named")
+               f"normalisation of the same letters, or spaces the cell ends in); read as the files are named")
     return found
 
 
@@ -149,6 +155,11 @@ def decoded_text(path: Path) -> str:
     content = path.read_bytes()
     if content.startswith((b"\xff\xfe", b"\xfe\xff")):
         return content.decode("utf-16")
+    if b"\x00" in content:
+        number = content.count(b"\n", 0, content.index(b"\x00")) + 1
+        raise DataError(f"{path} is not a text file: line {number} holds NUL bytes (a copy cut "
+                        f"short by a crash or a full disk, a binary file, or UTF-16 without its byte order mark); "
+                        f"write the table again, as UTF-8 text")
     try:
         return content.decode("utf-8-sig")
     except UnicodeDecodeError as problem:
@@ -160,6 +171,18 @@ def decoded_text(path: Path) -> str:
                         f"as Windows-1252, the code page Excel saves in, the line is "
                         f"{line.decode('cp1252', errors='replace')[:60]!r}); save the file as UTF-8 (Excel: Save As "
                         f"'CSV UTF-8'; or iconv -f cp1252 -t utf-8 {path.name} > utf8.csv) and pass that") from None
+
+
+def _row_lines(text: str, separator: str, header_line: int, rows: int) -> list[int]:
+    """The line of the file each of the `rows` data rows starts on: a quoted cell may hold line breaks
+    (a file name with a newline), so row k is not always line header + k."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=separator)
+    starts, previous = [], 0
+    for _ in reader:
+        starts.append(previous + 1)
+        previous = reader.line_num
+    starts = [start + header_line - 1 for start in starts[1:]]  # the header's row is not a data row
+    return starts if len(starts) == rows else list(range(header_line + 1, header_line + 1 + rows))
 
 
 def _csv_text(csv_path: Path) -> tuple[str, str, int]:
@@ -190,9 +213,7 @@ def read_csv_index(csv_path: str | Path, check_files: bool = True) -> pd.DataFra
     """The index of every row of the CSV, checked; paths relative to the CSV's folder."""
     csv_path = Path(csv_path)
     table, line = read_table(csv_path, REQUIRED, check_files)
-    table["label"] = table["label"].str.replace(r"^([01])\.0*$", r"\1", regex=True)  # 1.0: pandas' float labels
-    _fail_on(csv_path, table, line, ~table["label"].isin(["0", "1"]),
-             lambda row: f"label {row['label']!r} must be 0 (normal) or 1 (abnormal)")
+    table["label"] = checked_labels(csv_path, table, line).astype(int).astype(str)
     _fail_on(csv_path, table, line, ~table["split"].str.lower().isin(SPLITS),
              lambda row: f"split {row['split']!r} must be train or valid")
     index = pd.DataFrame({
@@ -214,6 +235,18 @@ def read_csv_index(csv_path: str | Path, check_files: bool = True) -> pd.DataFra
         index["mask"] = table["mask"]
         columns.append("mask")
     return index[columns]
+
+
+def checked_labels(csv_path: Path, table: pd.DataFrame, line: pd.Series, blank_unknown: bool = False) -> pd.Series:
+    """The `label` column as floats: 0 (normal) or 1 (abnormal), also written 0.0 and 1.0 (pandas
+    writes an integer column with a blank so); with `blank_unknown` (apga.predict), a blank cell is
+    an unknown label (NaN). Anything else (`abnormal`, `2`, `True`) raises a DataError naming its line:
+    a label silently read as unknown, or as a class it is not, would change every metric."""
+    labels = table["label"].str.replace(r"^([01])\.0*$", r"\1", regex=True)
+    allowed = ["0", "1"] + ([""] if blank_unknown else [])
+    _fail_on(csv_path, table, line, ~labels.isin(allowed), lambda row: (
+        f"label {row['label']!r} must be 0 (normal) or 1 (abnormal)" + (", or blank where unknown" if blank_unknown else "")))
+    return pd.to_numeric(labels.where(labels != ""), errors="coerce")
 
 
 def _filled(csv_path: Path, table: pd.DataFrame, line: pd.Series, column: str, fallback: pd.Series) -> pd.Series:

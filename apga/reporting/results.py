@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 from apga.evaluation import columns
-from apga.utils import atomic_write_bytes, file_lock, notice, storage_error
+from apga.utils import atomic_write_bytes, file_lock, notice, storage_error, warn
 
 RESULTS_FILE = "results.csv"
 RESULT_FILE = "result.json"
@@ -53,20 +53,38 @@ def locked(path: Path):
     return file_lock(path.with_name(path.name + ".lock"), guards=f"rebuilding {path.name}")
 
 
+def read_result(path: Path) -> dict | None:
+    """A run's result.json as its row; None when it is missing, damaged or holds no row (a cut or
+    edited file: the run is trained again, never read as finished)."""
+    try:
+        row = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+    return row if isinstance(row, dict) else None
+
+
 def collect(out_dir: Path) -> tuple[pd.DataFrame, list[str]]:
     """Every finished run's row under `out_dir`, sorted by run id, and the run ids of finished runs
     whose result.json carries no row (written by versions before 0.2)."""
-    rows, old = [], []
+    rows, old, damaged = [], [], []
     for pattern in RUN_PATTERNS:
-        for path in Path(out_dir).glob(pattern):
+        for path in sorted(Path(out_dir).glob(pattern)):
             try:
                 row = json.loads(path.read_text())
-            except (OSError, ValueError):
-                continue  # being replaced, or damaged: the run is redone when its command runs again
+            except (OSError, ValueError) as problem:  # result.json is written atomically: this is damage, not a write
+                damaged.append(f"{path} ({getattr(problem, 'strerror', None) or type(problem).__name__})")
+                continue
+            if not isinstance(row, dict):
+                damaged.append(f"{path} (a JSON {type(row).__name__}, not a results row)")
+                continue
             if "run_id" in row:
                 rows.append({k: v for k, v in row.items() if k not in ("inputs",)})
             else:
                 old.append(str(path.parent.relative_to(out_dir)))
+    if damaged:
+        warn(f"{len(damaged)} run(s) under {out_dir} have a damaged result.json and are left out of the table: "
+                f"{'; '.join(damaged[:3])}{' ...' if len(damaged) > 3 else ''}; the command that trained each trains "
+                f"it again")
     table = pd.DataFrame(rows) if rows else pd.DataFrame(columns=IDENTITY + METRICS + ["run_id"])
     return table.sort_values("run_id", kind="stable").reset_index(drop=True), old
 

@@ -48,7 +48,7 @@ from apga.evaluation.evaluate import REPORT_PREDICTIONS_FILE, evaluate
 from apga.reporting.board import BOARD_DIR, RunBoard
 from apga.reporting.gallery import save_gallery
 from apga.reporting.plots import plot_curves
-from apga.reporting.results import RESULT_FILE, run_row
+from apga.reporting.results import RESULT_FILE, read_result, run_row
 from apga.training.checkpoint import (PREDICTIONS_DIR, check_same_config, load_checkpoint, load_networks,
                                       network_states, restore_rng, retrain_hint, save_checkpoint, save_state)
 from apga.training.precision import Precision
@@ -110,10 +110,8 @@ def run_state(run_dir: Path, values: dict, ignored: set[str]) -> tuple[str, dict
     check_same_config(config_file, saved, values, ignored)
     if saved.get("inputs", {}) != values["inputs"]:
         return "stale", None
-    try:
-        return "finished", json.loads(result_file.read_text())
-    except (OSError, ValueError):  # missing, or damaged: the run resumes from last.pt and writes it again
-        return "unfinished", None
+    result = read_result(result_file)  # missing, or damaged: the run resumes from last.pt and writes it again
+    return ("finished", result) if result is not None else ("unfinished", None)
 
 
 class _Logs:
