@@ -32,7 +32,8 @@ def _run(capsys, name: str, *argv) -> str:
     return capsys.readouterr().out
 
 
-SMOKED = {"bench_data", "bench_step", "amp_agreement", "synthetic_study", "marker_kept", "agent_probe", "finding_task"}
+SMOKED = {"bench_data", "bench_step", "amp_agreement", "synthetic_study", "marker_kept", "agent_probe", "finding_task",
+          "eval_cost"}
 
 
 def test_every_benchmark_script_is_run_here():
@@ -93,3 +94,14 @@ def test_finding_task(tiny_data, tmp_path, capsys):
     task = pd.read_csv(root / "elbow-finding.csv")
     assert f"{len(task)} images: {root / 'elbow-finding.csv'}" in out
     assert {"path", "label", "split", "mask"} <= set(task.columns) and task["mask"].str.contains("findings").all()
+
+
+def test_eval_cost(tiny_data, capsys):
+    out = _run(capsys, "eval_cost", "--preset", "cpu", "--images", 2, "--batch-size", 4, "--val-every", 2,
+               "--data-root", tiny_data)
+    for name in ("baseline", "cutout", "gradcam", "end2end", "apga"):
+        assert f"| {name} | " in out, name
+    rows = {line.split(" | ")[0].strip("| "): line.split(" | ") for line in out.splitlines() if line.startswith("| ")}
+    assert float(rows["apga"][1]) > float(rows["baseline"][1]) > 0  # APGA's step trains two networks
+    assert int(rows["apga"][3]) > 1 and rows["baseline"][3] == "1"  # APGA validates every --val-every steps too
+    assert "floors of a seed" in out and "occlusion maps alone" in out
