@@ -20,7 +20,7 @@ FILLS = ("zero", "mean", "blur")
 VAL_CADENCES = ("paper", "equal")
 KEPT_NORMS = ("batch", "frozen")
 KEPT_BACKGROUNDS = ("fill", "swap")
-SELECTIONS = ("val", "holdout")
+SELECTIONS = ("val", "holdout", "last")
 GALLERY_MODES = ("epoch", "end", "off")
 AMP_TYPES = ("bf16", "fp16")
 
@@ -84,7 +84,7 @@ class Config:
     steps_per_epoch: int | None = _f(None, "cap on training iterations per epoch (default: the whole training set)")
     log_every: int = _f(20, "iterations between progress updates (a step's only host syncs)")
     # --- evaluation ------------------------------------------------------------------------
-    model_selection: str = _f("val", "'val': select on the validation split (the paper); 'holdout': select on held-out training patients")
+    model_selection: str = _f("val", "'val': select on the validation split (the paper); 'holdout': select on held-out training patients; 'last': no selection, the last epoch's checkpoint (every epoch trained, no early stopping)")
     holdout_fraction: float = _f(0.1, "share of training patients held out by --model-selection holdout")
     gallery: str = _f("epoch", "mask gallery PNG: every 'epoch', at the 'end' only, or 'off'")
     # --- speed -----------------------------------------------------------------------------
@@ -277,7 +277,7 @@ def validate(c: Config) -> None:
              and c.image_size // c.mask_cell >= 2,
              f"--mask-cell must divide --image-size {c.image_size} into at least 2 cells a side, got {c.mask_cell!r} "
              f"(e.g. {default_mask_cell(c.image_size) if _is_int(c.image_size) and c.image_size > 0 else 8})")
-    _require(c.model_selection in SELECTIONS, f"unknown --model-selection {c.model_selection!r}; choose val or holdout")
+    _require(c.model_selection in SELECTIONS, f"unknown --model-selection {c.model_selection!r}; choose val, holdout or last")
     _require(c.gallery in GALLERY_MODES, f"unknown --gallery {c.gallery!r}; choose epoch, end or off")
     _require(isinstance(c.agent_scale, (int, float)) and 0 < c.agent_scale <= 1,
              f"--agent-scale must be in (0, 1], got {c.agent_scale!r}")

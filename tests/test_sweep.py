@@ -377,3 +377,14 @@ def test_a_job_past_its_time_limit_too_often_records_that_it_timed_out(tmp_path,
     ((_, kind, detail),) = cell_states(tmp_path, [name])
     assert kind == "timed out" and detail == ("reached its time limit 4 times (requeued 3 times); rerun the command "
                                               "to resume it, or raise --timeout-min  (log: x.err)"), detail
+
+
+def test_the_sweep_takes_the_last_protocol_and_names_the_three():
+    from apga.config import ConfigError
+    from apga.sweep.grid import make_cells
+
+    cells = make_cells("out", "elbow", "all", "89,90", "holdout,last", {"preset": "cpu"})
+    assert [(c.model_selection, c.seed) for c in cells] == [("holdout", 89), ("holdout", 90), ("last", 89), ("last", 90)]
+    assert cells[-1].config().model_selection == "last"
+    with pytest.raises(ConfigError, match="give a comma list of val, holdout, last"):
+        make_cells("out", "elbow", "all", "89", "best", {"preset": "cpu"})

@@ -52,6 +52,31 @@ def test_early_stopping_and_the_selected_checkpoint(tiny_config, tmp_path, monke
     assert len(reported) == 1 and _same(reported[0], snapshots[1])  # the report evaluates the selected checkpoint
 
 
+def test_model_selection_last_trains_every_epoch_and_reports_the_last_checkpoint(tiny_config, tmp_path, monkeypatch):
+    """`last`: no early stopping and no selection: the report evaluates the last epoch's weights even when
+    an earlier epoch validated better, also mid-epoch (APGA's cadence) and after a resume."""
+    snapshots, reported = [], []
+    monkeypatch.setattr(train, "evaluate", _scripted_evaluate([0.9, 0.5, 0.4, 0.3, 0.2], snapshots, reported))
+    config = tiny_config(epochs=4, patience=1, model_selection="last", gallery="off")
+    torch.manual_seed(0)
+    method = METHODS["baseline"](config, build_classifier(config.classifier))
+    stage = Stage(tmp_path / "run", 1, torch.device("cpu"), Precision("cpu", None), config, progress=False)
+    result = fit(method, prepare_run_data(config, seed=1), stage)
+    assert (result["best_epoch"], result["epochs_trained"], result["selection_accuracy"]) == (4.0, 4, 0.3)
+    assert len(snapshots) == 4 and len(reported) == 1 and _same(reported[0], snapshots[3])
+    assert not _same(snapshots[0], snapshots[3])
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["epoch"] == 4.0
+
+    snapshots.clear(), reported.clear()  # mid-epoch validations log, and never choose
+    monkeypatch.setattr(train, "evaluate", _scripted_evaluate([0.99] * 2 + [0.1] * 20, snapshots, reported))
+    config = tiny_config(epochs=1, model_selection="last", val_every=1, val_cadence="equal", gallery="off")
+    method = METHODS["baseline"](config, build_classifier(config.classifier))
+    stage = Stage(tmp_path / "mid", 1, torch.device("cpu"), Precision("cpu", None), config, progress=False)
+    result = fit(method, prepare_run_data(config, seed=1), stage)
+    assert result["selection_evaluations"] == len(snapshots) > 2 and result["best_epoch"] == 1.0
+    assert _same(reported[0], snapshots[-1])
+
+
 def test_selection_evaluations_follow_the_cadence(tiny_config, tmp_path):
     counts = {}
     for cadence in ("paper", "equal"):

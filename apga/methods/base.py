@@ -125,6 +125,8 @@ class Method:
             ignored.add("floor_area")
         if not self.has_kept_step:
             ignored |= {"kept_norm", "kept_background"}
+        if self.config.model_selection == "last":
+            ignored.add("patience")  # no early stopping
         if self.mid_epoch_validation:
             ignored.add("val_cadence")  # it validates every --val-every iterations under either cadence
         elif not self.validates_mid_epoch:

@@ -276,7 +276,8 @@ def render(table: pd.DataFrame) -> str:
             "deviation over seeds. Δ: mean paired difference from the baseline of the same seed, with its 95 % "
             "t confidence interval; wins: seeds in which the method beat that baseline. Selection 'val' = "
             "checkpoint chosen on the reported split (the paper's protocol; optimistic, the more so the more "
-            "selection evaluations); 'holdout' = chosen on held-out training patients.\n\n"
+            "selection evaluations); 'holdout' = chosen on held-out training patients; 'last' = the last epoch's "
+            "checkpoint, no selection.\n\n"
             + to_markdown(accuracy) + "\n")
     note = few_seeds_note(accuracy)
     if note:

@@ -145,7 +145,7 @@ SWEEP_FLAGS = [
     Flag("n_shot", "all", "a comma list of k per class, with all for every image (e.g. all,25,50,100)", "LIST",
          "The sweep"),
     Flag("seeds", 5, "a count (the paper's seeds 89, 90, ...) or a comma list of seeds", "N|LIST", "The sweep"),
-    Flag("selections", "val", "a comma list of model-selection protocols: val, holdout", "LIST", "The sweep"),
+    Flag("selections", "val", "a comma list of model-selection protocols: val, holdout, last", "LIST", "The sweep"),
     Flag("executor", "local", "local (this machine) or slurm (one job array through submitit)", "NAME", "The sweep"),
     Flag("workers", 1, "local: cells at once, each on its own GPU (or its share of the CPU cores)", "N", "The sweep"),
     Flag("threads_per_job", None, "local, on the CPU: torch threads of each job (default: the cores divided among "

@@ -93,7 +93,7 @@ def selections(value) -> list[str]:
     chosen = as_list(value)
     unknown = [s for s in chosen if s not in SELECTIONS]
     if unknown or not chosen:
-        raise ConfigError(f"unknown --selections {','.join(unknown) or value!r}; give a comma list of val, holdout")
+        raise ConfigError(f"unknown --selections {','.join(unknown) or value!r}; give a comma list of val, holdout, last")
     return chosen
 
 

@@ -240,8 +240,8 @@ def fit(method, data: RunData, stage: Stage) -> dict:
         config = stage.config
         max_epochs = config.finetune_epochs if method.fine_tuned and config.finetune_epochs else config.epochs
         for epoch in range(run.progress["epoch"] + 1, max_epochs + 1):
-            if run.progress["epochs_since_best"] >= config.patience:
-                break
+            if config.model_selection != "last" and run.progress["epochs_since_best"] >= config.patience:
+                break  # early stopping; `last` trains every epoch
             run.epoch(epoch)
         return run.finish()
 
@@ -336,7 +336,7 @@ class _Run:
             restore_rng(state["rng"])
             if files["best"].is_file():  # killed between writing best.pt and last.pt: best.pt is the newer
                 selection = load_checkpoint(files["best"], "cpu").get("selection", {})
-                if selection.get("best_accuracy", -1.0) > self.progress["best_accuracy"]:
+                if selection.get("best_epoch", 0.0) > self.progress["best_epoch"]:
                     self.progress.update(selection)
             if self.main:
                 print(f"resuming {stage.run_dir} after epoch {self.progress['epoch']}")
@@ -390,7 +390,7 @@ class _Run:
         train_logs = train_one_epoch(method, self.loader, self.optimizers, self.scaler, stage,
                                      desc=f"{method.name} epoch {epoch}", on_iteration=mid_epoch,
                                      max_steps=self.max_steps)
-        val = self.validate(float(epoch))
+        val = self.validate(float(epoch), epoch_end=True)
         improved = self.progress["best_epoch"] > epoch - 1  # selected in this epoch (or in its killed first try)
         self.progress.update(epoch=epoch, epochs_since_best=0 if improved else self.progress["epochs_since_best"] + 1)
         self.history.append({"epoch": float(epoch), "iteration": steps,
@@ -411,7 +411,7 @@ class _Run:
         if stage.progress:
             shown = ", ".join(f"{k} {v:.3f}" for k, v in train_logs.items() if k.endswith("loss"))
             print(f"  {method.name} epoch {epoch}: {shown}; selection accuracy {val['accuracy']:.3f}"
-                  f"{' (best)' if improved else ''}")
+                  f"{' (best)' if improved and config.model_selection != 'last' else ''}")
 
     def to_board(self) -> None:
         """The history rows not yet on the TensorBoard log (--tensorboard 1)."""
@@ -421,9 +421,10 @@ class _Run:
         self.logged = len(self.history)
 
     # --- selection --------------------------------------------------------------------------------
-    def validate(self, epoch_position: float) -> dict:
-        """Rank 0 evaluates the selection split and keeps a better selection in memory; every rank
-        gets its metrics (and stops alike when the outputs are not finite)."""
+    def validate(self, epoch_position: float, epoch_end: bool = False) -> dict:
+        """Rank 0 evaluates the selection split and keeps a better selection in memory (under
+        `--model-selection last`, the checkpoint of every epoch end, whatever its accuracy: no
+        selection); every rank gets its metrics (and stops alike when the outputs are not finite)."""
         method, stage = self.method, self.stage
         metrics = None
         if self.main:
@@ -432,7 +433,9 @@ class _Run:
                     metrics = evaluate(method, self.data.select, stage.device, **self.eval_kwargs())
                 except NonFiniteError as error:
                     metrics = {"non_finite": str(error)}
-            if "non_finite" not in metrics and metrics["accuracy"] > self.progress["best_accuracy"]:
+            chosen = (epoch_end if self.config.model_selection == "last"
+                      else metrics.get("accuracy", -1.0) > self.progress["best_accuracy"])
+            if "non_finite" not in metrics and chosen:
                 metrics["improved"] = 1.0
                 self.pending_best = {**_on_cpu(network_states(method)), "method_name": method.name,
                                      "epoch": epoch_position, "selection": _selection_of(metrics, epoch_position),
