@@ -1,10 +1,10 @@
 """What evaluation costs beside training, at the paper's size, from FLOP counts (not a test).
 
     python benchmarks/eval_cost.py                          # the paper preset: 224 px, DenseNet-169, UNet11 32
-    python benchmarks/eval_cost.py --preset cpu --images 4  # the CPU preset (what the suite runs, smaller)
+    python benchmarks/eval_cost.py --preset cpu --sample 4  # the CPU preset (what the suite runs, smaller)
 
 Every figure is counted by torch's FlopCounterMode (forward and backward) on this project's own
-code, run on `--images` images of the generated data at the preset's size:
+code, run on `--sample` images of the generated data at the preset's size:
 - a training step of each method, per image (`run_step` on one batch of `--batch-size`);
 - a selection evaluation, per image (`evaluate` on the selection split, as the loop runs it);
 - the final evaluation with the mask-quality measures (its occlusion maps included), per image;
@@ -62,9 +62,9 @@ def first_images(split: Split, count: int) -> Split:
                                                        patients))
 
 
-def main(preset: str = "paper", body_part: str = "elbow", images: int = 8, batch_size: int | None = None,
+def main(preset: str = "paper", body_part: str = "elbow", sample: int = 8, batch_size: int | None = None,
          val_every: int | None = None, data_root: str = "datasets") -> None:
-    """Print the FLOP shares of evaluation (module docstring). `images`: how many images each count
+    """Print the FLOP shares of evaluation (module docstring). `sample`: how many images each count
     runs on (more: the same per-image figures, slower); `body_part`: MURA's counts to scale by, or all;
     `batch_size`, `val_every`: the preset's unless given."""
     overrides = {key: value for key, value in (("batch_size", batch_size), ("val_every", val_every))
@@ -75,7 +75,7 @@ def main(preset: str = "paper", body_part: str = "elbow", images: int = 8, batch
                          **overrides)
     device = torch.device("cpu")  # FLOPs do not depend on the device
     data = prepare_run_data(config, seed=0)
-    select, report = first_images(data.select, images), first_images(data.report, images)
+    select, report = first_images(data.select, sample), first_images(data.report, sample)
     checkpoint = Path(cache) / "baseline.pt"
     save_checkpoint(checkpoint, {"classifier": build_classifier(config.classifier).state_dict()})
     precision = Precision.for_device(device, False)

@@ -97,7 +97,7 @@ def test_finding_task(tiny_data, tmp_path, capsys):
 
 
 def test_eval_cost(tiny_data, capsys):
-    out = _run(capsys, "eval_cost", "--preset", "cpu", "--images", 2, "--batch-size", 4, "--val-every", 2,
+    out = _run(capsys, "eval_cost", "--preset", "cpu", "--sample", 2, "--batch-size", 4, "--val-every", 2,
                "--data-root", tiny_data)
     for name in ("baseline", "cutout", "gradcam", "end2end", "apga"):
         assert f"| {name} | " in out, name
