@@ -41,8 +41,10 @@ class Config:
     train_apga: int = _f(1, "1 to fine-tune with APGA (the REINFORCE agent), 0 to skip")
     train_gradcam: int = _f(1, "1 to fine-tune with Grad-CAM masking, 0 to skip")
     train_end2end: int = _f(1, "1 to fine-tune with end-to-end (cooperative) masking, 0 to skip")
-    train_random: int = _f(1, "1 to fine-tune with the random-mask floor (kept area: --floor-area), 0 to skip")
-    train_oracle: int = _f(0, "1 to fine-tune with the ceiling: the kept-region step on ground-truth masks, beside a random floor of their area")
+    train_random: int = _f(1, "1 to fine-tune with the random-box floor of --floor-area")
+    train_oracle: int = _f(0, "1 to fine-tune the ceiling (ground-truth masks) beside its floor")
+    train_trivialaugment: int = _f(0, "1 to fine-tune with TrivialAugment (a random operation per image)")
+    train_keepcutout: int = _f(0, "1 to fine-tune with KeepCutout (Cutout off the salient region)")
     # --- data ------------------------------------------------------------------------------
     data_root: str = _f("datasets", "folder that holds MURA-v1.1/ (and, for generated data, MURA-v1.1-masks/)")
     data_csv: str | None = _f(None, "your own task instead of MURA: a CSV with columns path,label,split[,study,patient,mask]")
@@ -84,7 +86,7 @@ class Config:
     steps_per_epoch: int | None = _f(None, "cap on training iterations per epoch (default: the whole training set)")
     log_every: int = _f(20, "iterations between progress updates (a step's only host syncs)")
     # --- evaluation ------------------------------------------------------------------------
-    model_selection: str = _f("val", "'val': select on the validation split (the paper); 'holdout': select on held-out training patients; 'last': no selection, the last epoch's checkpoint (every epoch trained, no early stopping)")
+    model_selection: str = _f("val", "the checkpoint: 'val', best on the validation split (the paper); 'holdout', on held-out patients; 'last' epoch's")
     holdout_fraction: float = _f(0.1, "share of training patients held out by --model-selection holdout")
     gallery: str = _f("epoch", "mask gallery PNG: every 'epoch', at the 'end' only, or 'off'")
     # --- speed -----------------------------------------------------------------------------
@@ -133,8 +135,8 @@ PRESETS["demo"] = {**PRESETS["cpu"], "epochs": 15, "finetune_epochs": 2, "patien
 # Fields that change what a run computes: a checkpoint from a config that differs in any
 # other field (output folders, worker counts, ...) can still be resumed.
 NON_TRAINING_FIELDS = {
-    "n_runs", "gpu_id", "train_cutout", "train_apga", "train_gradcam", "train_end2end",
-    "train_random", "train_oracle", "data_root", "data_csv", "demo", "num_workers", "cache_dir", "out_dir", "resume",
+    "n_runs", "gpu_id", *(f.name for f in dataclasses.fields(Config) if f.name.startswith("train_")),  # which methods
+    "data_root", "data_csv", "demo", "num_workers", "cache_dir", "out_dir", "resume",
     "log_every", "gallery", "preset", "skip_bad_images", "tensorboard", "dist_timeout_min",
     "inputs",  # a run's inputs (baseline checkpoint, floor area) are checked on their own: apga/training/loop.py
     "seed",  # the first seed of a series; a run's own seed is its folder (seedN), whichever series it came from
@@ -229,7 +231,7 @@ def validate(c: Config) -> None:
     _require(c.n_shot is None or (_is_int(c.n_shot) and c.n_shot > 0),
              f"--n-shot must be a positive integer (or left out for all images), got {c.n_shot!r}")
     _require(_is_int(c.gpu_id) and c.gpu_id >= 0, f"--gpu-id must be a GPU index >= 0, got {c.gpu_id!r}")
-    for name in ("train_cutout", "train_apga", "train_gradcam", "train_end2end", "train_random", "train_oracle"):
+    for name in (f.name for f in dataclasses.fields(c) if f.name.startswith("train_")):
         value = getattr(c, name)
         _require(value in (0, 1), f"--{name.replace('_', '-')} must be 0 or 1, got {value!r}")
         setattr(c, name, int(value))

@@ -27,7 +27,7 @@ from apga.errors import ConfigError, DataError, NonFiniteError
 from apga.evaluation.evaluate import evaluate, occlusion_maps
 from apga.evaluation.floors import FLOORS, Floor
 from apga.evaluation.mask_quality import COLUMNS as MASK_QUALITY_COLUMNS
-from apga.methods import FLAGS, METHODS
+from apga.methods import FLAGS, MASKING_METHODS, METHODS
 from apga.methods.apga import apga_variant
 from apga.methods.base import variant_name
 from apga.methods.random_masks import DEFAULT_KEEP_AREA
@@ -39,7 +39,6 @@ from apga.training.loop import Precision, Stage, fit, identity_values, run_state
 from apga.utils import atomic_write_json, code_version, derive_seed, file_digest, seed_everything
 
 DEMO_DATA = "synthetic"
-MASKING_METHODS = ("gradcam", "end2end", "apga", "oracle", "random")
 
 
 def stages(config: Config) -> list[tuple[str, Config]]:
@@ -347,7 +346,9 @@ def where_things_are(config: Config, out_dir: Path) -> str:
     """The closing lines of a command: where its tables, pictures and run folders are."""
     plots = sorted(p.name for pattern in report.plots.REPORT_PLOTS for p in out_dir.glob(pattern))
     group = out_dir / group_name(config)
-    masking = [run for name in ("apga", "end2end", "gradcam", "oracle") for run in sorted(group.glob(f"seed*/{name}*"))]
+    shown = sorted((name for name in MASKING_METHODS if name != "random"),  # APGA's first, the oracle's last
+                   key=lambda name: (name == "oracle", -MASKING_METHODS.index(name)))
+    masking = [run for name in shown for run in sorted(group.glob(f"seed*/{name}*"))]
     apga = masking[0] if masking else group / "seed<S>" / "<method>"
     return "\n".join([
         f"tables:   {out_dir / RESULTS_FILE} (one row per run), {out_dir / report.SUMMARY_FILE} (all runs' summary)",

@@ -1,4 +1,9 @@
-"""The method registry: name -> class. Adding a method is one file plus one line here."""
+"""The method registry: name -> class, in training order. Each class declares what the rest of the
+project needs to know of it (its name, its --train-<name> default and help, whether it masks,
+whether it is fine-tuned, its variant and the settings it ignores: apga/methods/base.py); the
+experiment's stages, the floors, the results' and summaries' order and the method tests are derived
+from it. Adding a method is one file, one line in REGISTRY and its --train-<name> field in
+apga/config.py (a test checks that the two agree)."""
 from __future__ import annotations
 
 import torch
@@ -9,19 +14,22 @@ from apga.methods.baseline import Baseline
 from apga.methods.cutout import Cutout
 from apga.methods.end2end import EndToEnd
 from apga.methods.gradcam_masking import GradCamMasking
+from apga.methods.keep_cutout import KeepCutout
 from apga.methods.oracle import Oracle
 from apga.methods.random_masks import RandomMasking
+from apga.methods.trivial_augment import TrivialAugment
 from apga.models import build_agent, build_classifier
 from apga.utils import memory_format
 
 # In training order: the random floor comes after APGA and the oracle, whose kept areas it copies.
-METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Baseline, Cutout, GradCamMasking, EndToEnd, APGA, Oracle, RandomMasking)
-}
+REGISTRY: tuple[type[Method], ...] = (Baseline, Cutout, TrivialAugment, KeepCutout, GradCamMasking, EndToEnd, APGA,
+                                      Oracle, RandomMasking)
+METHODS: dict[str, type[Method]] = {cls.name: cls for cls in REGISTRY}
 
-# The original script's switches, the ceiling's and the floor's.
-FLAGS = {"cutout": "train_cutout", "gradcam": "train_gradcam", "end2end": "train_end2end",
-         "apga": "train_apga", "oracle": "train_oracle", "random": "train_random"}
+# Each switchable method's --train-<name> setting (the original script's four, the new baselines,
+# the ceiling's and the floor's); the methods whose masks get floors and mask-quality columns.
+FLAGS = {name: f"train_{name}" for name, cls in METHODS.items() if cls.switch is not None}
+MASKING_METHODS = tuple(name for name, cls in METHODS.items() if cls.masks)
 
 
 def build_method(name: str, config, device: torch.device, classifier_state: dict | None = None, *,
@@ -48,4 +56,4 @@ def build_method(name: str, config, device: torch.device, classifier_state: dict
     return method
 
 
-__all__ = ["METHODS", "FLAGS", "Method", "Phase", "build_method"]
+__all__ = ["REGISTRY", "METHODS", "FLAGS", "MASKING_METHODS", "Method", "Phase", "build_method"]

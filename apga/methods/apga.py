@@ -18,6 +18,9 @@ from apga.utils import eval_mode, full_precision
 
 class APGA(Method):
     name = "apga"
+    switch = 1
+    about = "APGA (the REINFORCE agent)"
+    masks = True
     uses_agent = True
     mid_epoch_validation = True
 

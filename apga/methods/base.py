@@ -96,7 +96,10 @@ class Phase:
 class Method:
     """Baseline-style training: one classifier step on the clean batch."""
 
-    name: ClassVar[str] = "baseline"
+    name: ClassVar[str] = "baseline"             # its results' method column, run folder and --train-<name> flag
+    switch: ClassVar[int | None] = None          # --train-<name>'s default (None: always trained, the baseline)
+    about: ClassVar[str] = ""                    # --train-<name>'s help: what the method does, in a few words
+    masks: ClassVar[bool] = False                # trains on the region its own masks keep: floors, mask quality
     uses_agent: ClassVar[bool] = False          # the runner builds the UNet11 agent for it
     mid_epoch_validation: ClassVar[bool] = False  # the paper's: also validate every `val_every` iterations
     fine_tuned: ClassVar[bool] = True            # starts from the best baseline checkpoint
@@ -153,8 +156,8 @@ class Method:
 
     @property
     def has_kept_step(self) -> bool:
-        """Trains on kept-region images (so --kept-norm can change it)."""
-        return self.name not in ("baseline", "cutout")
+        """Trains on kept-region images (so --kept-norm can change it): the masking methods."""
+        return self.masks
 
     def inputs(self) -> dict:
         """What this run starts from beyond its settings and data (part of its identity)."""

@@ -7,6 +7,8 @@ from apga.methods.base import Method
 
 class Cutout(Method):
     name = "cutout"
+    switch = 1
+    about = "Cutout"
 
     def phases(self, batch):
         images, labels = batch["image"], batch["label"]

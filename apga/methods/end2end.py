@@ -16,6 +16,9 @@ EMPTY_PENALTY, FULL_PENALTY = 0.5, 0.6
 
 class EndToEnd(Method):
     name = "end2end"
+    switch = 1
+    about = "end-to-end (cooperative) masking"
+    masks = True
     uses_agent = True
     mid_epoch_validation = True
 

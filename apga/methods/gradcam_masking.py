@@ -11,6 +11,9 @@ from apga.methods.base import Method
 
 class GradCamMasking(Method):
     name = "gradcam"
+    switch = 1
+    about = "Grad-CAM masking"
+    masks = True
 
     def __init__(self, config, classifier, agent=None):
         super().__init__(config, classifier, agent)

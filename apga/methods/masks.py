@@ -130,6 +130,15 @@ def random_boxes(batch: int, height: int, width: int, *, area: tuple[float, floa
     aspect ratio h/w log-uniform in `ratio` (Cutout/RandomErasing's sampling), its position
     uniform among the places where it fits.
     """
+    box_h, box_w = box_sizes(batch, height, width, area=area, ratio=ratio, generator=generator, device=device)
+    top = ((height - box_h + 1) * torch.rand(batch, generator=generator, device=device)).floor()
+    left = ((width - box_w + 1) * torch.rand(batch, generator=generator, device=device)).floor()
+    return box_masks(top, left, box_h, box_w, height, width)
+
+
+def box_sizes(batch: int, height: int, width: int, *, area: tuple[float, float] | torch.Tensor,
+              ratio: tuple[float, float], generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each box's height and width in pixels, (B,) float each (`random_boxes`' sampling of the size)."""
     def uniform(n=batch):
         return torch.rand(n, generator=generator, device=device)
 
@@ -141,8 +150,13 @@ def random_boxes(batch: int, height: int, width: int, *, area: tuple[float, floa
     box_area = fraction * height * width
     box_h = torch.sqrt(box_area * log_ratio.exp()).round().clamp(0, height)  # (B,)
     box_w = torch.sqrt(box_area / log_ratio.exp()).round().clamp(0, width)
-    top = ((height - box_h + 1) * uniform()).floor()
-    left = ((width - box_w + 1) * uniform()).floor()
+    return box_h, box_w
+
+
+def box_masks(top: torch.Tensor, left: torch.Tensor, box_h: torch.Tensor, box_w: torch.Tensor, height: int,
+              width: int) -> torch.Tensor:
+    """(B, 1, H, W) float masks, 1 inside each image's box (its top-left corner and size, (B,) each, pixels)."""
+    device = top.device
     rows = torch.arange(height, device=device).view(1, height, 1)
     cols = torch.arange(width, device=device).view(1, 1, width)
     inside_rows = (rows >= top.view(-1, 1, 1)) & (rows < (top + box_h).view(-1, 1, 1))  # (B, H, 1)

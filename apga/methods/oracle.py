@@ -13,6 +13,9 @@ from apga.methods.masks import no_policy_area
 
 class Oracle(Method):
     name = "oracle"
+    switch = 0
+    about = "the ceiling (ground-truth masks)"
+    masks = True
 
     def phases(self, batch):
         yield from self.clean_phase(batch)

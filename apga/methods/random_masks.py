@@ -21,6 +21,9 @@ DEFAULT_KEEP_AREA = 0.5
 
 class RandomMasking(Method):
     name = "random"
+    switch = 1
+    about = "the random-box floor of --floor-area"
+    masks = True
 
     def __init__(self, config, classifier, agent=None, keep_area: float = DEFAULT_KEEP_AREA):
         super().__init__(config, classifier, agent)

@@ -22,11 +22,12 @@ from pathlib import Path
 import pandas as pd
 
 from apga.evaluation import columns
+from apga.methods import METHODS
 from apga.utils import atomic_write_bytes, file_lock, notice, storage_error, warn
 
 RESULTS_FILE = "results.csv"
 RESULT_FILE = "result.json"
-METHOD_ORDER = ["baseline", "cutout", "gradcam", "end2end", "apga", "oracle", "random", "floor"]  # how tables and plots list them
+METHOD_ORDER = [*METHODS, "floor"]  # how tables and plots list them: the registry's order, the floors last
 IDENTITY = ["body_part", "seed", "n_shot", "method", "variant", "model_selection"]
 METRICS = [column.name for column in columns.METRICS]  # the columns results.csv lists first, in this order
 RUNTIME_COLUMNS = ("precision", "world_size", "effective_batch", "deterministic", "sync_bn")  # how a run trained

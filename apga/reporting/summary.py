@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from apga.evaluation.columns import BY_NAME, MASK_QUALITY
+from apga.methods import MASKING_METHODS
 from apga.reporting import plots
 from apga.reporting.stats import ratio_interval, t_interval
 from apga.errors import StorageError
@@ -142,7 +143,7 @@ def summarize_ceiling(table: pd.DataFrame) -> pd.DataFrame:
             floor_label = label("random", "-".join(p for p in ("oraclearea", oracle_variant) if p))
             oracle_label = label("oracle", oracle_variant)
             same_scheme = group[[scheme(v) == scheme(oracle_variant) for v in group["variant"]]]
-            methods = same_scheme[same_scheme["method"].isin(["gradcam", "end2end", "apga", "random"])
+            methods = same_scheme[same_scheme["method"].isin([m for m in MASKING_METHODS if m != "oracle"])
                                   & (same_scheme["label"] != floor_label)]["label"].unique()
             for metric in CEILING_METRICS:
                 by_seed = {name: group[group["label"] == name].set_index("seed")[metric].astype(float)
