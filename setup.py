@@ -25,7 +25,7 @@ setup(
         "tensorboard": ["tensorboard>=2.14"],  # --tensorboard 1
         # the tests compare against pytorch-grad-cam and Captum, decode NEMA's CR radiographs of pydicom-data,
         # and read the TensorBoard logs back
-        "test": ["pytest>=7.0", "grad-cam>=1.5", "captum>=0.7", "pydicom-data>=1.0", "tensorboard>=2.14"],
+        "test": ["pytest>=7.0", "pytest-xdist>=3.0", "grad-cam>=1.5", "captum>=0.7", "pydicom-data>=1.0", "tensorboard>=2.14"],
     },
     entry_points={"console_scripts": [
         "apga-mura=apga.cli:entry_point",

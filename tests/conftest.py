@@ -13,6 +13,13 @@ TINY = dict(preset="cpu", image_size=32, batch_size=8, epochs=2, finetune_epochs
             agent_width=2, gallery="end", log_every=2)
 
 
+def pytest_collection_modifyitems(items):
+    """The Slurm tests first: they mostly wait (Slurm's time limits are whole minutes), so under
+    `-n 2 --dist loadfile` (the README's command) the other process runs the rest meanwhile instead
+    of the suite ending on them alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slurm") is None)
+
+
 @pytest.fixture(autouse=True)
 def command_line_messages():
     """Notices and warnings on stderr, as every entry point shows them."""
