@@ -35,7 +35,7 @@ class Config:
     seed: int = _f(88, "base seed; run 1 uses seed+1, run 2 seed+2 (the paper)")
     body_part: str = _f("elbow", "MURA body part (elbow, finger, forearm, hand, humerus, shoulder, wrist) or 'all'")
     n_runs: int = _f(1, "number of runs (seeds) to train, one after another")
-    gpu_id: int = _f(0, "CUDA device index; falls back to the CPU with a notice when CUDA is absent")
+    gpu_id: int = _f(0, "CUDA device index (without CUDA: the CPU, with a notice)")
     n_shot: int | None = _f(None, "k-shot: k positive and k negative training images (default: all)")
     train_cutout: int = _f(1, "1 to fine-tune with Cutout, 0 to skip")
     train_apga: int = _f(1, "1 to fine-tune with APGA (the REINFORCE agent), 0 to skip")
@@ -63,7 +63,7 @@ class Config:
     batch_size: int = _f(25, "images per batch")
     epochs: int = _f(100, "maximum epochs of the baseline (and of each fine-tuning stage unless --finetune-epochs)")
     finetune_epochs: int | None = _f(None, "maximum epochs of each fine-tuning stage (default: --epochs)")
-    patience: int = _f(15, "early stopping: epochs without a better selection accuracy")
+    patience: int = _f(15, "early stopping: epochs without a better selection accuracy (not under --model-selection last)")
     lr: float = _f(1e-4, "baseline learning rate (Adam; the published script defined none: 1e-4, the MURA paper's)")
     finetune_lr: float = _f(1e-5, "learning rate of every fine-tuning stage (Adam), as the paper")
     agent_lr: float = _f(1e-5, "agent learning rate (Adam), as the paper")
@@ -86,8 +86,8 @@ class Config:
     steps_per_epoch: int | None = _f(None, "cap on training iterations per epoch (default: the whole training set)")
     log_every: int = _f(20, "iterations between progress updates (a step's only host syncs)")
     # --- evaluation ------------------------------------------------------------------------
-    model_selection: str = _f("val", "the checkpoint: 'val', best on the validation split (the paper); 'holdout', on held-out patients; 'last' epoch's")
-    holdout_fraction: float = _f(0.1, "share of training patients held out by --model-selection holdout")
+    model_selection: str = _f("val", "the checkpoint: 'val' (best on the validation split, the paper), 'holdout' (best on held-out training patients) or 'last' (the last epoch; no selection, no early stopping)")
+    holdout_fraction: float = _f(0.1, "training patients held out by --model-selection holdout")
     gallery: str = _f("epoch", "mask gallery PNG: every 'epoch', at the 'end' only, or 'off'")
     # --- speed -----------------------------------------------------------------------------
     amp: bool | str | None = _f(None, "training steps: 1, bf16, fp16 or 0 (default: 1 on CUDA); eval is fp32")

@@ -49,7 +49,8 @@ def test_trivial_augments_space_and_draws_are_torchvisions():
 def test_trivial_augment_gives_torchvisions_images_on_the_same_draws():
     """Every image of a batch through its own draw equals torchvision's kernel on that image with
     that draw, for every operation and strength bin (both signs)."""
-    images = _radiographs(6)
+    colour = torch.randint(0, 256, (3, 3, 40, 40), generator=torch.Generator().manual_seed(9)).float().div(255)
+    images = torch.cat([_radiographs(6), colour])  # grey as the data is, and colour, where the channel weights show
     reference = TrivialAugmentWide()
     table = ta.magnitude_table()
     for row, name in enumerate(ta.OPERATIONS):
@@ -116,12 +117,19 @@ def test_keep_cutout_takes_the_saliency_of_the_classifier_it_trains(tiny_config,
     method = METHODS["keepcutout"](config, build_classifier(config.classifier))
     method.generator = torch.Generator().manual_seed(0)
     seen = []
-    monkeypatch.setattr(kc, "grad_cam", lambda model, images, layer: seen.append(model) or torch.rand(len(images), 1,
-                                                                                                       *images.shape[-2:]))
-    batch = {"image": torch.rand(4, 3, 32, 32), "label": torch.tensor([0, 1, 0, 1])}
+
+    def saliency(model, images, layer, targets=None):
+        seen.append((model, targets))
+        maps = torch.rand(len(images), 1, *images.shape[-2:])
+        maps[0] = 0  # one flat map
+        return maps
+
+    monkeypatch.setattr(kc, "grad_cam", saliency)
+    batch = {"image": torch.rand(4, 3, 32, 32), "label": torch.tensor([0, 1, 1, 1])}
     phases = list(method.phases(batch))
-    assert [p.networks for p in phases] == [("classifier",), ("classifier",)] and seen == [method.classifier]
-    assert set(phases[1].logs) == {"cutout_loss"}
+    assert [p.networks for p in phases] == [("classifier",), ("classifier",)]
+    assert seen[0][0] is method.classifier and torch.equal(seen[0][1], batch["label"])  # the label's saliency
+    assert set(phases[1].logs) == {"cutout_loss", "flat_saliency"} and phases[1].logs["flat_saliency"] == 0.25
 
 
 @pytest.mark.parametrize("name", ["trivialaugment", "keepcutout"])
@@ -152,6 +160,18 @@ def test_both_run_from_the_baseline_into_results_and_the_summary(tiny_config, ca
     table = pd.read_csv(f"{config.out_dir}/results.csv")
     assert sorted(table["method"]) == ["baseline", "keepcutout", "trivialaugment"]
     assert table["accuracy"].between(0, 1).all()
-    assert (table.set_index("method")["baseline_digest"].drop("baseline") != "").all()  # fine-tuned from it
+    digests = table.set_index("method")["baseline_digest"]
+    assert digests.drop("baseline").notna().all() and digests.drop("baseline").str.len().gt(8).all()  # fine-tuned
+    assert (table.set_index("method")["baseline_digest"].drop("baseline").nunique() == 1)
     summary = open(f"{config.out_dir}/{SUMMARY_FILE}").read()
     assert "| trivialaugment |" in summary and "| keepcutout |" in summary
+
+
+def test_trivial_augment_is_one_run_whatever_the_fill_and_keep_cutout_is_not():
+    from apga.config import make_config
+
+    blurred = make_config(preset="cpu", fill="blur")
+    trivial = METHODS["trivialaugment"](blurred, None)
+    assert trivial.variant == "" and "fill" in trivial.ignored_settings()  # it blanks nothing
+    keep = METHODS["keepcutout"](blurred, None)
+    assert keep.variant == "blurfill" and "fill" not in keep.ignored_settings()  # its box is the fill

@@ -54,7 +54,7 @@ def test_early_stopping_and_the_selected_checkpoint(tiny_config, tmp_path, monke
 
 def test_model_selection_last_trains_every_epoch_and_reports_the_last_checkpoint(tiny_config, tmp_path, monkeypatch):
     """`last`: no early stopping and no selection: the report evaluates the last epoch's weights even when
-    an earlier epoch validated better, also mid-epoch (APGA's cadence) and after a resume."""
+    an earlier epoch validated better, also with mid-epoch validations (APGA's cadence)."""
     snapshots, reported = [], []
     monkeypatch.setattr(train, "evaluate", _scripted_evaluate([0.9, 0.5, 0.4, 0.3, 0.2], snapshots, reported))
     config = tiny_config(epochs=4, patience=1, model_selection="last", gallery="off")
@@ -75,6 +75,35 @@ def test_model_selection_last_trains_every_epoch_and_reports_the_last_checkpoint
     result = fit(method, prepare_run_data(config, seed=1), stage)
     assert result["selection_evaluations"] == len(snapshots) > 2 and result["best_epoch"] == 1.0
     assert _same(reported[0], snapshots[-1])
+
+
+def _fit_baseline(config, stage):
+    torch.manual_seed(0)
+    return fit(METHODS["baseline"](config, build_classifier(config.classifier)), prepare_run_data(config, seed=1), stage)
+
+
+@pytest.mark.parametrize("selection", ["last", "val"])
+def test_a_rerun_after_every_epoch_reports_the_last_weights_or_the_recorded_selection(selection, tiny_config, tmp_path,
+                                                                                    monkeypatch):
+    """A finished run whose result.json is gone is evaluated again from its checkpoints: under `last`
+    the last epoch's weights; and where best.pt is gone too, the weights last.pt holds (no crash)."""
+    config = tiny_config(epochs=3, patience=5, model_selection=selection, gallery="off")
+    stage = Stage(tmp_path / "run", 1, torch.device("cpu"), Precision("cpu", None), config, progress=False)
+    monkeypatch.setattr(train, "evaluate", _scripted_evaluate([0.9, 0.5, 0.4], [], []))
+    _fit_baseline(config, stage)
+    (tmp_path / "run" / "result.json").unlink()
+    reported = []
+    monkeypatch.setattr(train, "evaluate", _scripted_evaluate([], [], reported))
+    again = _fit_baseline(config, stage)
+    assert again["best_epoch"] == (3.0 if selection == "last" else 1.0) and again["epochs_trained"] == 3
+    if selection == "last":
+        assert _same(reported[0], load_checkpoint(tmp_path / "run" / "last.pt")["classifier"])
+    (tmp_path / "run" / "result.json").unlink()
+    (tmp_path / "run" / "best.pt").unlink()
+    reported.clear()
+    monkeypatch.setattr(train, "evaluate", _scripted_evaluate([0.3], [], reported))
+    left = _fit_baseline(config, stage)
+    assert left["best_epoch"] == 3.0 and _same(reported[0], load_checkpoint(tmp_path / "run" / "last.pt")["classifier"])
 
 
 def test_selection_evaluations_follow_the_cadence(tiny_config, tmp_path):

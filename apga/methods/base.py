@@ -23,11 +23,12 @@ from apga.methods.masks import donor_indices, greedy_action, kept_images, swappe
 
 
 def variant_name(config, *, policy: bool = False, kept_step: bool = False, agent: bool = False,
-                 clean_step: bool = False) -> str:
+                 clean_step: bool = False, fill: bool = True) -> str:
     """What a run's settings change from the paper's, in one name ('' for the paper's): with
     `policy`, APGA's estimator (and its settings that differ from their defaults) and agent
     warm-up; always the fill; with `kept_step`, the kept-region batch norm; with `agent`, the
-    agent's input scale; with `clean_step`, a scheme without the clean classifier step ('noclean').
+    agent's input scale; with `clean_step`, a scheme without the clean classifier step ('noclean');
+    the fill unless `fill` is False (a method that blanks nothing).
     E.g. 'rloo-warmup300-frozenbn'. Variants sit side by side in one out-dir."""
     from apga.config import default_mask_cell, defaults
 
@@ -44,7 +45,7 @@ def variant_name(config, *, policy: bool = False, kept_step: bool = False, agent
             parts.append(f"warmup{config.agent_warmup}")
         if config.freeze_agent:
             parts.append("frozenagent")
-    if config.fill != "zero":
+    if fill and config.fill != "zero":
         parts.append(f"{config.fill}fill")
     if kept_step and config.kept_norm != "batch":
         parts.append(f"{config.kept_norm}bn")
@@ -100,6 +101,7 @@ class Method:
     switch: ClassVar[int | None] = None          # --train-<name>'s default (None: always trained, the baseline)
     about: ClassVar[str] = ""                    # --train-<name>'s help: what the method does, in a few words
     masks: ClassVar[bool] = False                # trains on the region its own masks keep: floors, mask quality
+    uses_fill: ClassVar[bool] = True             # blanks pixels (so --fill can change it), if fine-tuned
     uses_agent: ClassVar[bool] = False          # the runner builds the UNet11 agent for it
     mid_epoch_validation: ClassVar[bool] = False  # the paper's: also validate every `val_every` iterations
     fine_tuned: ClassVar[bool] = True            # starts from the best baseline checkpoint
@@ -124,6 +126,8 @@ class Method:
             ignored |= {"agent_scale", "agent_width", "agent_lr"}
         if not self.fine_tuned:
             ignored |= {"finetune_lr", "finetune_epochs", "fill", "clean_step"}
+        if not self.uses_fill:
+            ignored.add("fill")
         if self.name != "random":
             ignored.add("floor_area")
         if not self.has_kept_step:
@@ -152,7 +156,8 @@ class Method:
     @property
     def variant(self) -> str:
         """Distinguishes settings of one method in results ('' for the paper's)."""
-        return variant_name(self.config, kept_step=self.has_kept_step, clean_step=True) if self.fine_tuned else ""
+        return (variant_name(self.config, kept_step=self.has_kept_step, clean_step=True, fill=self.uses_fill)
+                if self.fine_tuned else "")
 
     @property
     def has_kept_step(self) -> bool:

@@ -7,9 +7,12 @@ score, Eq. 1: the saliency inside the box over the whole image's), sets the thre
 `KEEP_QUANTILE` quantile of those scores (the paper's adaptive threshold) and places the box
 uniformly among the places at or below it: the paper's "keep sampling until the score is below
 the threshold", in one batched draw. The saliency is the Grad-CAM (apga/methods/gradcam.py) of the
-classifier as it is at that step, which is low resolution by construction (DenseNet's last feature
-map, upsampled), the paper's cheap approximation of the saliency in spirit; the paper's own map is
-the input gradient. The cut image then takes a classifier step beside the clean one, as Cutout.
+classifier as it is at that step for each image's label (the paper's saliency is of the label's
+logit too), which is low resolution by construction (DenseNet's last feature map, upsampled), the
+paper's cheap approximation in spirit; the paper's own map is the input gradient. Where an image's
+map is 0 everywhere (Grad-CAM's ReLU of a negative sum, frequent early in training), every place
+passes and the box is Cutout's; the step logs the share of such images (`flat_saliency` in
+metrics.csv). The cut image then takes a classifier step beside the clean one, as Cutout.
 """
 from __future__ import annotations
 
@@ -68,7 +71,10 @@ class KeepCutout(Method):
     def phases(self, batch):
         images, labels = batch["image"], batch["label"]
         yield from self.clean_phase(batch)
-        with torch.autocast(images.device.type, enabled=False):
-            saliency = grad_cam(unwrap(self.classifier), images.float(), "features.norm5")  # (B, 1, H, W)
+        with torch.autocast(images.device.type, enabled=False):  # the saliency of each image's label
+            saliency = grad_cam(unwrap(self.classifier), images.float(), "features.norm5", targets=labels)
         erased = keep_cutout_masks(saliency, self.generator)
-        yield self.classifier_phase(adversarial_images(images, erased, self.fill), labels, "cutout_loss")
+        phase = self.classifier_phase(adversarial_images(images, erased, self.fill), labels, "cutout_loss")
+        # a map that is 0 everywhere spares nothing: the box is then Cutout's, anywhere it fits
+        phase.logs["flat_saliency"] = (saliency.flatten(1).amax(1) == 0).float().mean()
+        yield phase

@@ -14,6 +14,7 @@ size. Images are (B, 3, H, W) float in [0, 1] (apga.data.to_model_input).
 """
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -43,14 +44,24 @@ def magnitude_table() -> torch.Tensor:
                         for name in OPERATIONS])
 
 
+@functools.lru_cache(maxsize=None)
+def _constants(device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The strength table, which operations are signed, and the sharpness kernel, on `device`: copied
+    there once per process (a copy from the host waits for the device)."""
+    kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]]) / 13.0
+    signed = torch.tensor([name in SIGNED for name in OPERATIONS])
+    return magnitude_table().to(device), signed.to(device), kernel.to(device)
+
+
 def draw(batch: int, generator: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
     """Each image's operation (B,) int64 (an index into OPERATIONS) and signed strength (B,) float64,
     drawn as TrivialAugmentWide draws them: an operation, a bin, then a sign for the signed ones."""
     operation = torch.randint(len(OPERATIONS), (batch,), generator=generator, device=device)
     bin_ = torch.randint(BINS, (batch,), generator=generator, device=device)
     flip = torch.rand(batch, generator=generator, device=device) <= 0.5
-    magnitude = magnitude_table().to(device)[operation, bin_]
-    signed = torch.tensor([name in SIGNED for name in OPERATIONS], device=device)[operation]
+    table, is_signed, _ = _constants(torch.device(device))
+    magnitude = table[operation, bin_]
+    signed = is_signed[operation]
     return operation, torch.where(signed & flip, -magnitude, magnitude)
 
 
@@ -75,8 +86,10 @@ def _warp(images: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     base[..., 0].copy_(torch.linspace((1.0 - w) * 0.5, (w - 1.0) * 0.5, steps=w, device=images.device))
     base[..., 1].copy_(torch.linspace((1.0 - h) * 0.5, (h - 1.0) * 0.5, steps=h, device=images.device).unsqueeze(-1))
     base[..., 2].fill_(1)
-    scale = torch.tensor([0.5 * w, 0.5 * h], dtype=images.dtype, device=images.device)
-    grid = base.view(1, h * w, 3).expand(b, -1, -1).bmm(theta.transpose(1, 2) / scale).view(b, h, w, 2)
+    rescaled = theta.transpose(1, 2).clone()  # (B, 3, 2), divided by half the size as torchvision does
+    rescaled[..., 0] /= 0.5 * w
+    rescaled[..., 1] /= 0.5 * h
+    grid = base.view(1, h * w, 3).expand(b, -1, -1).bmm(rescaled).view(b, h, w, 2)
     return F.grid_sample(images, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
@@ -115,8 +128,7 @@ def photometric(images: torch.Tensor, operation: torch.Tensor, magnitude: torch.
     factor = (1.0 + magnitude).to(images.dtype).view(b, 1, 1, 1)
     grey = _grey(images)
     sharpened = images.clone()
-    kernel = torch.tensor([[1.0, 1.0, 1.0], [1.0, 5.0, 1.0], [1.0, 1.0, 1.0]], dtype=images.dtype,
-                          device=images.device) / 13.0
+    kernel = _constants(images.device)[2].to(images.dtype)
     blurred = F.conv2d(images, kernel.expand(3, 1, 3, 3), groups=3)
     inner = sharpened[..., 1:-1, 1:-1]
     inner.add_((blurred - inner) * (1.0 - factor))
@@ -151,6 +163,7 @@ class TrivialAugment(Method):
     name = "trivialaugment"
     switch = 0
     about = "TrivialAugment (a random operation per image)"
+    uses_fill = False  # its geometric operations fill with 0, as torchvision's; --fill does not apply
 
     def phases(self, batch):
         images, labels = batch["image"], batch["label"]

@@ -421,10 +421,11 @@ class _Run:
         self.logged = len(self.history)
 
     # --- selection --------------------------------------------------------------------------------
-    def validate(self, epoch_position: float, epoch_end: bool = False) -> dict:
+    def validate(self, epoch_position: float, epoch_end: bool = False, chosen: bool = False) -> dict:
         """Rank 0 evaluates the selection split and keeps a better selection in memory (under
         `--model-selection last`, the checkpoint of every epoch end, whatever its accuracy: no
-        selection); every rank gets its metrics (and stops alike when the outputs are not finite)."""
+        selection; with `chosen`, these weights whatever their accuracy); every rank gets its
+        metrics (and stops alike when the outputs are not finite)."""
         method, stage = self.method, self.stage
         metrics = None
         if self.main:
@@ -433,8 +434,8 @@ class _Run:
                     metrics = evaluate(method, self.data.select, stage.device, **self.eval_kwargs())
                 except NonFiniteError as error:
                     metrics = {"non_finite": str(error)}
-            chosen = (epoch_end if self.config.model_selection == "last"
-                      else metrics.get("accuracy", -1.0) > self.progress["best_accuracy"])
+            chosen = chosen or (epoch_end if self.config.model_selection == "last"
+                                else metrics.get("accuracy", -1.0) > self.progress["best_accuracy"])
             if "non_finite" not in metrics and chosen:
                 metrics["improved"] = 1.0
                 self.pending_best = {**_on_cpu(network_states(method)), "method_name": method.name,
@@ -461,7 +462,7 @@ class _Run:
     def finish(self) -> dict:
         method, config, stage, files = self.method, self.config, self.stage, self.files
         if not stage.dist.from_main(files["best"].is_file()):  # no epoch ran (e.g. --epochs reached on resume)
-            self.validate(float(self.progress["epoch"]))
+            self.validate(float(self.progress["epoch"]), epoch_end=True, chosen=True)  # the only weights left
             if self.main:
                 self.write_best()
         result = None
