@@ -388,3 +388,17 @@ def test_the_sweep_takes_the_last_protocol_and_names_the_three():
     assert cells[-1].config().model_selection == "last"
     with pytest.raises(ConfigError, match="give a comma list of val, holdout, last"):
         make_cells("out", "elbow", "all", "89", "best", {"preset": "cpu"})
+
+
+def test_a_seed_count_that_reads_like_a_seed_says_what_it_means(capsys):
+    from apga.sweep.grid import make_cells
+
+    capsys.readouterr()
+    assert [c.seed for c in make_cells("out", "elbow", "all", "96,", "val", {"preset": "cpu"})] == [96]
+    assert capsys.readouterr().err == ""
+    cells = make_cells("out", "elbow", "all", "96", "val", {"preset": "cpu"})
+    assert len(cells) == 96 and cells[0].seed == 89
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["notice: --seeds 96 is a count: 96 seeds, 89 to 184; for seed 96 alone give --seeds 96,"]
+    make_cells("out", "elbow", "all", "5", "val", {"preset": "cpu"})
+    assert capsys.readouterr().err == ""

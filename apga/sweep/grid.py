@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from apga.config import BODY_PARTS, SELECTIONS, Config, defaults, make_config
 from apga.errors import ConfigError
+from apga.utils import notice
 
 FIRST_SEED = 89  # the paper: --seed 88, incremented before each run
 SET_BY_THE_SWEEP = ("body_part", "n_shot", "seed", "n_runs", "model_selection", "out_dir")
@@ -82,6 +83,9 @@ def seeds(value) -> list[int]:
         count = int(parts[0])
         if count < 1:
             raise ConfigError(f"--seeds must be a positive count or a comma list of seeds, got {value!r}")
+        if count >= FIRST_SEED:  # reads like a seed: say what it means before a sweep of that many cells
+            notice(f"--seeds {count} is a count: {count} seeds, {FIRST_SEED} to {FIRST_SEED + count - 1}; "
+                   f"for seed {count} alone give --seeds {count},")
         return list(range(FIRST_SEED, FIRST_SEED + count))
     try:
         return [int(part) for part in parts]
@@ -112,8 +116,9 @@ def make_cells(out_dir: str, body_part, n_shot, seed_list, selection_list, train
                           f"use --body-part, --n-shot, --seeds and --selections")
     settings = {**training, "out_dir": out_dir}
     parts = [None] if training.get("data_csv") else body_parts(body_part)
+    seed_values = seeds(seed_list)
     cells = [Cell(part, k, selection, seed, settings) for selection in selections(selection_list)
-             for part in parts for k in shots(n_shot) for seed in seeds(seed_list)]
+             for part in parts for k in shots(n_shot) for seed in seed_values]
     for cell in cells:
         cell.config()  # raises a ConfigError for a bad value
     return cells
