@@ -34,7 +34,7 @@ from apga.methods.random_masks import DEFAULT_KEEP_AREA
 from apga.models import build_classifier
 from apga.reporting import summary as report
 from apga.reporting.results import RESULT_FILE, RESULTS_FILE, read_result, rebuild, run_row, writable_dir
-from apga.training.checkpoint import load_checkpoint
+from apga.training.checkpoint import PREDICTIONS_DIR, load_checkpoint
 from apga.training.loop import Precision, Stage, fit, identity_values, run_state
 from apga.utils import atomic_write_json, code_version, derive_seed, file_digest, seed_everything
 
@@ -355,5 +355,6 @@ def where_things_are(config: Config, out_dir: Path) -> str:
         f"plots:    {out_dir}/{{{', '.join(plots)}}}" if plots else f"plots:    none yet ({out_dir})",
         f"runs:     {group}/seed<S>/<method>/ (best.pt, metrics.csv, curves.png, gallery/final.png, "
         f"report_predictions.csv)",
-        f"predict:  python -m apga.predict {apga} <images>  (predictions.csv and overlays/ in it)",
+        f"predict:  python -m apga.predict {apga} <images>  (predictions.csv, metrics.json and overlays/ in "
+        f"{PREDICTIONS_DIR}/ of that folder)",
     ])

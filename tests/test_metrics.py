@@ -17,6 +17,8 @@ def test_image_metrics_by_hand():
     assert metrics["auroc"] == 0.75
     # observed agreement 0.5, chance agreement 0.5: kappa 0
     assert metrics["kappa"] == 0.0
+    one_class = binary_metrics([1, 1, 1], [0.9, 0.2, 0.7])  # labels of one class: no AUROC, no kappa
+    assert one_class["accuracy"] == 2 / 3 and math.isnan(one_class["auroc"]) and math.isnan(one_class["kappa"])
 
 
 def test_kappa_by_hand():

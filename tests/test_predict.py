@@ -78,6 +78,8 @@ def test_a_study_folder_and_a_plain_folder_in_a_real_process(trained, tiny_data,
     accuracy = ((predictions["probability"] > 0.5) == predictions["label"]).mean()  # the folder names the label
     assert (f"{len(predictions)} labelled image(s), {int(predictions['label'].sum())} abnormal: accuracy {accuracy:.3f}; "
             f"AUROC and κ undefined (one class)") in done.stdout
+    written = json.loads((tmp_path / "study" / "metrics.json").read_text())
+    assert written["auroc"] is None and written["kappa"] is None and written["study_kappa"] is None  # as printed
 
     plain = tmp_path / "plain"
     plain.mkdir()

@@ -14,12 +14,13 @@ from sklearn.metrics import accuracy_score, cohen_kappa_score, roc_auc_score
 
 
 def binary_metrics(labels, probabilities, prefix: str = "") -> dict[str, float]:
-    """accuracy, AUROC (nan with one class) and Cohen's kappa of probabilities thresholded at 0.5."""
+    """accuracy, AUROC and Cohen's kappa of probabilities thresholded at 0.5 (AUROC and kappa nan
+    where the labels hold one class: neither has a value there)."""
     labels = np.asarray(labels, dtype=int)
     probabilities = np.asarray(probabilities, dtype=float)
     predictions = (probabilities > 0.5).astype(int)
     two_classes = len(np.unique(labels)) == 2
-    kappa = cohen_kappa_score(labels, predictions) if len(np.unique(np.r_[labels, predictions])) > 1 else 0.0
+    kappa = cohen_kappa_score(labels, predictions) if two_classes else math.nan
     return {
         f"{prefix}accuracy": float(accuracy_score(labels, predictions)),
         f"{prefix}auroc": float(roc_auc_score(labels, probabilities)) if two_classes else math.nan,
