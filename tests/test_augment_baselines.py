@@ -48,13 +48,15 @@ def test_trivial_augments_space_and_draws_are_torchvisions():
 
 def test_trivial_augment_gives_torchvisions_images_on_the_same_draws():
     """Every image of a batch through its own draw equals torchvision's kernel on that image with
-    that draw, for every operation and strength bin (both signs)."""
+    that draw, for every operation at the strength bins that differ in kind (none, the smallest, middle
+    ones, 90 degrees of rotation, where torchvision takes a fast path, the largest), both signs; then a
+    batch of mixed draws."""
     colour = torch.randint(0, 256, (3, 3, 40, 40), generator=torch.Generator().manual_seed(9)).float().div(255)
     images = torch.cat([_radiographs(6), colour])  # grey as the data is, and colour, where the channel weights show
     reference = TrivialAugmentWide()
     table = ta.magnitude_table()
     for row, name in enumerate(ta.OPERATIONS):
-        for bin_ in range(ta.BINS):
+        for bin_ in (0, 1, 9, 15, 20, 29, 30):
             for sign in ((1, -1) if name in ta.SIGNED else (1,)):
                 operation = torch.full((len(images),), row)
                 magnitude = torch.full((len(images),), float(table[row, bin_]) * sign, dtype=torch.float64)
