@@ -134,8 +134,10 @@ PRESETS["demo"] = {**PRESETS["cpu"], "epochs": 15, "finetune_epochs": 2, "patien
 
 # Fields that change what a run computes: a checkpoint from a config that differs in any
 # other field (output folders, worker counts, ...) can still be resumed.
+SWITCHES = tuple(f.name for f in dataclasses.fields(Config) if f.name.startswith("train_"))  # which methods run
+
 NON_TRAINING_FIELDS = {
-    "n_runs", "gpu_id", *(f.name for f in dataclasses.fields(Config) if f.name.startswith("train_")),  # which methods
+    "n_runs", "gpu_id", *SWITCHES,
     "data_root", "data_csv", "demo", "num_workers", "cache_dir", "out_dir", "resume",
     "log_every", "gallery", "preset", "skip_bad_images", "tensorboard", "dist_timeout_min",
     "inputs",  # a run's inputs (baseline checkpoint, floor area) are checked on their own: apga/training/loop.py
@@ -231,7 +233,7 @@ def validate(c: Config) -> None:
     _require(c.n_shot is None or (_is_int(c.n_shot) and c.n_shot > 0),
              f"--n-shot must be a positive integer (or left out for all images), got {c.n_shot!r}")
     _require(_is_int(c.gpu_id) and c.gpu_id >= 0, f"--gpu-id must be a GPU index >= 0, got {c.gpu_id!r}")
-    for name in (f.name for f in dataclasses.fields(c) if f.name.startswith("train_")):
+    for name in SWITCHES:
         value = getattr(c, name)
         _require(value in (0, 1), f"--{name.replace('_', '-')} must be 0 or 1, got {value!r}")
         setattr(c, name, int(value))

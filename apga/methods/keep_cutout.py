@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from apga.distributed import unwrap
 from apga.methods.base import Method
 from apga.methods.gradcam import grad_cam
-from apga.methods.masks import adversarial_images, box_masks, box_sizes
+from apga.methods.masks import CUTOUT_BOX, adversarial_images, box_masks, box_sizes
 
 KEEP_QUANTILE = 0.5  # the paper sets the threshold as a quantile of the candidates' scores; the median here
 
@@ -53,8 +53,7 @@ def keep_cutout_masks(saliency: torch.Tensor, generator: torch.Generator,
     """(B, 1, H, W) float masks of the cut boxes (1 inside): Cutout's sizes, each box placed
     uniformly among the places whose saliency share is at most the `quantile` of its image's."""
     b, _, h, w = saliency.shape
-    box_h, box_w = box_sizes(b, h, w, area=(0.02, 0.33), ratio=(0.3, 1 / 0.3), generator=generator,
-                             device=saliency.device)
+    box_h, box_w = box_sizes(b, h, w, **CUTOUT_BOX, generator=generator, device=saliency.device)
     scores = box_scores(saliency, box_h, box_w)  # (B, H, W)
     threshold = torch.nanquantile(scores.flatten(1), quantile, dim=1).view(b, 1, 1)
     allowed = scores <= threshold  # NaN (does not fit) compares False; the least salient place always passes

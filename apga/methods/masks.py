@@ -164,10 +164,13 @@ def box_masks(top: torch.Tensor, left: torch.Tensor, box_h: torch.Tensor, box_w:
     return (inside_rows & inside_cols).unsqueeze(1).float()  # (B, 1, H, W)
 
 
+CUTOUT_BOX = dict(area=(0.02, 0.33), ratio=(0.3, 1 / 0.3))  # Cutout's boxes: area 2-33 %, aspect in [0.3, 1/0.3]
+
+
 def cutout_masks(images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Cutout's erased box per image: area 2-33 % of the image, aspect in [0.3, 1/0.3]."""
+    """Cutout's erased box per image (CUTOUT_BOX)."""
     b, _, h, w = images.shape
-    return random_boxes(b, h, w, area=(0.02, 0.33), ratio=(0.3, 1 / 0.3), generator=generator, device=images.device)
+    return random_boxes(b, h, w, **CUTOUT_BOX, generator=generator, device=images.device)
 
 
 def area_penalty(logits: torch.Tensor, empty_weight: float, full_weight: float) -> torch.Tensor:
